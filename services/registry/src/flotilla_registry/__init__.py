@@ -1,1 +1,3 @@
-"""flotilla_registry."""
+"""Flotilla registry: the single source of truth for clusters."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,130 @@
+"""The authenticator seam: how user credentials become a user name and groups.
+
+An authenticator sees the request's headers (lower-case names) and either vouches for
+a user (``AuthResult``), declines (``None``: Envoy answers 401 with ``challenge`` as
+``WWW-Authenticate``), or fails for a reason that is not the user's fault
+(``AuthenticatorError``, e.g. an identity provider that is down).
+
+Implementations are found through the entry-point group ``flotilla.authenticators``.
+Later ones fit the same shape: Kerberos returns its mutual-auth ``WWW-Authenticate:
+Negotiate <token>`` through ``AuthResult.response_headers``; JupyterHub awaits an HTTP
+call to the hub (caching answers itself) and maps hub failures to ``AuthenticatorError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from traitlets.config import Config, Configurable
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AuthResult",
+    "Authenticator",
+    "AuthenticatorError",
+    "load_authenticator",
+    "split_authorization",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "flotilla.authenticators"
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """A user an authenticator vouches for.
+
+    ``admin`` lets an authenticator that knows (e.g. JupyterHub) grant the admin flag;
+    the service also grants it from ``c.Auth.admin_users``/``admin_groups``.
+    ``response_headers`` are added to the response sent to the client (e.g. the
+    Kerberos server token); they must not include ``Set-Cookie``, which the service owns.
+    """
+
+    user: str
+    groups: frozenset[str] = field(default_factory=frozenset)
+    admin: bool = False
+    response_headers: tuple[tuple[str, str], ...] = ()
+
+
+class AuthenticatorError(Exception):
+    """Credentials could not be checked (not: they were wrong).
+
+    Becomes a denial with ``status_code`` and ``{"error": message}``; ``message`` is shown
+    to the user, so it must not leak internals.
+    """
+
+    def __init__(self, message: str, *, status_code: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+class Authenticator(Configurable):
+    """Base class of user authenticators.
+
+    Subclasses set ``challenge`` (the ``WWW-Authenticate`` value sent with a 401 so the
+    client knows which scheme to retry with) and implement ``authenticate``.
+    """
+
+    challenge: str = "Basic"
+
+    async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
+        """Check the credentials in ``headers``.
+
+        Parameters
+        ----------
+        headers
+            The request's headers (gRPC metadata for gRPC calls), names in lower case.
+
+        Returns
+        -------
+        AuthResult or None
+            The user, or ``None`` when credentials are missing, malformed or wrong.
+            Must never raise for bad input; raise ``AuthenticatorError`` only when the
+            check itself could not be made.
+        """
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release resources (HTTP sessions, caches) at shutdown."""
+
+
+def split_authorization(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(scheme in lower case, credentials)`` of the Authorization header, if well formed."""
+    value = headers.get("authorization", "")
+    scheme, sep, credentials = value.strip().partition(" ")
+    credentials = credentials.strip()
+    if not scheme or not sep or not credentials:
+        return None
+    return scheme.lower(), credentials
+
+
+def _resolve(name: str) -> type[Authenticator]:
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if found:
+        obj: Any = found[0].load()
+    else:
+        module_name, sep, attr = name.replace(":", ".").rpartition(".")
+        if not sep or not module_name:
+            known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+            raise ValueError(f"unknown authenticator {name!r}; registered: {', '.join(known)}")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import authenticator {name!r}: {exc}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, Authenticator)):
+        raise ValueError(f"authenticator {name!r} is not an Authenticator subclass")
+    return obj
+
+
+def load_authenticator(name: str, config: Config) -> Authenticator:
+    """Instantiate the authenticator ``name`` (entry-point name or ``module:Class``)."""
+    cls = _resolve(name)
+    log.info("using authenticator %s (%s.%s)", name, cls.__module__, cls.__qualname__)
+    return cls(config=config)

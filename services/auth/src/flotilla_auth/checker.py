@@ -1,0 +1,224 @@
+"""The decision auth makes for each request Envoy asks about.
+
+Protocol-free: ``servicer`` turns Envoy's ``CheckRequest`` into a ``RequestInfo`` and the
+``Decision`` back into a ``CheckResponse``. The rules (docs/internals.md, "Identity"):
+
+1. ``GET /api/health`` and ``GET /api/version`` need nobody.
+2. ``Authorization: token <tok>`` on a cluster's heartbeat or DELETE: the registry's
+   verdict on the token; heartbeats accept nothing else, a DELETE falls back to 3.
+3. A valid session cookie, else the configured authenticator (Basic by default);
+   a credential check also returns a fresh session cookie.
+
+Whatever the client sent under ``x-flotilla-*`` never reaches a service: the identity
+header is overwritten with a signed one, the rest are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
+
+from .authenticator import Authenticator, AuthenticatorError, split_authorization
+from .cookies import SessionCookies, read_cookie
+from .tokens import TokenVerificationUnavailable, TokenVerifier
+
+__all__ = ["Checker", "Decision", "RequestInfo"]
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/api/health", "/api/version"})
+_HEARTBEAT = re.compile(r"/api/v1/clusters/(?P<name>[^/]+)/heartbeat")
+_CLUSTER = re.compile(r"/api/v1/clusters/(?P<name>[^/]+)")
+_FLOTILLA_PREFIX = "x-flotilla-"
+
+AUTH_REQUIRED = "Authentication required"
+UNAUTHORIZED = "Unauthorized"
+UNAVAILABLE = "Authentication service unavailable"
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """The parts of a request auth looks at. Header names are lower case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def route(self) -> str:
+        """The path without query string or fragment."""
+        return self.path.split("?", 1)[0].split("#", 1)[0]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Allow (with headers to set/remove upstream) or deny (with status and error body).
+
+    ``request_headers`` overwrite same-named request headers; ``response_headers`` are
+    added to the response the client gets (on denial: to the 401 itself).
+    """
+
+    allowed: bool
+    status_code: int = 200
+    error: str = ""
+    request_headers: tuple[tuple[str, str], ...] = ()
+    headers_to_remove: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    identity: Identity | None = None
+
+    @property
+    def body(self) -> str:
+        """JSON body of a denial."""
+        return json.dumps({"error": self.error}) if self.error else ""
+
+
+def _deny(status: int, error: str, challenge: str = "") -> Decision:
+    headers = (("www-authenticate", challenge),) if challenge else ()
+    return Decision(
+        allowed=False,
+        status_code=status,
+        error=error,
+        response_headers=(*headers, ("content-type", "application/json")),
+    )
+
+
+class Checker:
+    """Decides every request; one instance per service.
+
+    Parameters
+    ----------
+    authenticator
+        Checks user credentials.
+    token_verifier
+        Checks cluster tokens (normally the registry, cached).
+    cookies
+        Mints and checks session cookies.
+    identity_key
+        Key the identity header is signed with.
+    admin_users, admin_groups
+        Who gets the admin flag.
+    """
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        token_verifier: TokenVerifier,
+        cookies: SessionCookies,
+        identity_key: str,
+        admin_users: Iterable[str] = (),
+        admin_groups: Iterable[str] = (),
+    ) -> None:
+        self.authenticator = authenticator
+        self.token_verifier = token_verifier
+        self.cookies = cookies
+        self._identity_key = identity_key
+        self._admin_users = frozenset(admin_users)
+        self._admin_groups = frozenset(admin_groups)
+
+    def is_admin(self, user: str, groups: Iterable[str]) -> bool:
+        """Whether configuration makes ``user`` (with ``groups``) an admin."""
+        return user in self._admin_users or not self._admin_groups.isdisjoint(groups)
+
+    def _allow(
+        self,
+        request: RequestInfo,
+        identity: Identity | None,
+        response_headers: tuple[tuple[str, str], ...] = (),
+    ) -> Decision:
+        stray = sorted(
+            h for h in request.headers if h.startswith(_FLOTILLA_PREFIX) and h != IDENTITY_HEADER
+        )
+        if identity is None:
+            return Decision(
+                allowed=True,
+                headers_to_remove=(IDENTITY_HEADER, *stray),
+                response_headers=response_headers,
+            )
+        return Decision(
+            allowed=True,
+            request_headers=((IDENTITY_HEADER, sign_identity(identity, self._identity_key)),),
+            headers_to_remove=tuple(stray),
+            response_headers=response_headers,
+            identity=identity,
+        )
+
+    async def check(self, request: RequestInfo) -> Decision:
+        """The decision for ``request``; never raises for anything the client sent."""
+        route = request.route
+        method = request.method.upper()
+        if method == "GET" and route in PUBLIC_PATHS:
+            return self._allow(request, None)
+
+        heartbeat = _HEARTBEAT.fullmatch(route) if method == "POST" else None
+        delete = _CLUSTER.fullmatch(route) if method == "DELETE" else None
+        token_route = heartbeat or delete
+        if token_route is not None:
+            cluster = token_route["name"]
+            decision = await self._check_token(request, cluster)
+            if decision is not None:
+                return decision
+            if heartbeat is not None:
+                log.info("denied heartbeat of cluster %s: no valid cluster token", cluster)
+                return _deny(401, UNAUTHORIZED, "token")
+        return await self._check_user(request)
+
+    async def _check_token(self, request: RequestInfo, cluster: str) -> Decision | None:
+        parts = split_authorization(request.headers)
+        if parts is None or parts[0] != "token":
+            return None
+        try:
+            owner = await self.token_verifier.verify(cluster, parts[1])
+        except TokenVerificationUnavailable:
+            return _deny(503, UNAVAILABLE)
+        if owner is None:
+            log.info("invalid token for cluster %s (%s %s)", cluster, request.method, request.route)
+            return None
+        log.debug("cluster %s (owner %s) authenticated by token", cluster, owner)
+        return self._allow(request, Identity(user=owner, cluster=cluster))
+
+    async def _check_user(self, request: RequestInfo) -> Decision:
+        cookie_header = request.headers.get("cookie", "")
+        if cookie_header:
+            value = read_cookie(cookie_header, self.cookies.name)
+            session = self.cookies.decode(value) if value else None
+            if session is not None:
+                identity = Identity(
+                    user=session.user,
+                    groups=session.groups,
+                    admin=session.admin or self.is_admin(session.user, session.groups),
+                )
+                log.debug("user %s authenticated by session cookie", session.user)
+                return self._allow(request, identity)
+
+        challenge = self.authenticator.challenge
+        try:
+            result = await self.authenticator.authenticate(request.headers)
+        except AuthenticatorError as exc:
+            log.warning("authenticator failed on %s %s: %s", request.method, request.route, exc)
+            return _deny(exc.status_code, exc.message)
+        except Exception:
+            # A bug in an authenticator must not become a 500 for the client.
+            log.exception("authenticator crashed on %s %s", request.method, request.route)
+            return _deny(401, AUTH_REQUIRED, challenge)
+        if result is None:
+            log.debug("authentication required for %s %s", request.method, request.route)
+            return _deny(401, AUTH_REQUIRED, challenge)
+
+        admin = result.admin or self.is_admin(result.user, result.groups)
+        identity = Identity(user=result.user, groups=result.groups, admin=admin)
+        cookie = self.cookies.encode(result.user, result.groups, admin)
+        log.info("user %s authenticated (admin=%s)", result.user, admin)
+        return self._allow(
+            request,
+            identity,
+            response_headers=(
+                *result.response_headers,
+                ("set-cookie", self.cookies.set_cookie(cookie)),
+            ),
+        )

@@ -1,0 +1,93 @@
+"""Configuration of the auth service: ``c.Auth`` and ``c.BasicAuthenticator``.
+
+Only traits live here, so the configuration reference can be generated from the
+``help=`` texts; behaviour lives in the modules that use them.
+"""
+
+from __future__ import annotations
+
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
+from traitlets.config import Configurable
+
+__all__ = ["Auth", "BasicAuthenticator"]
+
+
+class Auth(Configurable):
+    """The auth service Envoy asks (ext_authz) before every API and gRPC request."""
+
+    authenticator_class = Unicode(
+        "basic",
+        help=(
+            "Authenticator for user credentials: a name registered in the entry-point group "
+            "'flotilla.authenticators' (e.g. 'basic'), or an import path 'module:Class'."
+        ),
+        config=True,
+    )
+    cookie_name = Unicode(
+        "flotilla-session",
+        help=(
+            "Name of the session cookie set after a successful credential check. Stable "
+            "across restarts, so sessions survive them."
+        ),
+        config=True,
+    )
+    cookie_max_age_seconds = Integer(
+        300,
+        min=1,
+        help=(
+            "Seconds a session cookie is accepted in place of credentials. The browser is "
+            "told to keep it twice as long (Max-Age); after this the client re-authenticates."
+        ),
+        config=True,
+    )
+    cookie_secure = Bool(
+        False,
+        help="Mark the session cookie Secure (set when the public URL is https).",
+        config=True,
+    )
+    admin_users = List(
+        Unicode(),
+        default_value=[],
+        help="User names that get the admin flag in their identity.",
+        config=True,
+    )
+    admin_groups = List(
+        Unicode(),
+        default_value=[],
+        help="Groups whose members get the admin flag in their identity.",
+        config=True,
+    )
+    token_cache_seconds = Float(
+        30.0,
+        min=0.0,
+        help=(
+            "Seconds a cluster token the registry confirmed is trusted without asking again "
+            "(0 disables the cache). Rejections are never cached."
+        ),
+        config=True,
+    )
+    registry_timeout_seconds = Float(
+        5.0,
+        min=0.1,
+        help="Deadline, in seconds, of each VerifyClusterToken call to the registry.",
+        config=True,
+    )
+
+
+class BasicAuthenticator(Configurable):
+    """HTTP Basic credentials (the dask-gateway client's ``auth="basic"``)."""
+
+    password = Unicode(
+        "",
+        help=(
+            "One password shared by every user. Empty: any password is accepted and the "
+            "user is whoever the client says (development only)."
+        ),
+        config=True,
+    )
+    user_groups = Dict(
+        value_trait=List(Unicode()),
+        default_value={},
+        help="Static group membership: {user name: [group, ...]}.",
+        config=True,
+    )

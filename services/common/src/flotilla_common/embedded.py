@@ -1,0 +1,274 @@
+"""Run the whole gateway on one machine: every service, the local launcher and Envoy.
+
+``flotilla-embedded [--config FILE]`` starts each service as a child process, waits until
+``GET <public_url>/api/health`` answers through Envoy, restarts a child that crashes, and
+stops every child by PID on Ctrl-C / SIGTERM. Tests use ``EmbeddedStack`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from traitlets import Bool, Float, Unicode
+from traitlets.config import Config, Configurable
+
+from .config import Deployment, add_config_argument, load_config
+from .logs import setup_logging
+
+__all__ = ["Embedded", "EmbeddedStack", "main"]
+
+log = logging.getLogger(__name__)
+
+
+class Embedded(Configurable):  # type: ignore[misc]
+    """How ``flotilla-embedded`` runs the stack."""
+
+    envoy_binary = Unicode(
+        "",
+        help="Path of the Envoy binary. Empty: $FLOTILLA_ENVOY, else `envoy` on PATH.",
+        config=True,
+    )
+    envoy_log_level = Unicode("warning", help="Envoy's --log-level.", config=True)
+    envoy_drain_seconds = Float(
+        5.0, help="Envoy's --drain-time-s (seconds) for listener drains.", config=True
+    )
+    restart_crashed = Bool(
+        True, help="Restart a service that exits unexpectedly (with backoff).", config=True
+    )
+    log_to_files = Bool(
+        False,
+        help="Write each service's output to <state_dir>/logs/<service>.log instead of the terminal.",
+        config=True,
+    )
+    start_timeout_seconds = Float(
+        60.0, help="How long to wait for the gateway to answer /api/health.", config=True
+    )
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the embedded runner dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started: float = 0.0
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+
+class EmbeddedStack:
+    """The services of one gateway as child processes."""
+
+    def __init__(self, config_path: str | None, config: Config | None = None) -> None:
+        self.config_path = str(Path(config_path).resolve()) if config_path else None
+        self.config = config if config is not None else load_config(config_path)
+        self.deployment = Deployment(config=self.config)
+        self.settings = Embedded(config=self.config)
+        self.children: list[_Child] = []
+        self._stopping = False
+
+    @property
+    def public_url(self) -> str:
+        return self.deployment.resolved_public_url
+
+    def _envoy_binary(self) -> str:
+        binary = self.settings.envoy_binary or os.environ.get("FLOTILLA_ENVOY", "")
+        binary = binary or shutil.which("envoy") or ""
+        if not binary or not Path(binary).exists():
+            raise SystemExit(
+                "Envoy binary not found: set c.Embedded.envoy_binary or FLOTILLA_ENVOY "
+                "(`make run` installs it)"
+            )
+        return binary
+
+    def _argv(self) -> list[tuple[str, list[str]]]:
+        cfg = ["--config", self.config_path] if self.config_path else []
+        state = self.deployment.state_path
+        bootstrap = state / "envoy-bootstrap.json"
+        subprocess.run(
+            [_bin("flotilla-proxy-config"), "bootstrap", *cfg, "--out", str(bootstrap)],
+            check=True,
+        )
+        envoy = [
+            self._envoy_binary(),
+            "-c", str(bootstrap),
+            "--concurrency", "2",
+            "--drain-time-s", str(int(self.settings.envoy_drain_seconds)),
+            "--use-dynamic-base-id",
+            "--log-level", self.settings.envoy_log_level,
+        ]  # fmt: skip
+        return [
+            ("registry", [_bin("flotilla-registry"), *cfg]),
+            ("auth", [_bin("flotilla-auth"), *cfg]),
+            ("proxy-config", [_bin("flotilla-proxy-config"), "serve", *cfg]),
+            ("launcher-local", [_bin("flotilla-launcher"), "--backend", "local", *cfg]),
+            ("envoy", envoy),
+        ]
+
+    def _spawn(self, child: _Child) -> None:
+        out: IO[bytes] | int | None = None
+        if self.settings.log_to_files:
+            logs = self.deployment.state_path / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            if child.log_file is None:
+                child.log_file = open(logs / f"{child.name}.log", "ab")  # noqa: SIM115
+            out = child.log_file
+        env = dict(os.environ)
+        if self.config_path:
+            env["FLOTILLA_CONFIG"] = self.config_path
+        child.proc = subprocess.Popen(
+            child.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us, not the children directly
+            preexec_fn=_die_with_parent,
+        )
+        child.started = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def start(self) -> None:
+        self.deployment.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Secrets are created once, here, before the services read them.
+        for name in ("identity_key", "internal_token", "cookie_key"):
+            self.deployment.secret(name)
+        for name, argv in self._argv():
+            child = _Child(name, argv)
+            self.children.append(child)
+            self._spawn(child)
+        self.wait_healthy(self.settings.start_timeout_seconds)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"{self.public_url}/api/health"
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for child in self.children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{child.name} exited with {child.proc.returncode} during start-up"
+                    )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.05)  # poll interval of a readiness loop with a deadline
+        raise TimeoutError(f"gateway not healthy at {url} after {timeout:.0f}s: {last}")
+
+    def check_children(self) -> None:
+        """Restart any child that exited while we are not stopping."""
+        for child in self.children:
+            proc = child.proc
+            if self._stopping or proc is None or proc.poll() is None:
+                continue
+            log.warning("%s (pid %d) exited with %s", child.name, proc.pid, proc.returncode)
+            if not self.settings.restart_crashed:
+                continue
+            # Back off when a service keeps crashing right after start.
+            quick = time.monotonic() - child.started < 10
+            child.restarts = child.restarts + 1 if quick else 0
+            if child.restarts > 5:
+                log.error("%s keeps crashing; not restarting it", child.name)
+                child.proc = None
+                continue
+            self._spawn(child)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child (launcher first, Envoy last), then SIGKILL stragglers."""
+        self._stopping = True
+        order = ["launcher-local", "proxy-config", "auth", "registry", "envoy"]
+        children = sorted(
+            self.children, key=lambda c: order.index(c.name) if c.name in order else 0
+        )
+        for child in children:
+            if child.proc is not None and child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop; killing pid %d", child.name, child.proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                child.proc.wait()
+            if child.log_file is not None:
+                child.log_file.close()
+                child.log_file = None
+
+    def pid(self, name: str) -> int:
+        for child in self.children:
+            if child.name == name and child.proc is not None:
+                return child.proc.pid
+        raise KeyError(name)
+
+
+async def _supervise(stack: EmbeddedStack) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        stack.check_children()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="flotilla-embedded", description=__doc__)
+    add_config_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logging("embedded")
+    started = time.monotonic()
+    stack = EmbeddedStack(args.config)
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    log.info(
+        "Flotilla is up at %s (%.1fs). Ctrl-C stops everything.",
+        stack.public_url,
+        time.monotonic() - started,
+    )
+    try:
+        asyncio.run(_supervise(stack))
+    finally:
+        stack.stop()
+        log.info("stopped")

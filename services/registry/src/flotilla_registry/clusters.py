@@ -1,0 +1,474 @@
+"""The registry's domain logic: clusters and workers, their owners, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flotilla_common.identity import Identity
+from flotilla_common.tls import new_keypair
+from traitlets.config import Config
+
+from .clusterconfig import clamp_adapt, clamp_scale, resolve_cluster_config
+from .errors import (
+    ClusterNotFound,
+    ClusterNotRunning,
+    InvalidRequest,
+    PermissionDenied,
+    RegistryError,
+)
+from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
+from .options import Options, OptionsError, resolve_options
+from .scheduler_api import SchedulerAPI, SchedulerUnreachable
+from .store import Store
+from .watch import Hub
+
+__all__ = ["ClusterService", "RouteInfo", "ServiceSettings"]
+
+log = logging.getLogger(__name__)
+
+ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    options: Any  # Options, or a callable (user) -> Options, sync or async
+    cluster_config: Config
+    api_url: str
+    default_backend: str = "local"
+    backends: tuple[str, ...] = ("local",)
+    worker_start_failure_limit: int = 3
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    cluster_name: str
+    scheduler_address: str
+    dashboard_address: str
+
+
+def _host_port(address: str) -> str:
+    """``tls://h:p`` / ``http://h:p`` → ``h:p``."""
+    return address.split("://", 1)[-1].rstrip("/")
+
+
+def _snapshot(c: ClusterRecord) -> ClusterRecord:
+    snap = copy.copy(c)
+    snap.workers = {n: copy.copy(w) for n, w in c.workers.items()}
+    return snap
+
+
+def _string_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{key} must be a list of strings")
+    return value
+
+
+class ClusterService:
+    """Every unfinished cluster is held in memory (and written through to the store);
+    finished ones are read from the store."""
+
+    def __init__(self, store: Store, settings: ServiceSettings, scheduler_api: SchedulerAPI):
+        self.store = store
+        self.settings = settings
+        self.scheduler_api = scheduler_api
+        self._active: dict[str, ClusterRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._max_workers: dict[str, int | None] = {}
+        self._worker_failures: dict[str, int] = {}
+        self.launch_hub: Hub[str, ClusterRecord] = Hub()
+        self.route_hub: Hub[str, RouteInfo | None] = Hub()
+
+    async def start(self) -> None:
+        for c in await self.store.load_unfinished():
+            self._active[c.name] = c
+            self._max_workers[c.name] = json.loads(c.config).get("max_workers")
+        log.info("loaded %d unfinished clusters", len(self._active))
+
+    # -- queries used by watchers ---------------------------------------------------------
+
+    def active_for_backend(self, backend: str) -> list[ClusterRecord]:
+        return [_snapshot(c) for c in self._active.values() if c.backend == backend]
+
+    def routes(self) -> list[RouteInfo]:
+        return [r for c in self._active.values() if (r := self._route(c)) is not None]
+
+    @staticmethod
+    def _route(c: ClusterRecord) -> RouteInfo | None:
+        if c.status != Status.RUNNING or not c.scheduler_address:
+            return None
+        return RouteInfo(c.name, _host_port(c.scheduler_address), _host_port(c.dashboard_address))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def _commit(self, c: ClusterRecord, workers: Iterable[str] = ()) -> None:
+        """Persist a change, then tell watchers and waiters."""
+        c.revision += 1
+        if c.finished and c.stop_time is None:
+            c.stop_time = now_ms()
+        worker_names = list(workers)
+        for n in worker_names:
+            w = c.workers.get(n)
+            if w is not None and w.finished and w.stop_time is None:
+                w.stop_time = now_ms()
+        await self.store.save_cluster(c, worker_names)
+        for n in worker_names:
+            w = c.workers.get(n)
+            if w is not None and w.finished:
+                del c.workers[n]
+        if c.finished:
+            self._active.pop(c.name, None)
+            self._locks.pop(c.name, None)
+            self._max_workers.pop(c.name, None)
+            self._worker_failures.pop(c.name, None)
+        self.launch_hub.publish(c.name, _snapshot(c))
+        self.route_hub.publish(c.name, self._route(c))
+        event = self._changed.pop(c.name, None)
+        if event is not None:
+            event.set()
+
+    def _check_access(self, identity: Identity, c: ClusterRecord, verb: str) -> None:
+        if identity.cluster:
+            # A scheduler's token only lets it act on its own cluster.
+            if identity.cluster != c.name:
+                raise PermissionDenied(f"Cluster token lacks permissions to {verb} cluster {c.name}")
+            return
+        if c.owner != identity.user and not identity.admin:
+            raise PermissionDenied(
+                f"User {identity.user} lacks permissions to {verb} cluster {c.name}"
+            )
+
+    async def _find(self, identity: Identity, name: str, verb: str) -> ClusterRecord:
+        c = self._active.get(name) or await self.store.get_cluster(name)
+        if c is None:
+            raise ClusterNotFound(name)
+        self._check_access(identity, c, verb)
+        return c
+
+    def _require_user(self, identity: Identity) -> None:
+        if identity.cluster:
+            raise PermissionDenied("Cluster tokens may only send heartbeats and stop their cluster")
+
+    # -- user operations -------------------------------------------------------------------
+
+    async def options_spec(self, identity: Identity) -> Options:
+        return await resolve_options(self.settings.options, identity)
+
+    async def create(self, identity: Identity, requested: Any) -> ClusterRecord:
+        self._require_user(identity)
+        spec = await self.options_spec(identity)
+        try:
+            options = spec.parse_options({} if requested is None else requested)
+            overrides = dict(await spec.get_configuration(options, identity))
+            # A handler may choose the backend; everything else configures the cluster.
+            backend = overrides.pop("backend", None) or self.settings.default_backend
+            resolved = resolve_cluster_config(self.settings.cluster_config, overrides)
+        except (OptionsError, ValueError, TypeError) as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if not isinstance(backend, str) or backend not in self.settings.backends:
+            raise InvalidRequest(
+                f"Backend {backend!r} is not offered; choose from {list(self.settings.backends)}"
+            )
+        config = json.loads(resolved.to_json())
+        config["max_workers"] = resolved.max_workers
+        name = uuid.uuid4().hex
+        cert, key = await asyncio.to_thread(new_keypair, name)
+        c = ClusterRecord(
+            name=name,
+            owner=identity.user,
+            backend=backend,
+            options=json.dumps(options),
+            config=json.dumps(config),
+            token=secrets.token_urlsafe(32),
+            tls_cert=cert,
+            tls_key=key,
+        )
+        self._active[name] = c
+        self._max_workers[name] = resolved.max_workers
+        async with self._lock(name):
+            await self._commit(c)
+        log.info("cluster %s: created for %s on %s", name, identity.user, backend)
+        return _snapshot(c)
+
+    async def get(self, identity: Identity, name: str, wait_seconds: float = 0) -> ClusterRecord:
+        c = await self._find(identity, name, "view")
+        deadline = asyncio.get_running_loop().time() + max(0.0, min(wait_seconds, 20.0))
+        while c.status == Status.PENDING and name in self._active:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            event = self._changed.setdefault(name, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                break
+            c = self._active.get(name) or await self.store.get_cluster(name) or c
+        return _snapshot(c)
+
+    async def list_clusters(
+        self, identity: Identity, statuses: set[Status] | None = None, all_users: bool = False
+    ) -> list[ClusterRecord]:
+        self._require_user(identity)
+        owner = None if (all_users and identity.admin) else identity.user
+        if all_users and not identity.admin:
+            raise PermissionDenied(f"User {identity.user} is not an admin")
+        wanted = set(statuses) if statuses else set(ACTIVE)
+        out = [
+            _snapshot(c)
+            for c in self._active.values()
+            if (owner is None or c.owner == owner) and c.status in wanted
+        ]
+        if wanted & {Status.STOPPED, Status.FAILED}:
+            out.extend(c for c in await self.store.list_finished(owner) if c.status in wanted)
+        out.sort(key=lambda c: c.start_time)
+        return out
+
+    async def stop(self, identity: Identity, name: str) -> None:
+        c = self._active.get(name)
+        if c is None:
+            finished = await self.store.get_cluster(name)
+            if finished is not None:
+                self._check_access(identity, finished, "stop")
+            return  # unknown or already finished: stopping is idempotent
+        self._check_access(identity, c, "stop")
+        async with self._lock(name):
+            if c.target != Target.RUNNING:
+                return
+            c.target = Target.STOPPED
+            c.reason = (
+                "Stopped by its scheduler" if identity.cluster else f"Stopped by {identity.user}"
+            )
+            changed = self._stop_workers(c)
+            await self._commit(c, changed)
+        log.info("cluster %s: stop requested (%s)", name, c.reason)
+
+    async def _running(self, identity: Identity, name: str, verb: str) -> ClusterRecord:
+        self._require_user(identity)
+        c = await self._find(identity, name, verb)
+        if c.status != Status.RUNNING or not c.api_address:
+            raise ClusterNotRunning(name)
+        return c
+
+    async def scale(self, identity: Identity, name: str, count: Any) -> tuple[bool, str]:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidRequest(f"Scale expects a non-negative integer, got {count}")
+        c = await self._running(identity, name, "scale")
+        count, msg = clamp_scale(count, self._max_workers.get(name))
+        await self._send(c, {"op": "scale", "count": count})
+        return msg is None, msg or ""
+
+    async def adapt(
+        self, identity: Identity, name: str, minimum: Any, maximum: Any, active: Any
+    ) -> tuple[bool, str]:
+        for label, value in (("minimum", minimum), ("maximum", maximum)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise InvalidRequest(f"Adapt expects {label} to be a non-negative integer or null")
+        if not isinstance(active, bool):
+            raise InvalidRequest(f"Adapt expects active to be a bool, got {active!r}")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise InvalidRequest(f"Adapt expects minimum <= maximum, got {minimum} > {maximum}")
+        c = await self._running(identity, name, "adapt")
+        minimum, maximum, msg = clamp_adapt(minimum, maximum, self._max_workers.get(name))
+        await self._send(
+            c, {"op": "adapt", "minimum": minimum, "maximum": maximum, "active": active}
+        )
+        return msg is None, msg or ""
+
+    async def _send(self, c: ClusterRecord, msg: dict[str, Any]) -> None:
+        try:
+            await self.scheduler_api.send(c.name, c.api_address, c.token, msg)
+        except SchedulerUnreachable as exc:
+            raise ClusterNotRunning(c.name) from exc
+
+    # -- scheduler heartbeats --------------------------------------------------------------
+
+    async def heartbeat(self, identity: Identity, name: str, body: Any) -> None:
+        if identity.cluster != name:
+            raise PermissionDenied("Heartbeats need the cluster's token")
+        if not isinstance(body, dict):
+            raise InvalidRequest("heartbeat body must be a JSON object")
+        count = body.get("count", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidRequest("count must be a non-negative integer")
+        active = _string_list(body, "active_workers")
+        closing = _string_list(body, "closing_workers")
+        closed = _string_list(body, "closed_workers")
+        addresses = {
+            k: body.get(k, "") for k in ("scheduler_address", "dashboard_address", "api_address")
+        }
+        if not all(isinstance(v, str) for v in addresses.values()):
+            raise InvalidRequest("addresses must be strings")
+        c = self._active.get(name)
+        if c is None or c.target != Target.RUNNING:
+            return  # stopping or gone: nothing to do (the reference answers 200 too)
+        async with self._lock(name):
+            c.last_heartbeat = now_ms()
+            if c.observed != Observed.RUNNING:
+                if not addresses["scheduler_address"] or not addresses["api_address"]:
+                    raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
+                c.scheduler_address = addresses["scheduler_address"]
+                c.dashboard_address = addresses["dashboard_address"]
+                c.api_address = addresses["api_address"]
+                c.observed = Observed.RUNNING
+                log.info("cluster %s: running at %s", name, c.scheduler_address)
+            limit = self._max_workers.get(name)
+            c.count = min(count, limit) if limit is not None else count
+            changed = self._apply_worker_report(c, active, closing, closed)
+            changed |= self._match_count(c)
+            await self._commit(c, changed)
+
+    def _apply_worker_report(
+        self, c: ClusterRecord, active: list[str], closing: list[str], closed: list[str]
+    ) -> set[str]:
+        changed: set[str] = set()
+        for n in closing:
+            w = c.workers.get(n)
+            if w is not None and not w.close_expected:
+                w.close_expected = True
+                changed.add(n)
+        for n in active:
+            w = c.workers.get(n)
+            if w is not None and w.target == Target.RUNNING and w.observed != Observed.RUNNING:
+                if w.observed != Observed.STOPPED:
+                    w.observed = Observed.RUNNING
+                    self._worker_failures[c.name] = 0
+                    changed.add(n)
+        for n in closed:
+            w = c.workers.get(n)
+            if w is not None and w.target == Target.RUNNING:
+                w.target = Target.STOPPED if w.close_expected else Target.FAILED
+                if not w.close_expected:
+                    w.reason = "worker left the scheduler unexpectedly"
+                changed.add(n)
+        return changed
+
+    def _match_count(self, c: ClusterRecord) -> set[str]:
+        """Create or cancel worker records so the live ones match the requested count."""
+        changed: set[str] = set()
+        live = [w for w in c.workers.values() if w.target == Target.RUNNING]
+        excess = len(live) - c.count
+        if excess > 0:
+            pending = sorted(
+                (w for w in live if w.observed != Observed.RUNNING), key=lambda w: w.observed
+            )
+            for w in pending[:excess]:
+                w.target = Target.STOPPED
+                w.close_expected = True
+                changed.add(w.name)
+        for _ in range(-excess):
+            w = WorkerRecord(name=uuid.uuid4().hex)
+            c.workers[w.name] = w
+            changed.add(w.name)
+        return changed
+
+    @staticmethod
+    def _stop_workers(c: ClusterRecord) -> set[str]:
+        changed = set()
+        for w in c.workers.values():
+            if w.target == Target.RUNNING:
+                w.target = Target.STOPPED
+                w.close_expected = True
+                changed.add(w.name)
+        return changed
+
+    # -- launcher reports ------------------------------------------------------------------
+
+    def _active_cluster(self, name: str) -> ClusterRecord:
+        c = self._active.get(name)
+        if c is None:
+            raise ClusterNotFound(name)
+        return c
+
+    async def report_cluster(
+        self, name: str, observed: Observed | None, state: str, failure_reason: str
+    ) -> None:
+        c = self._active_cluster(name)
+        async with self._lock(name):
+            changed: set[str] = set()
+            if state:
+                c.state = state
+            if failure_reason and c.target == Target.RUNNING:
+                c.target = Target.FAILED
+                c.reason = failure_reason
+                changed |= self._stop_workers(c)
+                log.warning("cluster %s: failed: %s", name, failure_reason)
+            if observed == Observed.STARTING and c.observed == Observed.CREATED:
+                c.observed = Observed.STARTING
+            elif observed == Observed.STOPPED:
+                if c.target == Target.RUNNING:
+                    c.target = Target.FAILED
+                    c.reason = c.reason or "the scheduler stopped unexpectedly"
+                c.observed = Observed.STOPPED
+                for w in c.workers.values():
+                    if w.target == Target.RUNNING:
+                        w.target = Target.STOPPED
+                    w.observed = Observed.STOPPED
+                    changed.add(w.name)
+            await self._commit(c, changed)
+
+    async def report_worker(
+        self,
+        cluster: str,
+        worker: str,
+        observed: Observed | None,
+        state: str,
+        failure_reason: str,
+    ) -> None:
+        c = self._active_cluster(cluster)
+        async with self._lock(cluster):
+            w = c.workers.get(worker)
+            if w is None:
+                raise RegistryError(
+                    f"Worker {worker} of cluster {cluster} not found",
+                    code=ClusterNotFound.code,
+                )
+            if state:
+                w.state = state
+            changed = {worker}
+            if observed == Observed.STARTING and w.observed == Observed.CREATED:
+                w.observed = Observed.STARTING
+            elif observed == Observed.STOPPED:
+                never_ran = w.observed != Observed.RUNNING
+                w.observed = Observed.STOPPED
+                if w.target == Target.RUNNING:
+                    w.target = Target.STOPPED if w.close_expected else Target.FAILED
+                    w.reason = failure_reason or "worker exited"
+                    if not w.close_expected and never_ran:
+                        changed |= self._count_start_failure(c, w.reason)
+                if c.target == Target.RUNNING:
+                    changed |= self._match_count(c)
+            await self._commit(c, changed)
+
+    def _count_start_failure(self, c: ClusterRecord, reason: str) -> set[str]:
+        failures = self._worker_failures.get(c.name, 0) + 1
+        self._worker_failures[c.name] = failures
+        limit = self.settings.worker_start_failure_limit
+        if limit and failures >= limit and c.target == Target.RUNNING:
+            c.target = Target.FAILED
+            c.reason = f"{failures} consecutive workers failed to start (last: {reason})"
+            log.warning("cluster %s: %s", c.name, c.reason)
+            return self._stop_workers(c)
+        return set()
+
+    async def verify_token(self, name: str, token: str) -> str | None:
+        c = self._active.get(name)
+        if c is None or not secrets.compare_digest(c.token.encode(), token.encode()):
+            return None
+        return c.owner

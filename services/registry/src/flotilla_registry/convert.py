@@ -1,0 +1,79 @@
+"""Records to protobuf messages and to dask-gateway JSON reports."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flotilla.registry.v1 import internal_pb2, types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .model import ClusterRecord, Status
+
+__all__ = ["cluster_json", "cluster_message", "launch_message"]
+
+
+def _ts(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
+    running = c.status == Status.RUNNING
+    msg = types_pb2.Cluster(
+        name=c.name,
+        status=int(c.status),
+        dashboard_route=c.dashboard_route,
+        start_time=_ts(c.start_time),
+        options_json=c.options,
+        tls_cert=c.tls_cert if running else "",
+        tls_key=c.tls_key if running else "",
+        owner=c.owner,
+        backend=c.backend,
+        reason=c.reason,
+        requested_workers=c.count,
+        running_workers=c.running_workers,
+    )
+    if c.stop_time is not None:
+        msg.stop_time.CopyFrom(_ts(c.stop_time))
+    return msg
+
+
+def cluster_json(c: ClusterRecord) -> dict[str, Any]:
+    """The report the dask-gateway client parses: exactly these keys, no others."""
+    running = c.status == Status.RUNNING
+    return {
+        "name": c.name,
+        "dashboard_route": c.dashboard_route or None,
+        "status": c.status.name,
+        "start_time": c.start_time,
+        "stop_time": c.stop_time,
+        "options": json.loads(c.options),
+        "tls_cert": c.tls_cert if running else None,
+        "tls_key": c.tls_key if running else None,
+    }
+
+
+def launch_message(c: ClusterRecord, api_url: str) -> internal_pb2.LaunchCluster:
+    return internal_pb2.LaunchCluster(
+        name=c.name,
+        owner=c.owner,
+        backend=c.backend,
+        target=int(c.target),
+        observed=int(c.observed),
+        config_json=c.config,
+        tls_cert=c.tls_cert,
+        tls_key=c.tls_key,
+        token=c.token,
+        api_url=api_url,
+        state_json=c.state,
+        revision=c.revision,
+        scheduler_address=c.scheduler_address.split("://", 1)[-1],
+        workers=[
+            internal_pb2.LaunchWorker(
+                name=w.name, target=int(w.target), observed=int(w.observed), state_json=w.state
+            )
+            for w in c.workers.values()
+        ],
+    )

@@ -1,0 +1,184 @@
+"""The dask-gateway REST API (reached only through Envoy, after the auth service).
+
+Status codes and bodies follow the reference server where clients depend on them
+(``{"error": msg}``, 201/204, 404/409/422) and do better where it misbehaves: a malformed
+request is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from flotilla_common.identity import IDENTITY_HEADER, Identity, InvalidIdentity, verify_identity
+
+from . import __version__
+from .clusters import ClusterService
+from .convert import cluster_json
+from .errors import InvalidRequest, NotAuthenticated, RegistryError
+from .model import Status
+
+__all__ = ["make_app"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        if exc.http_status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc.log_message)
+        headers = {"WWW-Authenticate": "Basic"} if exc.http_status == 401 else None
+        return _error(exc.http_status, exc.message, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "Internal server error")
+
+
+def _wait_flag(request: web.Request) -> bool:
+    if "wait" not in request.query:
+        return False
+    value = request.query["wait"]
+    if value == "":
+        return True
+    try:
+        return bool(int(value))
+    except ValueError:
+        return False
+
+
+class _BadRequest(RegistryError):
+    http_status = 400
+
+
+async def _json_body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return None
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest("Request body must be valid JSON") from None
+
+
+def _statuses(text: str | None) -> set[Status] | None:
+    if not text:
+        return None
+    out = set()
+    for part in text.split(","):
+        name = part.strip().upper()
+        try:
+            out.add(Status[name])
+        except KeyError:
+            raise InvalidRequest(f"{part.strip()!r} is not a valid ClusterStatus") from None
+    return out
+
+
+class _Api:
+    def __init__(self, service: ClusterService, identity_key: str) -> None:
+        self.service = service
+        self.key = identity_key
+
+    def identity(self, request: web.Request) -> Identity:
+        try:
+            return verify_identity(request.headers.get(IDENTITY_HEADER), self.key)
+        except InvalidIdentity as exc:
+            raise NotAuthenticated("Authentication required", log_message=str(exc)) from exc
+
+    async def body_object(self, request: web.Request) -> dict[str, Any]:
+        body = await _json_body(request)
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise InvalidRequest(f"Request body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "pass"})
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": __version__})
+
+    async def options(self, request: web.Request) -> web.Response:
+        spec = await self.service.options_spec(self.identity(request))
+        return web.json_response({"cluster_options": spec.get_specification()})
+
+    async def list_clusters(self, request: web.Request) -> web.Response:
+        identity = self.identity(request)
+        statuses = _statuses(request.query.get("status"))
+        clusters = await self.service.list_clusters(identity, statuses)
+        return web.json_response({c.name: cluster_json(c) for c in clusters})
+
+    async def create(self, request: web.Request) -> web.Response:
+        identity = self.identity(request)
+        body = await self.body_object(request)
+        c = await self.service.create(identity, body.get("cluster_options"))
+        return web.json_response({"name": c.name}, status=201)
+
+    async def get(self, request: web.Request) -> web.Response:
+        identity = self.identity(request)
+        wait = 20.0 if _wait_flag(request) else 0.0
+        c = await self.service.get(identity, request.match_info["name"], wait)
+        return web.json_response(cluster_json(c))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        await self.service.stop(self.identity(request), request.match_info["name"])
+        return web.Response(status=204)
+
+    async def scale(self, request: web.Request) -> web.Response:
+        identity = self.identity(request)
+        body = await self.body_object(request)
+        ok, msg = await self.service.scale(identity, request.match_info["name"], body.get("count"))
+        return web.json_response({"ok": ok, "msg": msg or None})
+
+    async def adapt(self, request: web.Request) -> web.Response:
+        identity = self.identity(request)
+        body = await self.body_object(request)
+        ok, msg = await self.service.adapt(
+            identity,
+            request.match_info["name"],
+            body.get("minimum"),
+            body.get("maximum"),
+            body.get("active", True),
+        )
+        return web.json_response({"ok": ok, "msg": msg or None})
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        identity = self.identity(request)
+        body = await self.body_object(request)
+        await self.service.heartbeat(identity, request.match_info["name"], body)
+        return web.Response(status=200)
+
+
+def make_app(service: ClusterService, identity_key: str) -> web.Application:
+    api = _Api(service, identity_key)
+    app = web.Application(middlewares=[_errors], client_max_size=1024**2)
+    name = "{name:[A-Za-z0-9._-]+}"
+    app.router.add_get("/api/health", api.health)
+    app.router.add_get("/api/version", api.version)
+    app.router.add_get("/api/v1/options", api.options)
+    app.router.add_get("/api/v1/clusters/", api.list_clusters)
+    app.router.add_post("/api/v1/clusters/", api.create)
+    app.router.add_get(f"/api/v1/clusters/{name}", api.get)
+    app.router.add_delete(f"/api/v1/clusters/{name}", api.delete)
+    app.router.add_post(f"/api/v1/clusters/{name}/scale", api.scale)
+    app.router.add_post(f"/api/v1/clusters/{name}/adapt", api.adapt)
+    app.router.add_post(f"/api/v1/clusters/{name}/heartbeat", api.heartbeat)
+    return app

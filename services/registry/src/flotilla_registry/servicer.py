@@ -1,0 +1,211 @@
+"""gRPC adapters: protobuf in, domain calls, protobuf out. No logic of their own."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from flotilla.registry.v1 import (
+    internal_pb2,
+    internal_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    types_pb2,
+)
+from flotilla_common.identity import IDENTITY_HEADER, Identity, InvalidIdentity, verify_identity
+
+from . import __version__
+from .clusters import ClusterService, RouteInfo
+from .convert import cluster_message, launch_message
+from .errors import InvalidRequest, NotAuthenticated
+from .model import ClusterRecord, Observed, Status
+
+__all__ = [
+    "ClusterTokenServicer",
+    "LauncherServicer",
+    "RegistryServicer",
+    "RouteServicer",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _identity(context: grpc.aio.ServicerContext, key: str) -> Identity:
+    metadata = dict(context.invocation_metadata() or ())
+    try:
+        return verify_identity(metadata.get(IDENTITY_HEADER), key)
+    except InvalidIdentity as exc:
+        raise NotAuthenticated("Authentication required", log_message=str(exc)) from exc
+
+
+def _options_json(text: str) -> object:
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"options_json is not valid JSON: {exc}") from exc
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: ClusterService, identity_key: str) -> None:
+        self.service = service
+        self.key = identity_key
+
+    async def GetVersion(  # noqa: N802
+        self, request: registry_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetVersionResponse:
+        return registry_pb2.GetVersionResponse(version=__version__)
+
+    async def GetOptions(  # noqa: N802
+        self, request: registry_pb2.GetOptionsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetOptionsResponse:
+        spec = await self.service.options_spec(_identity(context, self.key))
+        return registry_pb2.GetOptionsResponse(
+            fields=[
+                types_pb2.OptionField(
+                    field=f["field"],
+                    label=f["label"],
+                    default_json=json.dumps(f["default"]),
+                    spec_json=json.dumps(f["spec"]),
+                )
+                for f in spec.get_specification()
+            ]
+        )
+
+    async def CreateCluster(  # noqa: N802
+        self, request: registry_pb2.CreateClusterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.CreateClusterResponse:
+        identity = _identity(context, self.key)
+        c = await self.service.create(identity, _options_json(request.options_json))
+        return registry_pb2.CreateClusterResponse(name=c.name)
+
+    async def GetCluster(  # noqa: N802
+        self, request: registry_pb2.GetClusterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetClusterResponse:
+        identity = _identity(context, self.key)
+        c = await self.service.get(identity, request.name, request.wait_seconds)
+        return registry_pb2.GetClusterResponse(cluster=cluster_message(c))
+
+    async def ListClusters(  # noqa: N802
+        self, request: registry_pb2.ListClustersRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListClustersResponse:
+        identity = _identity(context, self.key)
+        try:
+            statuses = {Status(s) for s in request.statuses}
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        clusters = await self.service.list_clusters(identity, statuses, request.all_users)
+        return registry_pb2.ListClustersResponse(clusters=[cluster_message(c) for c in clusters])
+
+    async def StopCluster(  # noqa: N802
+        self, request: registry_pb2.StopClusterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.StopClusterResponse:
+        await self.service.stop(_identity(context, self.key), request.name)
+        return registry_pb2.StopClusterResponse()
+
+    async def ScaleCluster(  # noqa: N802
+        self, request: registry_pb2.ScaleClusterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ScaleClusterResponse:
+        identity = _identity(context, self.key)
+        ok, msg = await self.service.scale(identity, request.name, request.count)
+        return registry_pb2.ScaleClusterResponse(ok=ok, message=msg)
+
+    async def AdaptCluster(  # noqa: N802
+        self, request: registry_pb2.AdaptClusterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.AdaptClusterResponse:
+        identity = _identity(context, self.key)
+        ok, msg = await self.service.adapt(
+            identity,
+            request.name,
+            request.minimum if request.HasField("minimum") else None,
+            request.maximum if request.HasField("maximum") else None,
+            request.active,
+        )
+        return registry_pb2.AdaptClusterResponse(ok=ok, message=msg)
+
+
+def _observed(value: int) -> Observed | None:
+    return Observed(value) if value in Observed._value2member_map_ else None
+
+
+class LauncherServicer(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: ClusterService, api_url: str) -> None:
+        self.service = service
+        self.api_url = api_url
+
+    async def WatchClusters(  # noqa: N802
+        self, request: internal_pb2.WatchClustersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[internal_pb2.WatchClustersResponse]:
+        backend = request.backend
+        with self.service.launch_hub.subscribe(lambda k, c: c.backend == backend) as sub:
+            initial = self.service.active_for_backend(backend)
+            log.info("launcher for %s connected; %d clusters", backend, len(initial))
+            yield internal_pb2.WatchClustersResponse(
+                initial=True, clusters=[launch_message(c, self.api_url) for c in initial]
+            )
+            while True:
+                batch: dict[str, ClusterRecord] = await sub.next_batch()
+                yield internal_pb2.WatchClustersResponse(
+                    clusters=[launch_message(c, self.api_url) for c in batch.values()]
+                )
+
+    async def ReportCluster(  # noqa: N802
+        self, request: internal_pb2.ReportClusterRequest, context: grpc.aio.ServicerContext
+    ) -> internal_pb2.ReportClusterResponse:
+        await self.service.report_cluster(
+            request.name, _observed(request.observed), request.state_json, request.failure_reason
+        )
+        return internal_pb2.ReportClusterResponse()
+
+    async def ReportWorker(  # noqa: N802
+        self, request: internal_pb2.ReportWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> internal_pb2.ReportWorkerResponse:
+        await self.service.report_worker(
+            request.cluster_name,
+            request.worker_name,
+            _observed(request.observed),
+            request.state_json,
+            request.failure_reason,
+        )
+        return internal_pb2.ReportWorkerResponse()
+
+
+def _route_message(r: RouteInfo) -> internal_pb2.Route:
+    return internal_pb2.Route(
+        cluster_name=r.cluster_name,
+        scheduler_address=r.scheduler_address,
+        dashboard_address=r.dashboard_address,
+    )
+
+
+class RouteServicer(internal_pb2_grpc.RouteServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: ClusterService) -> None:
+        self.service = service
+
+    async def WatchRoutes(  # noqa: N802
+        self, request: internal_pb2.WatchRoutesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[internal_pb2.WatchRoutesResponse]:
+        with self.service.route_hub.subscribe() as sub:
+            yield internal_pb2.WatchRoutesResponse(
+                reset=True, upserted=[_route_message(r) for r in self.service.routes()]
+            )
+            while True:
+                batch = await sub.next_batch()
+                yield internal_pb2.WatchRoutesResponse(
+                    upserted=[_route_message(r) for r in batch.values() if r is not None],
+                    removed=[name for name, r in batch.items() if r is None],
+                )
+
+
+class ClusterTokenServicer(internal_pb2_grpc.ClusterTokenServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: ClusterService) -> None:
+        self.service = service
+
+    async def VerifyClusterToken(  # noqa: N802
+        self, request: internal_pb2.VerifyClusterTokenRequest, context: grpc.aio.ServicerContext
+    ) -> internal_pb2.VerifyClusterTokenResponse:
+        owner = await self.service.verify_token(request.cluster_name, request.token)
+        return internal_pb2.VerifyClusterTokenResponse(valid=owner is not None, owner=owner or "")

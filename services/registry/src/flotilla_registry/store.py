@@ -1,0 +1,211 @@
+"""Persistence of cluster and worker records. The only module that knows the schema.
+
+``Store`` is the interface; ``SQLiteStore`` is the embedded default. A PostgreSQL store
+implements the same methods. Schemas are created by numbered migrations
+(``migrations/<dialect>/NNNN_*.sql``), applied once each and recorded.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiosqlite
+
+from .model import ClusterRecord, Observed, Target, WorkerRecord
+
+__all__ = ["SQLiteStore", "Store", "open_store"]
+
+log = logging.getLogger(__name__)
+
+
+class Store(abc.ABC):
+    """Where the registry keeps clusters and workers."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def save_cluster(self, cluster: ClusterRecord, workers: Iterable[str] = ()) -> None:
+        """Insert or update ``cluster`` and the named workers (all of them if ``None``)."""
+
+    @abc.abstractmethod
+    async def load_unfinished(self) -> list[ClusterRecord]:
+        """Every cluster not yet finished, with its unfinished workers."""
+
+    @abc.abstractmethod
+    async def get_cluster(self, name: str) -> ClusterRecord | None:
+        """One cluster without its workers."""
+
+    @abc.abstractmethod
+    async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
+        """Finished clusters of ``owner`` (every owner when None), without workers."""
+
+
+_CLUSTER_COLUMNS = (
+    "name", "owner", "backend", "options", "config", "token", "tls_cert", "tls_key",
+    "target", "observed", "reason", "scheduler_address", "dashboard_address", "api_address",
+    "count", "state", "start_time", "stop_time", "last_heartbeat", "revision",
+)  # fmt: skip
+_WORKER_COLUMNS = (
+    "cluster", "name", "target", "observed", "close_expected", "state", "reason",
+    "start_time", "stop_time",
+)  # fmt: skip
+
+
+def _cluster_row(c: ClusterRecord) -> tuple[Any, ...]:
+    return (
+        c.name, c.owner, c.backend, c.options, c.config, c.token, c.tls_cert, c.tls_key,
+        int(c.target), int(c.observed), c.reason, c.scheduler_address, c.dashboard_address,
+        c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
+        c.revision,
+    )  # fmt: skip
+
+
+def _worker_row(cluster: str, w: WorkerRecord) -> tuple[Any, ...]:
+    return (
+        cluster, w.name, int(w.target), int(w.observed), int(w.close_expected), w.state,
+        w.reason, w.start_time, w.stop_time,
+    )  # fmt: skip
+
+
+def _cluster_from_row(row: Sequence[Any]) -> ClusterRecord:
+    d = dict(zip(_CLUSTER_COLUMNS, row, strict=True))
+    d["target"] = Target(d["target"])
+    d["observed"] = Observed(d["observed"])
+    return ClusterRecord(**d)
+
+
+def _worker_from_row(row: Sequence[Any]) -> tuple[str, WorkerRecord]:
+    d = dict(zip(_WORKER_COLUMNS, row, strict=True))
+    cluster = d.pop("cluster")
+    d["target"] = Target(d["target"])
+    d["observed"] = Observed(d["observed"])
+    d["close_expected"] = bool(d["close_expected"])
+    return cluster, WorkerRecord(**d)
+
+
+def _migrations(dialect: str) -> list[tuple[str, str]]:
+    folder = resources.files("flotilla_registry") / "migrations" / dialect
+    files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name, (folder / name).read_text()) for name in files]
+
+
+class SQLiteStore(Store):
+    """A single SQLite file (WAL mode): the embedded default."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = await aiosqlite.connect(self.path)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA synchronous=NORMAL")
+        await self.db.execute("PRAGMA foreign_keys=ON")
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_ms INTEGER)"
+        )
+        async with self.db.execute("SELECT name FROM schema_migrations") as cur:
+            done = {r[0] for r in await cur.fetchall()}
+        for name, sql in _migrations("sqlite"):
+            if name in done:
+                continue
+            log.info("applying migration %s", name)
+            await self.db.executescript(
+                f"BEGIN;\n{sql}\nINSERT INTO schema_migrations VALUES "
+                f"('{name}', CAST(strftime('%s','now') AS INTEGER) * 1000);\nCOMMIT;"
+            )
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def save_cluster(self, cluster: ClusterRecord, workers: Iterable[str] = ()) -> None:
+        cols = ", ".join(_CLUSTER_COLUMNS)
+        marks = ", ".join("?" for _ in _CLUSTER_COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _CLUSTER_COLUMNS[1:])
+        await self.db.execute(
+            f"INSERT INTO clusters ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT(name) DO UPDATE SET {updates}",
+            _cluster_row(cluster),
+        )
+        rows = [_worker_row(cluster.name, cluster.workers[n]) for n in workers if n in cluster.workers]
+        if rows:
+            wcols = ", ".join(_WORKER_COLUMNS)
+            wmarks = ", ".join("?" for _ in _WORKER_COLUMNS)
+            wupdates = ", ".join(f"{c}=excluded.{c}" for c in _WORKER_COLUMNS[2:])
+            await self.db.executemany(
+                f"INSERT INTO workers ({wcols}) VALUES ({wmarks}) "
+                f"ON CONFLICT(cluster, name) DO UPDATE SET {wupdates}",
+                rows,
+            )
+        await self.db.commit()
+
+    async def load_unfinished(self) -> list[ClusterRecord]:
+        cols = ", ".join(_CLUSTER_COLUMNS)
+        async with self.db.execute(
+            f"SELECT {cols} FROM clusters WHERE stop_time IS NULL ORDER BY start_time"
+        ) as cur:
+            clusters = {r[0]: _cluster_from_row(r) for r in await cur.fetchall()}
+        wcols = ", ".join(f"w.{c}" for c in _WORKER_COLUMNS)
+        async with self.db.execute(
+            f"SELECT {wcols} FROM workers w JOIN clusters c ON c.name = w.cluster "
+            "WHERE c.stop_time IS NULL AND w.stop_time IS NULL"
+        ) as cur:
+            for row in await cur.fetchall():
+                cluster, worker = _worker_from_row(row)
+                clusters[cluster].workers[worker.name] = worker
+        return list(clusters.values())
+
+    async def get_cluster(self, name: str) -> ClusterRecord | None:
+        cols = ", ".join(_CLUSTER_COLUMNS)
+        async with self.db.execute(f"SELECT {cols} FROM clusters WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return _cluster_from_row(row) if row else None
+
+    async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
+        cols = ", ".join(_CLUSTER_COLUMNS)
+        sql = f"SELECT {cols} FROM clusters WHERE stop_time IS NOT NULL"
+        args: tuple[Any, ...] = ()
+        if owner is not None:
+            sql += " AND owner = ?"
+            args = (owner,)
+        async with self.db.execute(sql + " ORDER BY start_time", args) as cur:
+            return [_cluster_from_row(r) for r in await cur.fetchall()]
+
+
+def open_store(url: str) -> Store:
+    """A store for ``url``: ``sqlite:///relative/path``, ``sqlite:////absolute/path``,
+    ``sqlite:///:memory:`` or a bare file path."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        if not url.startswith("sqlite:///"):
+            raise ValueError(
+                "SQLite URLs look like sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        return SQLiteStore(url[len("sqlite:///") :] or ":memory:")
+    if not parsed.scheme:
+        return SQLiteStore(url)
+    raise ValueError(f"unsupported registry database URL scheme {parsed.scheme!r}")

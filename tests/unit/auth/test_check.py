@@ -1,0 +1,584 @@
+"""The auth decision, driven through the servicer's Check with hand-built CheckRequests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from flotilla_auth.authenticator import Authenticator, AuthenticatorError, AuthResult
+from flotilla_auth.basic import BasicAuthenticator
+from flotilla_auth.checker import Checker
+from flotilla_auth.cookies import SessionCookies
+from flotilla_auth.servicer import AuthorizationServicer
+from flotilla_auth.tokens import TokenVerificationUnavailable
+from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity, verify_identity
+from google.rpc import code_pb2
+from traitlets.config import Config
+
+IDENTITY_KEY = "identity-key-for-tests"
+COOKIE_KEY = "cookie-key-for-tests"
+COOKIE = "flotilla-session"
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+class FakeTokens:
+    """Token verifier answering from a dict; counts calls."""
+
+    def __init__(self, tokens: Mapping[tuple[str, str], str], down: bool = False) -> None:
+        self.tokens = dict(tokens)
+        self.down = down
+        self.calls: list[tuple[str, str]] = []
+
+    async def verify(self, cluster: str, token: str) -> str | None:
+        self.calls.append((cluster, token))
+        if self.down:
+            raise TokenVerificationUnavailable("UNAVAILABLE")
+        return self.tokens.get((cluster, token))
+
+
+def basic(user: str, password: str = "", encoding: str = "latin-1") -> str:
+    raw = f"{user}:{password}".encode(encoding)
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def check_request(
+    method: str, path: str, headers: Mapping[str, str] | None = None
+) -> external_auth_pb2.CheckRequest:
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        method=method, path=path, headers=dict(headers or {})
+    )
+    return external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(http=http)
+        )
+    )
+
+
+def make_servicer(
+    *,
+    password: str = "secret",
+    user_groups: dict[str, list[str]] | None = None,
+    admin_users: tuple[str, ...] = (),
+    admin_groups: tuple[str, ...] = (),
+    tokens: FakeTokens | None = None,
+    authenticator: Authenticator | None = None,
+) -> AuthorizationServicer:
+    config = Config()
+    config.BasicAuthenticator.password = password
+    config.BasicAuthenticator.user_groups = user_groups or {}
+    checker = Checker(
+        authenticator=authenticator or BasicAuthenticator(config=config),
+        token_verifier=tokens or FakeTokens({}),
+        cookies=SessionCookies(COOKIE_KEY, COOKIE, 300),
+        identity_key=IDENTITY_KEY,
+        admin_users=admin_users,
+        admin_groups=admin_groups,
+    )
+    return AuthorizationServicer(checker)
+
+
+async def check(
+    servicer: AuthorizationServicer,
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+) -> external_auth_pb2.CheckResponse:
+    return await servicer.Check(check_request(method, path, headers), None)
+
+
+def upstream_headers(resp: external_auth_pb2.CheckResponse) -> dict[str, str]:
+    return {o.header.key: o.header.value for o in resp.ok_response.headers}
+
+
+def client_headers(resp: external_auth_pb2.CheckResponse) -> dict[str, str]:
+    options = (
+        resp.ok_response.response_headers_to_add
+        if resp.HasField("ok_response")
+        else resp.denied_response.headers
+    )
+    return {o.header.key.lower(): o.header.value for o in options}
+
+
+def identity_of(resp: external_auth_pb2.CheckResponse) -> Identity:
+    assert resp.status.code == code_pb2.OK, resp
+    return verify_identity(upstream_headers(resp)[IDENTITY_HEADER], IDENTITY_KEY)
+
+
+def assert_denied(
+    resp: external_auth_pb2.CheckResponse,
+    challenge: str = "Basic",
+    error: str = "Authentication required",
+    status: int = 401,
+) -> None:
+    assert resp.status.code != code_pb2.OK
+    assert resp.HasField("denied_response")
+    assert resp.denied_response.status.code == status
+    headers = client_headers(resp)
+    if challenge:
+        assert headers["www-authenticate"] == challenge
+    else:
+        assert "www-authenticate" not in headers
+    assert headers["content-type"] == "application/json"
+    assert json.loads(resp.denied_response.body) == {"error": error}
+
+
+def session_cookie(resp: external_auth_pb2.CheckResponse) -> str:
+    set_cookie = client_headers(resp)["set-cookie"]
+    first = set_cookie.split(";", 1)[0]
+    name, _, value = first.partition("=")
+    assert name == COOKIE
+    return value
+
+
+# -- public routes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/health", "/api/version", "/api/health?x=1", "/api/version?"]
+)
+async def test_public_routes_need_no_identity(path: str) -> None:
+    forged = sign_identity(Identity("mallory", admin=True), IDENTITY_KEY)
+    resp = await check(make_servicer(), "GET", path, {IDENTITY_HEADER: forged})
+    assert resp.status.code == code_pb2.OK
+    assert upstream_headers(resp) == {}
+    assert IDENTITY_HEADER in resp.ok_response.headers_to_remove
+    assert not resp.ok_response.response_headers_to_add
+
+
+async def test_public_paths_only_for_get() -> None:
+    resp = await check(make_servicer(), "POST", "/api/health")
+    assert_denied(resp)
+
+
+# -- Basic -----------------------------------------------------------------------------------
+
+
+async def test_basic_ok_sets_identity_and_cookie() -> None:
+    servicer = make_servicer(user_groups={"alice": ["dev", "ops"]})
+    resp = await check(
+        servicer, "GET", "/api/v1/clusters/", {"authorization": basic("alice", "secret")}
+    )
+    ident = identity_of(resp)
+    assert ident == Identity("alice", frozenset({"dev", "ops"}), admin=False, cluster="")
+    (option,) = [o for o in resp.ok_response.headers if o.header.key == IDENTITY_HEADER]
+    assert option.append_action == OVERWRITE
+    set_cookie = client_headers(resp)["set-cookie"]
+    assert set_cookie.startswith(f"{COOKIE}=")
+    assert set_cookie.endswith("; Max-Age=600; Path=/; HttpOnly; SameSite=Lax")
+
+
+async def test_basic_scheme_is_case_insensitive() -> None:
+    header = basic("alice", "secret").replace("Basic", "bAsIc")
+    resp = await check(make_servicer(), "GET", "/api/v1/options", {"authorization": header})
+    assert identity_of(resp).user == "alice"
+
+
+async def test_wrong_password_is_401() -> None:
+    resp = await check(
+        make_servicer(), "GET", "/api/v1/options", {"authorization": basic("alice", "wrong")}
+    )
+    assert_denied(resp)
+    assert resp.status.code == code_pb2.UNAUTHENTICATED
+
+
+async def test_no_credentials_is_401() -> None:
+    assert_denied(await check(make_servicer(), "GET", "/api/v1/clusters/"))
+
+
+async def test_without_password_any_password_is_accepted() -> None:
+    servicer = make_servicer(password="")
+    resp = await check(servicer, "GET", "/api/v1/options", {"authorization": basic("bob", "x")})
+    assert identity_of(resp).user == "bob"
+    resp = await check(servicer, "GET", "/api/v1/options", {"authorization": basic("bob")})
+    assert identity_of(resp).user == "bob"
+
+
+async def test_latin1_user_name_from_the_dask_gateway_client() -> None:
+    resp = await check(
+        make_servicer(), "GET", "/api/v1/options", {"authorization": basic("josé", "secret")}
+    )
+    assert identity_of(resp).user == "josé"
+    utf8 = basic("josé", "secret", encoding="utf-8")
+    resp = await check(make_servicer(), "GET", "/api/v1/options", {"authorization": utf8})
+    assert identity_of(resp).user == "josé"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic",
+        "Basic ",
+        "Basic    ",
+        "Basic!",
+        "Basicabc",
+        "Basic !!!not-base64!!!",
+        "Basic YWxpY2U6c2VjcmV",  # truncated: bad padding
+        "Basic " + _b64(b"alice-no-colon"),
+        "Basic " + _b64(b":secret"),  # empty user
+        "Basic " + _b64(b" alice:secret"),  # whitespace around the name
+        "Basic " + _b64(b"al\x00ice:secret"),  # control character
+        "Basic " + _b64(b"al\nice:secret"),
+        "Basic YWxpY2U6c2VjcmV0ñ",  # non-ASCII in the header
+        "Bearer abc",
+        "Negotiate abc",
+        "token abc",
+        "",
+        " ",
+    ],
+)
+async def test_malformed_authorization_is_401(header: str) -> None:
+    resp = await check(
+        make_servicer(password=""), "GET", "/api/v1/options", {"authorization": header}
+    )
+    assert_denied(resp)
+
+
+async def test_raw_header_map_with_bytes() -> None:
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        method="GET",
+        path="/api/v1/options",
+        header_map=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key="authorization", raw_value=b"Basic \xff\xfe")]
+        ),
+    )
+    request = external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(http=http)
+        )
+    )
+    assert_denied(await make_servicer().Check(request, None))
+
+    request.attributes.request.http.header_map.headers[0].raw_value = basic(
+        "alice", "secret"
+    ).encode()
+    resp = await make_servicer().Check(request, None)
+    assert identity_of(resp).user == "alice"
+
+
+# -- session cookies ---------------------------------------------------------------------------
+
+
+async def test_cookie_roundtrip() -> None:
+    servicer = make_servicer(user_groups={"alice": ["dev"]}, admin_groups=("dev",))
+    first = await check(
+        servicer, "GET", "/api/v1/clusters/", {"authorization": basic("alice", "secret")}
+    )
+    value = session_cookie(first)
+    second = await check(
+        servicer, "POST", "/api/v1/clusters/", {"cookie": f"a=b; {COOKIE}={value}; c=d"}
+    )
+    assert identity_of(second) == Identity("alice", frozenset({"dev"}), admin=True)
+    # Cookie-authenticated requests do not refresh the cookie.
+    assert "set-cookie" not in client_headers(second)
+
+
+async def test_cookie_wins_over_bad_credentials() -> None:
+    servicer = make_servicer()
+    first = await check(
+        servicer, "GET", "/api/v1/clusters/", {"authorization": basic("alice", "secret")}
+    )
+    resp = await check(
+        servicer,
+        "GET",
+        "/api/v1/clusters/",
+        {"cookie": f"{COOKIE}={session_cookie(first)}", "authorization": "Basic"},
+    )
+    assert identity_of(resp).user == "alice"
+
+
+async def test_expired_cookie_is_rejected_and_credentials_work_again() -> None:
+    servicer = make_servicer()
+    cookies = SessionCookies(COOKIE_KEY, COOKIE, 300)
+    old = cookies.encode("alice", frozenset(), False, now=time.time() - 301)
+    resp = await check(servicer, "GET", "/api/v1/clusters/", {"cookie": f"{COOKIE}={old}"})
+    assert_denied(resp)
+    # The client retries with credentials after the 401 and gets a fresh cookie.
+    resp = await check(
+        servicer,
+        "GET",
+        "/api/v1/clusters/",
+        {"cookie": f"{COOKIE}={old}", "authorization": basic("alice", "secret")},
+    )
+    assert identity_of(resp).user == "alice"
+    assert session_cookie(resp) != old
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "garbage", "a.b", "....", "ñ.ñ", "x.y.z"],
+)
+async def test_malformed_cookie_is_ignored(value: str) -> None:
+    resp = await check(make_servicer(), "GET", "/api/v1/clusters/", {"cookie": f"{COOKIE}={value}"})
+    assert_denied(resp)
+
+
+async def test_cookie_signed_with_another_key_or_tampered_is_rejected() -> None:
+    other = SessionCookies("another-key", COOKIE, 300).encode("alice", frozenset(), True)
+    resp = await check(make_servicer(), "GET", "/api/v1/clusters/", {"cookie": f"{COOKIE}={other}"})
+    assert_denied(resp)
+
+    good = SessionCookies(COOKIE_KEY, COOKIE, 300).encode("alice", frozenset(), False)
+    payload, mac = good.split(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    data["a"] = True
+    forged_payload = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    resp = await check(
+        make_servicer(), "GET", "/api/v1/clusters/", {"cookie": f"{COOKIE}={forged_payload}.{mac}"}
+    )
+    assert_denied(resp)
+
+
+def test_lowered_max_age_applies_to_existing_cookies() -> None:
+    long_lived = SessionCookies(COOKIE_KEY, COOKIE, 3600).encode("alice", frozenset(), False)
+    assert SessionCookies(COOKIE_KEY, COOKIE, 3600).decode(long_lived) is not None
+    assert SessionCookies(COOKIE_KEY, COOKIE, 300).decode(long_lived) is None
+
+
+# -- identity header hygiene -------------------------------------------------------------------
+
+
+async def test_forged_identity_header_is_replaced() -> None:
+    forged = sign_identity(Identity("root", admin=True), IDENTITY_KEY)
+    resp = await check(
+        make_servicer(),
+        "DELETE",
+        "/api/v1/clusters/abc",
+        {
+            "authorization": basic("alice", "secret"),
+            IDENTITY_HEADER: forged,
+            "x-flotilla-internal-token": "guess",
+            "x-flotilla-other": "1",
+        },
+    )
+    assert identity_of(resp) == Identity("alice")
+    assert IDENTITY_HEADER not in resp.ok_response.headers_to_remove
+    assert set(resp.ok_response.headers_to_remove) == {
+        "x-flotilla-internal-token",
+        "x-flotilla-other",
+    }
+
+
+# -- cluster tokens ----------------------------------------------------------------------------
+
+TOKENS = {("ns.c1", "tok-1"): "bob"}
+
+
+async def test_heartbeat_with_valid_token() -> None:
+    tokens = FakeTokens(TOKENS)
+    servicer = make_servicer(tokens=tokens)
+    resp = await check(
+        servicer, "POST", "/api/v1/clusters/ns.c1/heartbeat", {"authorization": "token tok-1"}
+    )
+    assert identity_of(resp) == Identity("bob", cluster="ns.c1")
+    assert "set-cookie" not in client_headers(resp)
+    assert tokens.calls == [("ns.c1", "tok-1")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "token wrong"},
+        {"authorization": "token"},
+        {"authorization": "Basic " + _b64(b"bob:secret")},
+    ],
+)
+async def test_heartbeat_requires_a_valid_token(headers: dict[str, str]) -> None:
+    resp = await check(
+        make_servicer(tokens=FakeTokens(TOKENS)),
+        "POST",
+        "/api/v1/clusters/ns.c1/heartbeat",
+        headers,
+    )
+    assert_denied(resp, challenge="token", error="Unauthorized")
+
+
+async def test_token_of_another_cluster_is_rejected() -> None:
+    resp = await check(
+        make_servicer(tokens=FakeTokens(TOKENS)),
+        "POST",
+        "/api/v1/clusters/ns.c2/heartbeat",
+        {"authorization": "token tok-1"},
+    )
+    assert_denied(resp, challenge="token", error="Unauthorized")
+
+
+async def test_heartbeat_ignores_session_cookie() -> None:
+    servicer = make_servicer(tokens=FakeTokens(TOKENS))
+    first = await check(
+        servicer, "GET", "/api/v1/clusters/", {"authorization": basic("bob", "secret")}
+    )
+    resp = await check(
+        servicer,
+        "POST",
+        "/api/v1/clusters/ns.c1/heartbeat",
+        {"cookie": f"{COOKIE}={session_cookie(first)}"},
+    )
+    assert_denied(resp, challenge="token", error="Unauthorized")
+
+
+async def test_delete_with_valid_token() -> None:
+    resp = await check(
+        make_servicer(tokens=FakeTokens(TOKENS)),
+        "DELETE",
+        "/api/v1/clusters/ns.c1",
+        {"authorization": "token tok-1"},
+    )
+    assert identity_of(resp) == Identity("bob", cluster="ns.c1")
+
+
+async def test_delete_with_bad_token_falls_back_to_user_auth() -> None:
+    servicer = make_servicer(tokens=FakeTokens(TOKENS))
+    resp = await check(servicer, "DELETE", "/api/v1/clusters/ns.c1", {"authorization": "token x"})
+    assert_denied(resp)
+    first = await check(
+        servicer, "GET", "/api/v1/clusters/", {"authorization": basic("bob", "secret")}
+    )
+    resp = await check(
+        servicer,
+        "DELETE",
+        "/api/v1/clusters/ns.c1",
+        {"authorization": "token x", "cookie": f"{COOKIE}={session_cookie(first)}"},
+    )
+    assert identity_of(resp) == Identity("bob")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/clusters/ns.c1"),
+        ("POST", "/api/v1/clusters/ns.c1/scale"),
+        ("DELETE", "/api/v1/clusters/"),
+        ("DELETE", "/api/v1/clusters/ns.c1/extra"),
+        ("POST", "/flotilla.registry.v1.RegistryService/StopCluster"),
+    ],
+)
+async def test_token_only_counts_on_token_routes(method: str, path: str) -> None:
+    tokens = FakeTokens(TOKENS)
+    resp = await check(make_servicer(tokens=tokens), method, path, {"authorization": "token tok-1"})
+    assert_denied(resp)
+    assert tokens.calls == []
+
+
+async def test_heartbeat_path_with_query() -> None:
+    resp = await check(
+        make_servicer(tokens=FakeTokens(TOKENS)),
+        "POST",
+        "/api/v1/clusters/ns.c1/heartbeat?x=1",
+        {"authorization": "token tok-1"},
+    )
+    assert identity_of(resp).cluster == "ns.c1"
+
+
+async def test_registry_down_is_503() -> None:
+    resp = await check(
+        make_servicer(tokens=FakeTokens(TOKENS, down=True)),
+        "POST",
+        "/api/v1/clusters/ns.c1/heartbeat",
+        {"authorization": "token tok-1"},
+    )
+    assert_denied(resp, challenge="", error="Authentication service unavailable", status=503)
+    assert resp.status.code == code_pb2.UNAVAILABLE
+
+
+# -- admin -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "admin"),
+    [("root", True), ("ops-person", True), ("alice", False)],
+)
+async def test_admin_flag(user: str, admin: bool) -> None:
+    servicer = make_servicer(
+        user_groups={"ops-person": ["ops"], "alice": ["dev"]},
+        admin_users=("root",),
+        admin_groups=("ops",),
+    )
+    resp = await check(servicer, "GET", "/api/v1/options", {"authorization": basic(user, "secret")})
+    assert identity_of(resp).admin is admin
+
+
+# -- gRPC --------------------------------------------------------------------------------------
+
+GRPC_PATH = "/flotilla.registry.v1.RegistryService/ListClusters"
+
+
+async def test_grpc_metadata_credentials() -> None:
+    headers = {
+        "content-type": "application/grpc",
+        "te": "trailers",
+        "authorization": basic("alice", "secret"),
+        IDENTITY_HEADER: "forged",
+    }
+    resp = await check(make_servicer(), "POST", GRPC_PATH, headers)
+    assert identity_of(resp).user == "alice"
+
+
+async def test_grpc_without_credentials_is_denied() -> None:
+    resp = await check(make_servicer(), "POST", GRPC_PATH, {"content-type": "application/grpc"})
+    assert_denied(resp)
+    assert resp.status.code == code_pb2.UNAUTHENTICATED
+
+
+# -- the authenticator seam --------------------------------------------------------------------
+
+
+class NegotiateLike(Authenticator):
+    """Stands in for Kerberos: a challenge of its own and a header on success."""
+
+    challenge = "Negotiate"
+
+    def __init__(self, behaviour: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.behaviour = behaviour
+
+    async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
+        if self.behaviour == "crash":
+            raise RuntimeError("bug")
+        if self.behaviour == "upstream":
+            raise AuthenticatorError("Upstream failure verifying token", status_code=502)
+        if headers.get("authorization") != "Negotiate good":
+            return None
+        return AuthResult(
+            user="carol",
+            groups=frozenset({"g"}),
+            admin=True,
+            response_headers=(("WWW-Authenticate", "Negotiate server-token"),),
+        )
+
+
+async def test_authenticator_response_headers_and_admin() -> None:
+    servicer = make_servicer(authenticator=NegotiateLike("ok"))
+    resp = await check(servicer, "GET", "/api/v1/options", {"authorization": "Negotiate good"})
+    assert identity_of(resp) == Identity("carol", frozenset({"g"}), admin=True)
+    headers = client_headers(resp)
+    assert headers["www-authenticate"] == "Negotiate server-token"
+    assert headers["set-cookie"].startswith(f"{COOKIE}=")
+    assert_denied(
+        await check(servicer, "GET", "/api/v1/options", {"authorization": "Negotiate bad"}),
+        challenge="Negotiate",
+    )
+
+
+async def test_authenticator_crash_is_401() -> None:
+    resp = await check(
+        make_servicer(authenticator=NegotiateLike("crash")), "GET", "/api/v1/options"
+    )
+    assert_denied(resp, challenge="Negotiate")
+
+
+async def test_authenticator_error_keeps_its_status() -> None:
+    resp = await check(
+        make_servicer(authenticator=NegotiateLike("upstream")), "GET", "/api/v1/options"
+    )
+    assert_denied(resp, challenge="", error="Upstream failure verifying token", status=502)
