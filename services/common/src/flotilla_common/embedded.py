@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from traitlets import Bool, Float, Unicode
+from traitlets import Bool, Float
 from traitlets.config import Config, Configurable
 
 from .config import Deployment, add_config_argument, load_config
@@ -37,21 +36,12 @@ log = logging.getLogger(__name__)
 class Embedded(Configurable):  # type: ignore[misc]
     """How ``flotilla-embedded`` runs the stack."""
 
-    envoy_binary = Unicode(
-        "",
-        help="Path of the Envoy binary. Empty: $FLOTILLA_ENVOY, else `envoy` on PATH.",
-        config=True,
-    )
-    envoy_log_level = Unicode("warning", help="Envoy's --log-level.", config=True)
-    envoy_drain_seconds = Float(
-        5.0, help="Envoy's --drain-time-s (seconds) for listener drains.", config=True
-    )
     restart_crashed = Bool(
         True, help="Restart a service that exits unexpectedly (with backoff).", config=True
     )
     log_to_files = Bool(
         False,
-        help="Write each service's output to <state_dir>/logs/<service>.log instead of the terminal.",
+        help="Write each service's output to <state_dir>/logs/<service>.log, not the terminal.",
         config=True,
     )
     start_timeout_seconds = Float(
@@ -99,38 +89,15 @@ class EmbeddedStack:
     def public_url(self) -> str:
         return self.deployment.resolved_public_url
 
-    def _envoy_binary(self) -> str:
-        binary = self.settings.envoy_binary or os.environ.get("FLOTILLA_ENVOY", "")
-        binary = binary or shutil.which("envoy") or ""
-        if not binary or not Path(binary).exists():
-            raise SystemExit(
-                "Envoy binary not found: set c.Embedded.envoy_binary or FLOTILLA_ENVOY "
-                "(`make run` installs it)"
-            )
-        return binary
-
     def _argv(self) -> list[tuple[str, list[str]]]:
         cfg = ["--config", self.config_path] if self.config_path else []
-        state = self.deployment.state_path
-        bootstrap = state / "envoy-bootstrap.json"
-        subprocess.run(
-            [_bin("flotilla-proxy-config"), "bootstrap", *cfg, "--out", str(bootstrap)],
-            check=True,
-        )
-        envoy = [
-            self._envoy_binary(),
-            "-c", str(bootstrap),
-            "--concurrency", "2",
-            "--drain-time-s", str(int(self.settings.envoy_drain_seconds)),
-            "--use-dynamic-base-id",
-            "--log-level", self.settings.envoy_log_level,
-        ]  # fmt: skip
         return [
             ("registry", [_bin("flotilla-registry"), *cfg]),
             ("auth", [_bin("flotilla-auth"), *cfg]),
             ("proxy-config", [_bin("flotilla-proxy-config"), "serve", *cfg]),
             ("launcher-local", [_bin("flotilla-launcher"), "--backend", "local", *cfg]),
-            ("envoy", envoy),
+            # Envoy: proxy-config writes its bootstrap and execs it (same PID).
+            ("envoy", [_bin("flotilla-proxy-config"), "envoy", *cfg]),
         ]
 
     def _spawn(self, child: _Child) -> None:
@@ -139,7 +106,7 @@ class EmbeddedStack:
             logs = self.deployment.state_path / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             if child.log_file is None:
-                child.log_file = open(logs / f"{child.name}.log", "ab")  # noqa: SIM115
+                child.log_file = open(logs / f"{child.name}.log", "ab")
             out = child.log_file
         env = dict(os.environ)
         if self.config_path:
