@@ -1,0 +1,1 @@
+"""Launcher backends (entry-point group ``flotilla.launcher_backends``)."""

@@ -1,0 +1,198 @@
+"""The hook contract every launcher backend implements.
+
+A backend knows how to run a cluster's scheduler and workers somewhere (local processes,
+a batch system, ...). It holds no state of its own that matters across restarts: whatever
+it needs to find a scheduler or worker again is the *checkpoint* it yields while starting,
+which the reconciler stores in the registry (``state_json``) and hands back to every later
+hook. Backends are found through the entry-point group ``flotilla.launcher_backends``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from traitlets.config import Configurable
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "BackendError",
+    "ClusterConfig",
+    "ClusterSpec",
+    "ProcessStatus",
+    "WorkerSpec",
+    "load_backend",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "flotilla.launcher_backends"
+
+# Cluster and worker names end up in paths and file names; the registry generates
+# uuid4 hex names, anything outside this set is refused.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class BackendError(Exception):
+    """A start or stop failure whose message is safe to show the cluster's owner."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is safe to use in a path, else raise :class:`BackendError`."""
+    if not _NAME_RE.match(name):
+        raise BackendError(f"invalid {kind} name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The resolved cluster configuration (``LaunchCluster.config_json``)."""
+
+    scheduler_cmd: tuple[str, ...] = ("dask", "scheduler")
+    worker_cmd: tuple[str, ...] = ("dask", "worker")
+    scheduler_preload: str = "flotilla.scheduler_preload"
+    environment: Mapping[str, str] = field(default_factory=dict)
+    worker_cores: float = 1
+    worker_threads: int = 1
+    worker_memory: int = 2 * 2**30
+    scheduler_cores: float = 1
+    scheduler_memory: int = 2 * 2**30
+    adaptive_period: float = 3.0
+    idle_timeout: float = 0.0
+    heartbeat_period: float = 15.0
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterConfig:
+        """Parse ``config_json``; unknown keys are ignored, missing ones take defaults.
+
+        A single-string command is wrapped into a one-element list (never shell-split).
+        """
+        data: dict[str, Any] = json.loads(text) if text else {}
+        if not isinstance(data, dict):
+            raise BackendError("cluster configuration is not a JSON object")
+        kwargs: dict[str, Any] = {}
+        for key in ("scheduler_cmd", "worker_cmd"):
+            if data.get(key) is not None:
+                value = data[key]
+                cmd = [value] if isinstance(value, str) else list(value)
+                if not cmd or not all(isinstance(part, str) for part in cmd):
+                    raise BackendError(f"{key} must be a non-empty list of strings")
+                kwargs[key] = tuple(cmd)
+        if data.get("scheduler_preload"):
+            kwargs["scheduler_preload"] = str(data["scheduler_preload"])
+        env = data.get("environment") or {}
+        if not isinstance(env, dict):
+            raise BackendError("environment must be a JSON object")
+        kwargs["environment"] = {str(k): str(v) for k, v in env.items()}
+        for key, conv in (
+            ("worker_cores", float),
+            ("worker_threads", int),
+            ("worker_memory", int),
+            ("scheduler_cores", float),
+            ("scheduler_memory", int),
+            ("adaptive_period", float),
+            ("idle_timeout", float),
+            ("heartbeat_period", float),
+        ):
+            if data.get(key) is not None:
+                kwargs[key] = conv(data[key])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Everything a backend needs to start, check and stop one cluster."""
+
+    name: str
+    owner: str
+    config: ClusterConfig
+    tls_cert: str
+    tls_key: str
+    token: str
+    api_url: str
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker of a cluster; ``scheduler_address`` is ``host:port`` of the TLS comm."""
+
+    cluster: ClusterSpec
+    name: str
+    scheduler_address: str
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """Result of a status check: still running, or gone and why (user-safe, no log text)."""
+
+    running: bool
+    reason: str = ""
+
+
+class Backend(Configurable):
+    """Base class of launcher backends.
+
+    Subclasses are traitlets ``Configurable`` (their options live in ``c.<ClassName>``).
+    Checkpoints are JSON-serialisable dicts; the reconciler stores them verbatim and passes
+    the latest one back. Hooks raise :class:`BackendError` for failures the owner should
+    see; anything else is logged and retried by the reconciler with backoff (start hooks:
+    fail the cluster/worker). Every hook except :meth:`close` must be overridden.
+    """
+
+    #: The name the registry assigns clusters to (``LaunchCluster.backend``).
+    backend_name: str = ""
+
+    def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
+        """Start the scheduler, yielding checkpoint state as it progresses.
+
+        The last yielded state must be enough for :meth:`check_clusters` and
+        :meth:`stop_cluster`, even from a new launcher process. If a checkpoint shows the
+        scheduler already runs (a previous launcher started it), yield that instead of
+        starting a second one.
+        """
+        raise NotImplementedError
+
+    async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
+        """Stop the scheduler (if running) and release what it held; idempotent."""
+        raise NotImplementedError
+
+    async def check_clusters(
+        self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
+    ) -> list[ProcessStatus]:
+        """Status of many schedulers at once (one result per input, same order)."""
+        raise NotImplementedError
+
+    def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
+        """Start one worker, yielding checkpoint state (like :meth:`start_cluster`)."""
+        raise NotImplementedError
+
+    async def stop_worker(self, worker: WorkerSpec, state: Mapping[str, Any]) -> None:
+        """Stop one worker (if running); idempotent."""
+        raise NotImplementedError
+
+    async def check_workers(
+        self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
+    ) -> list[ProcessStatus]:
+        """Status of many workers at once (one result per input, same order)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release backend resources when the launcher exits; never stops clusters."""
+
+
+def load_backend(name: str) -> type[Backend]:
+    """The backend class registered under ``name`` in :data:`ENTRY_POINT_GROUP`."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    for ep in found:
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise SystemExit(f"backend {name!r} ({ep.value}) is not a launcher Backend")
+        return cls
+    available = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    raise SystemExit(f"unknown backend {name!r}; available: {', '.join(available) or 'none'}")

@@ -1,0 +1,581 @@
+"""Level-triggered reconciliation of the registry's clusters onto one backend.
+
+The registry is the source of truth: :meth:`Reconciler._watch` keeps a cache of the
+``LaunchCluster`` records of this backend (rebuilt from scratch on every ``initial``
+message), every change queues the cluster's name in a de-duplicating work queue, and
+:meth:`Reconciler._reconcile` compares target and observed state and acts (start, stop,
+report). What the launcher did but the registry may not have seen yet (a report still in
+flight) is kept in a small :class:`_Tracked` record per cluster, so a stale record never
+starts a second scheduler. A periodic batched status check finds processes that exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from flotilla.registry.v1 import internal_pb2, internal_pb2_grpc, types_pb2
+from flotilla_common.grpcserver import internal_metadata
+
+from .backends.base import Backend, BackendError, ClusterConfig, ClusterSpec, WorkerSpec
+from .config import Launcher
+from .workqueue import QueueClosed, WorkQueue
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger(__name__)
+
+RUNNING = types_pb2.TARGET_RUNNING
+CREATED = types_pb2.OBSERVED_CREATED
+STARTING = types_pb2.OBSERVED_STARTING
+OBS_RUNNING = types_pb2.OBSERVED_RUNNING
+STOPPED = types_pb2.OBSERVED_STOPPED
+ACTIVE = (STARTING, OBS_RUNNING)
+
+
+@dataclass
+class _TrackedWorker:
+    observed: int = CREATED
+    state: dict[str, Any] | None = None
+    checked: bool = False  # its process was seen alive by this launcher
+    exit_reason: str = ""
+    pending: internal_pb2.ReportWorkerRequest | None = None
+
+
+@dataclass
+class _Tracked:
+    """What this launcher process knows of a cluster beyond the registry's record."""
+
+    observed: int = CREATED
+    state: dict[str, Any] | None = None
+    checked: bool = False
+    exit_reason: str = ""
+    failure_reported: bool = False
+    pending: internal_pb2.ReportClusterRequest | None = None
+    workers: dict[str, _TrackedWorker] = field(default_factory=dict)
+
+
+def _load_state(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _finished(rec: internal_pb2.LaunchCluster) -> bool:
+    return bool(rec.target != RUNNING and rec.observed == STOPPED)
+
+
+class Reconciler:
+    """Drives one backend from the registry's ``LauncherService``.
+
+    Parameters
+    ----------
+    backend:
+        The backend instance; ``backend_name`` the name clusters are assigned to.
+    registry_address:
+        host:port of the registry's gRPC server.
+    internal_token:
+        Sent as ``x-flotilla-internal-token`` on every call.
+    settings:
+        The ``c.Launcher`` section.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        backend_name: str,
+        registry_address: str,
+        internal_token: str,
+        settings: Launcher | None = None,
+    ) -> None:
+        self.backend = backend
+        self.backend_name = backend_name
+        self.registry_address = registry_address
+        self.settings = settings or Launcher()
+        self._metadata = internal_metadata(internal_token)
+        self._cache: dict[str, internal_pb2.LaunchCluster] = {}
+        self._tracked: dict[str, _Tracked] = {}
+        self._queue: WorkQueue[str] = WorkQueue(
+            self.settings.backoff_base, self.settings.backoff_max
+        )
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: internal_pb2_grpc.LauncherServiceStub | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        #: Set once the first ``initial`` message of the watch has been applied.
+        self.synced = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the channel and start the watch, status check and reconcile tasks."""
+        self._channel = grpc.aio.insecure_channel(self.registry_address)
+        self._stub = internal_pb2_grpc.LauncherServiceStub(self._channel)
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="launcher-watch"),
+            asyncio.create_task(self._check_loop(), name="launcher-status-check"),
+        ]
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"launcher-reconcile-{i}")
+            for i in range(max(1, self.settings.parallelism))
+        ]
+        log.info(
+            "launcher for backend %s watching registry at %s",
+            self.backend_name,
+            self.registry_address,
+        )
+
+    async def stop(self) -> None:
+        """Stop reconciling; clusters keep running (the next launcher adopts them).
+
+        In-flight reconciles get ``shutdown_grace`` seconds to finish, so a process that
+        was just started is reported (checkpointed) before the launcher exits.
+        """
+        self._queue.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=self.settings.shutdown_grace)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
+        self._tasks, self._workers = [], []
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        await self.backend.close()
+        log.info("launcher for backend %s stopped", self.backend_name)
+
+    # -- watch ----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        assert self._stub is not None
+        delay = 0.1
+        while True:
+            try:
+                call = self._stub.WatchClusters(
+                    internal_pb2.WatchClustersRequest(backend=self.backend_name),
+                    metadata=self._metadata,
+                )
+                async for response in call:
+                    delay = 0.1
+                    self._apply(response)
+                log.warning("registry watch for backend %s ended; reopening", self.backend_name)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "registry watch for backend %s failed (%s: %s); retrying in %.1fs",
+                    self.backend_name,
+                    exc.code().name,
+                    exc.details(),
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.watch_backoff_max)
+
+    def _apply(self, response: internal_pb2.WatchClustersResponse) -> None:
+        """Update the cache from one watch message and queue every name it touches."""
+        if response.initial:
+            touched = set(self._cache)
+            self._cache = {}
+            for rec in response.clusters:
+                if not _finished(rec):
+                    self._cache[rec.name] = rec
+                touched.add(rec.name)
+            log.info(
+                "backend %s: %d unfinished clusters from the registry",
+                self.backend_name,
+                len(self._cache),
+            )
+            for name in touched | set(self._tracked):
+                self._queue.put(name)
+            self.synced.set()
+            return
+        for rec in response.clusters:
+            prev = self._cache.get(rec.name)
+            if prev is not None and rec.revision and rec.revision < prev.revision:
+                continue
+            if _finished(rec):
+                self._cache.pop(rec.name, None)
+            else:
+                self._cache[rec.name] = rec
+            self._queue.put(rec.name)
+
+    # -- work loop ------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                name = await self._queue.get()
+            except QueueClosed:
+                return
+            try:
+                await self._reconcile(name)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("cluster %s: unknown to the registry, forgetting it", name)
+                    self._tracked.pop(name, None)
+                    self._cache.pop(name, None)
+                    self._queue.forget(name)
+                else:
+                    delay = self._queue.put_backoff(name)
+                    log.warning(
+                        "cluster %s: registry call failed (%s: %s); retrying in %.1fs",
+                        name,
+                        exc.code().name,
+                        exc.details(),
+                        delay,
+                    )
+            except Exception:
+                delay = self._queue.put_backoff(name)
+                log.exception("cluster %s: reconcile failed; retrying in %.1fs", name, delay)
+            else:
+                self._queue.forget(name)
+            finally:
+                self._queue.task_done(name)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    async def _send_cluster(self, tr: _Tracked, req: internal_pb2.ReportClusterRequest) -> None:
+        assert self._stub is not None
+        tr.pending = req
+        await self._stub.ReportCluster(
+            req, metadata=self._metadata, timeout=self.settings.rpc_timeout
+        )
+        if tr.pending is req:
+            tr.pending = None
+
+    async def _send_worker(self, tw: _TrackedWorker, req: internal_pb2.ReportWorkerRequest) -> None:
+        assert self._stub is not None
+        tw.pending = req
+        try:
+            await self._stub.ReportWorker(
+                req, metadata=self._metadata, timeout=self.settings.rpc_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            log.warning(
+                "cluster %s: worker %s unknown to the registry", req.cluster_name, req.worker_name
+            )
+        if tw.pending is req:
+            tw.pending = None
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    def _spec(self, rec: internal_pb2.LaunchCluster) -> ClusterSpec:
+        return ClusterSpec(
+            name=rec.name,
+            owner=rec.owner,
+            config=ClusterConfig.from_json(rec.config_json),
+            tls_cert=rec.tls_cert,
+            tls_key=rec.tls_key,
+            token=rec.token,
+            api_url=rec.api_url,
+        )
+
+    async def _reconcile(self, name: str) -> None:
+        """Bring cluster ``name`` one step closer to its target (level-triggered)."""
+        rec = self._cache.get(name)
+        if rec is None:
+            if self._tracked.pop(name, None) is not None:
+                log.debug("cluster %s: finished, forgotten", name)
+            return
+        tr = self._tracked.setdefault(name, _Tracked())
+        if tr.pending is not None:
+            await self._send_cluster(tr, tr.pending)
+        observed = max(rec.observed, tr.observed)
+        state = tr.state if tr.state is not None else _load_state(rec.state_json)
+
+        if rec.target != RUNNING:
+            if observed != STOPPED:
+                await self._stop_cluster(rec, tr, state)
+            return
+
+        try:
+            spec = self._spec(rec)
+        except (BackendError, ValueError, TypeError) as exc:
+            await self._fail(rec, tr, observed, f"invalid cluster configuration: {exc}")
+            return
+
+        if observed == CREATED:
+            await self._start_cluster(rec, spec, tr)
+            return
+        if observed not in ACTIVE:
+            return
+        if not tr.checked and not tr.exit_reason:
+            # A record this launcher did not start: adopt the process if it is alive.
+            [status] = await self.backend.check_clusters([(spec, state)])
+            tr.checked = True
+            tr.state = state
+            if status.running:
+                log.info(
+                    "cluster %s (user %s): adopted running scheduler %s",
+                    name,
+                    rec.owner,
+                    state.get("pid", ""),
+                )
+            else:
+                tr.exit_reason = status.reason
+        if tr.exit_reason:
+            if not tr.failure_reported:
+                await self._fail(rec, tr, observed, tr.exit_reason)
+            return
+        results = await asyncio.gather(
+            *(self._reconcile_worker(rec, spec, tr, w) for w in rec.workers),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _fail(
+        self, rec: internal_pb2.LaunchCluster, tr: _Tracked, observed: int, reason: str
+    ) -> None:
+        log.warning("cluster %s (user %s) failed: %s", rec.name, rec.owner, reason)
+        tr.exit_reason = reason
+        await self._send_cluster(
+            tr,
+            internal_pb2.ReportClusterRequest(
+                name=rec.name, observed=observed, failure_reason=reason
+            ),
+        )
+        tr.failure_reported = True
+
+    async def _drive(
+        self,
+        gen: AsyncIterator[dict[str, Any]],
+        on_state: Callable[[dict[str, Any]], Awaitable[None]],
+        what: str,
+    ) -> str:
+        """Run a start generator, calling ``on_state`` per checkpoint; returns a failure."""
+        try:
+            while True:
+                try:
+                    state = await anext(gen)
+                except StopAsyncIteration:
+                    return ""
+                except BackendError as exc:
+                    return str(exc)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s: start failed", what)
+                    return f"{what} failed to start (internal error, see the launcher log)"
+                await on_state(state)
+        finally:
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _start_cluster(
+        self, rec: internal_pb2.LaunchCluster, spec: ClusterSpec, tr: _Tracked
+    ) -> None:
+        log.info("cluster %s (user %s): starting scheduler", rec.name, rec.owner)
+
+        async def on_state(state: dict[str, Any]) -> None:
+            tr.state = state
+            tr.observed = STARTING
+            await self._send_cluster(
+                tr,
+                internal_pb2.ReportClusterRequest(
+                    name=rec.name, observed=STARTING, state_json=json.dumps(state)
+                ),
+            )
+
+        reason = await self._drive(
+            self.backend.start_cluster(spec), on_state, f"the scheduler of cluster {rec.name}"
+        )
+        if reason:
+            await self._fail(rec, tr, tr.observed, reason)
+        else:
+            tr.checked = True
+
+    async def _stop_cluster(
+        self, rec: internal_pb2.LaunchCluster, tr: _Tracked, state: dict[str, Any]
+    ) -> None:
+        log.info("cluster %s (user %s): stopping", rec.name, rec.owner)
+        spec = ClusterSpec(
+            name=rec.name,
+            owner=rec.owner,
+            config=ClusterConfig(),
+            tls_cert="",
+            tls_key="",
+            token="",
+            api_url="",
+        )
+        names = {w.name for w in rec.workers} | set(tr.workers)
+        records = {w.name: w for w in rec.workers}
+
+        async def stop_worker(wname: str) -> None:
+            tw = tr.workers.setdefault(wname, _TrackedWorker())
+            w = records.get(wname)
+            wobs = max(w.observed if w else CREATED, tw.observed)
+            if wobs == STOPPED:
+                return
+            wstate = tw.state if tw.state is not None else _load_state(w.state_json if w else "")
+            await self.backend.stop_worker(WorkerSpec(spec, wname, ""), wstate)
+            tw.observed = STOPPED
+            await self._send_worker(
+                tw,
+                internal_pb2.ReportWorkerRequest(
+                    cluster_name=rec.name, worker_name=wname, observed=STOPPED
+                ),
+            )
+
+        results = await asyncio.gather(
+            *(stop_worker(n) for n in sorted(names)),
+            self.backend.stop_cluster(spec, state),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        tr.observed = STOPPED
+        await self._send_cluster(
+            tr, internal_pb2.ReportClusterRequest(name=rec.name, observed=STOPPED)
+        )
+        log.info("cluster %s (user %s): stopped", rec.name, rec.owner)
+
+    async def _reconcile_worker(
+        self,
+        rec: internal_pb2.LaunchCluster,
+        spec: ClusterSpec,
+        tr: _Tracked,
+        w: internal_pb2.LaunchWorker,
+    ) -> None:
+        tw = tr.workers.setdefault(w.name, _TrackedWorker())
+        if tw.pending is not None:
+            await self._send_worker(tw, tw.pending)
+        wobs = max(w.observed, tw.observed)
+        wstate = tw.state if tw.state is not None else _load_state(w.state_json)
+        wspec = WorkerSpec(spec, w.name, rec.scheduler_address)
+
+        def report(observed: int, state: dict[str, Any] | None = None, reason: str = "") -> Any:
+            return self._send_worker(
+                tw,
+                internal_pb2.ReportWorkerRequest(
+                    cluster_name=rec.name,
+                    worker_name=w.name,
+                    observed=observed,
+                    state_json=json.dumps(state) if state else "",
+                    failure_reason=reason,
+                ),
+            )
+
+        if w.target != RUNNING:
+            if wobs != STOPPED:
+                await self.backend.stop_worker(wspec, wstate)
+                tw.observed = STOPPED
+                await report(STOPPED)
+                log.info("cluster %s: worker %s stopped", rec.name, w.name)
+            return
+
+        if wobs == CREATED:
+            if not rec.scheduler_address:
+                return  # started once the scheduler has sent its first heartbeat
+
+            async def on_state(state: dict[str, Any]) -> None:
+                tw.state = state
+                tw.observed = STARTING
+                await report(STARTING, state)
+
+            log.info("cluster %s (user %s): starting worker %s", rec.name, rec.owner, w.name)
+            reason = await self._drive(
+                self.backend.start_worker(wspec), on_state, f"worker {w.name} of {rec.name}"
+            )
+            if reason:
+                log.warning("cluster %s: worker %s failed to start: %s", rec.name, w.name, reason)
+                tw.observed = STOPPED
+                await self.backend.stop_worker(wspec, tw.state or {})
+                await report(STOPPED, reason=reason)
+            else:
+                tw.checked = True
+            return
+
+        if wobs not in ACTIVE:
+            return
+        if not tw.checked and not tw.exit_reason:
+            [status] = await self.backend.check_workers([(wspec, wstate)])
+            tw.checked = True
+            tw.state = wstate
+            if status.running:
+                log.info("cluster %s: adopted running worker %s", rec.name, w.name)
+            else:
+                tw.exit_reason = status.reason
+        if tw.exit_reason:
+            log.warning("cluster %s: worker %s exited: %s", rec.name, w.name, tw.exit_reason)
+            # Whatever is left of its process group goes too.
+            await self.backend.stop_worker(wspec, wstate)
+            tw.observed = STOPPED
+            await report(STOPPED, reason=tw.exit_reason)
+
+    # -- status checks --------------------------------------------------------------------
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_check_period)
+            try:
+                await self.check_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("backend %s: status check failed", self.backend_name)
+
+    async def check_now(self) -> None:
+        """One batched status check of every scheduler and worker that should be running."""
+        clusters: list[tuple[str, ClusterSpec, dict[str, Any]]] = []
+        workers: list[tuple[str, str, WorkerSpec, dict[str, Any]]] = []
+        for name, rec in list(self._cache.items()):
+            tr = self._tracked.get(name)
+            if rec.target != RUNNING or tr is None or not tr.checked or tr.exit_reason:
+                continue
+            if max(rec.observed, tr.observed) not in ACTIVE or tr.state is None:
+                continue
+            try:
+                spec = self._spec(rec)
+            except (BackendError, ValueError, TypeError):
+                continue
+            clusters.append((name, spec, tr.state))
+            for w in rec.workers:
+                tw = tr.workers.get(w.name)
+                if w.target != RUNNING or tw is None or not tw.checked or tw.exit_reason:
+                    continue
+                if max(w.observed, tw.observed) not in ACTIVE or tw.state is None:
+                    continue
+                workers.append(
+                    (name, w.name, WorkerSpec(spec, w.name, rec.scheduler_address), tw.state)
+                )
+        if clusters:
+            statuses = await self.backend.check_clusters([(s, st) for _, s, st in clusters])
+            for (name, _, _), status in zip(clusters, statuses, strict=True):
+                tr = self._tracked.get(name)
+                if not status.running and tr is not None and not tr.exit_reason:
+                    tr.exit_reason = status.reason
+                    self._queue.put(name)
+        if workers:
+            wstatuses = await self.backend.check_workers([(ws, st) for _, _, ws, st in workers])
+            for (name, wname, _, _), status in zip(workers, wstatuses, strict=True):
+                tr = self._tracked.get(name)
+                tw = tr.workers.get(wname) if tr else None
+                if not status.running and tw is not None and not tw.exit_reason:
+                    tw.exit_reason = status.reason
+                    self._queue.put(name)
+
+    # -- introspection (tests, health) ----------------------------------------------------
+
+    def cached(self, name: str) -> internal_pb2.LaunchCluster | None:
+        """The newest registry record of ``name`` this launcher has seen."""
+        return self._cache.get(name)

@@ -1,0 +1,236 @@
+"""Reconcile decisions against a fake backend and a fake registry stub (no processes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+from flotilla.registry.v1 import internal_pb2, types_pb2
+from flotilla_launcher.backends.base import (
+    Backend,
+    BackendError,
+    ClusterSpec,
+    ProcessStatus,
+    WorkerSpec,
+)
+from flotilla_launcher.reconciler import Reconciler
+
+RUNNING = types_pb2.TARGET_RUNNING
+
+
+class FakeBackend(Backend):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.alive: set[str] = set()
+        self.fail_start = ""
+
+    async def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
+        yield {"workdir": f"/w/{cluster.name}"}
+        if self.fail_start:
+            raise BackendError(self.fail_start)
+        self.started.append(cluster.name)
+        self.alive.add(cluster.name)
+        yield {"workdir": f"/w/{cluster.name}", "pid": 100 + len(self.started)}
+
+    async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
+        self.stopped.append(cluster.name)
+        self.alive.discard(cluster.name)
+
+    async def check_clusters(
+        self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
+    ) -> list[ProcessStatus]:
+        return [
+            ProcessStatus(True) if c.name in self.alive else ProcessStatus(False, "exited 3")
+            for c, _ in clusters
+        ]
+
+    async def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
+        self.started.append(f"{worker.cluster.name}/{worker.name}")
+        self.alive.add(f"{worker.cluster.name}/{worker.name}")
+        yield {"pid": 7}
+
+    async def stop_worker(self, worker: WorkerSpec, state: Mapping[str, Any]) -> None:
+        self.stopped.append(f"{worker.cluster.name}/{worker.name}")
+        self.alive.discard(f"{worker.cluster.name}/{worker.name}")
+
+    async def check_workers(
+        self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
+    ) -> list[ProcessStatus]:
+        return [
+            ProcessStatus(f"{w.cluster.name}/{w.name}" in self.alive, "worker exited")
+            for w, _ in workers
+        ]
+
+
+class FakeStub:
+    def __init__(self) -> None:
+        self.cluster_reports: list[internal_pb2.ReportClusterRequest] = []
+        self.worker_reports: list[internal_pb2.ReportWorkerRequest] = []
+
+    async def ReportCluster(self, req: Any, **kwargs: Any) -> Any:
+        self.cluster_reports.append(req)
+        return internal_pb2.ReportClusterResponse()
+
+    async def ReportWorker(self, req: Any, **kwargs: Any) -> Any:
+        self.worker_reports.append(req)
+        return internal_pb2.ReportWorkerResponse()
+
+
+@pytest.fixture
+def setup() -> tuple[Reconciler, FakeBackend, FakeStub]:
+    backend = FakeBackend()
+    reconciler = Reconciler(backend, "local", "127.0.0.1:1", "secret")
+    stub = FakeStub()
+    reconciler._stub = stub  # type: ignore[assignment]
+    return reconciler, backend, stub
+
+
+def record(**kwargs: Any) -> internal_pb2.LaunchCluster:
+    base: dict[str, Any] = dict(
+        name="c1",
+        owner="alice",
+        backend="local",
+        target=RUNNING,
+        observed=types_pb2.OBSERVED_CREATED,
+        config_json="{}",
+        token="t",
+        api_url="http://x/api",
+        revision=1,
+    )
+    base.update(kwargs)
+    return internal_pb2.LaunchCluster(**base)
+
+
+def initial(*recs: internal_pb2.LaunchCluster) -> internal_pb2.WatchClustersResponse:
+    return internal_pb2.WatchClustersResponse(initial=True, clusters=list(recs))
+
+
+async def test_start_reports_each_checkpoint_and_a_stale_record_does_not_restart(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    reconciler._apply(initial(record()))
+    await reconciler._reconcile("c1")
+    assert backend.started == ["c1"]
+    assert [r.observed for r in stub.cluster_reports] == [types_pb2.OBSERVED_STARTING] * 2
+    assert json.loads(stub.cluster_reports[-1].state_json)["pid"] == 101
+    # The watch has not caught up yet (still CREATED): no second scheduler.
+    await reconciler._reconcile("c1")
+    assert backend.started == ["c1"]
+
+
+async def test_adopts_a_live_checkpoint_instead_of_starting(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.alive.add("c1")
+    rec = record(
+        observed=types_pb2.OBSERVED_RUNNING,
+        state_json=json.dumps({"pid": 5}),
+        scheduler_address="127.0.0.1:9",
+        workers=[
+            internal_pb2.LaunchWorker(
+                name="w1", target=RUNNING, observed=types_pb2.OBSERVED_STARTING
+            )
+        ],
+    )
+    backend.alive.add("c1/w1")
+    reconciler._apply(initial(rec))
+    await reconciler._reconcile("c1")
+    assert backend.started == [] and stub.cluster_reports == [] and stub.worker_reports == []
+    await reconciler.check_now()  # both are now watched by the periodic check
+    backend.alive.discard("c1/w1")
+    await reconciler.check_now()
+    await reconciler._reconcile("c1")
+    [report] = stub.worker_reports
+    assert report.observed == types_pb2.OBSERVED_STOPPED and report.failure_reason
+
+
+async def test_dead_checkpoint_is_reported_as_failure_once(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    reconciler._apply(initial(record(observed=types_pb2.OBSERVED_STARTING, state_json="{}")))
+    await reconciler._reconcile("c1")
+    await reconciler._reconcile("c1")
+    [report] = stub.cluster_reports
+    assert report.failure_reason == "exited 3"
+    assert backend.started == []
+
+
+async def test_start_failure_is_reported_with_the_backend_reason(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.fail_start = "cannot start the scheduler: nope"
+    reconciler._apply(initial(record()))
+    await reconciler._reconcile("c1")
+    assert stub.cluster_reports[-1].failure_reason == "cannot start the scheduler: nope"
+
+
+async def test_stop_stops_workers_and_scheduler_then_reports_stopped(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    worker = internal_pb2.LaunchWorker(
+        name="w1", target=types_pb2.TARGET_STOPPED, observed=types_pb2.OBSERVED_RUNNING
+    )
+    reconciler._apply(
+        initial(
+            record(
+                target=types_pb2.TARGET_FAILED,
+                observed=types_pb2.OBSERVED_RUNNING,
+                workers=[worker],
+            )
+        )
+    )
+    await reconciler._reconcile("c1")
+    assert sorted(backend.stopped) == ["c1", "c1/w1"]
+    assert stub.worker_reports[-1].observed == types_pb2.OBSERVED_STOPPED
+    assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED
+    # Finished records leave the cache; the cluster is then forgotten.
+    reconciler._apply(
+        internal_pb2.WatchClustersResponse(
+            clusters=[
+                record(
+                    target=types_pb2.TARGET_FAILED, observed=types_pb2.OBSERVED_STOPPED, revision=2
+                )
+            ]
+        )
+    )
+    await reconciler._reconcile("c1")
+    assert reconciler.cached("c1") is None and "c1" not in reconciler._tracked
+
+
+async def test_workers_wait_for_the_scheduler_address(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.alive.add("c1")
+    worker = internal_pb2.LaunchWorker(
+        name="w1", target=RUNNING, observed=types_pb2.OBSERVED_CREATED
+    )
+    rec = record(observed=types_pb2.OBSERVED_STARTING, state_json='{"pid": 1}', workers=[worker])
+    reconciler._apply(initial(rec))
+    await reconciler._reconcile("c1")
+    assert backend.started == []
+    reconciler._apply(
+        internal_pb2.WatchClustersResponse(
+            clusters=[
+                record(
+                    observed=types_pb2.OBSERVED_RUNNING,
+                    state_json='{"pid": 1}',
+                    workers=[worker],
+                    scheduler_address="127.0.0.1:5",
+                    revision=2,
+                )
+            ]
+        )
+    )
+    await reconciler._reconcile("c1")
+    assert backend.started == ["c1/w1"]
+    assert stub.worker_reports[-1].observed == types_pb2.OBSERVED_STARTING
