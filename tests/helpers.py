@@ -29,4 +29,6 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         except Exception as exc:  # the condition may raise until it holds
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
+    )

@@ -1,0 +1,31 @@
+"""The whole gateway behind the real Envoy, on free ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from flotilla_common.embedded import EmbeddedStack
+from gateway_stack import Gateway, write_config
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    state_dir = tmp_path_factory.mktemp("gateway")
+    config, address = write_config(state_dir)
+    stack = EmbeddedStack(str(config))
+    try:
+        stack.start()
+        yield Gateway(address, stack, state_dir)
+    finally:
+        stack.stop()
+        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
+            for log in sorted((state_dir / "logs").glob("*.log")):
+                print(f"==== {log.name}\n{log.read_text()[-5000:]}")

@@ -1,0 +1,120 @@
+"""A whole gateway behind the real Envoy on free ports, and helpers to inspect it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flotilla_common.embedded import EmbeddedStack
+from helpers import free_port
+
+# An options spec with every field type, so clients can round-trip it.
+OPTIONS = """
+from flotilla_registry.options import Bool, Float, Integer, Mapping, Options, Select, String
+
+def _handler(options, user):
+    env = dict(options.environment)
+    env["FLOTILLA_TEST_USER"] = user.name
+    env["FLOTILLA_TEST_LABEL"] = options.label
+    return {
+        "worker_cores": options.worker_cores,
+        "worker_memory": int(options.worker_memory * 2**30),
+        "environment": env,
+        "idle_timeout": 0 if options.keep_alive else 600,
+    }
+
+c.Registry.cluster_options = Options(
+    Integer("worker_cores", default=1, min=1, max=2, label="Worker cores"),
+    Float("worker_memory", default=0.5, min=0.25, max=2, label="Worker memory (GiB)"),
+    String("label", default="none", label="Label"),
+    Bool("keep_alive", default=True, label="Keep alive"),
+    Select("profile", ["small", "large"], default="small", label="Profile"),
+    Mapping("environment", default={}, label="Environment"),
+    handler=_handler,
+)
+"""
+
+
+@dataclass
+class Gateway:
+    """A running gateway: where to reach it and the stack behind it."""
+
+    address: str
+    stack: EmbeddedStack
+    state_dir: Path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        password: str = "",
+    ) -> tuple[int, dict[str, str], Any]:
+        """One raw HTTP request; returns (status, headers, parsed JSON body or text)."""
+        import base64
+
+        hdrs = dict(headers or {})
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            hdrs.setdefault("Authorization", f"Basic {token}")
+        if body is not None:
+            hdrs.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.address + path, data=body, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, rheaders, raw = resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            status, rheaders, raw = exc.code, dict(exc.headers), exc.read()
+        try:
+            parsed: Any = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return status, rheaders, parsed
+
+
+def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
+    public = free_port()
+    config = state_dir / "flotilla_config.py"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            c.Deployment.public_port = {public}
+            c.Deployment.state_dir = {str(state_dir)!r}
+            c.Deployment.registry_grpc_address = "127.0.0.1:{free_port()}"
+            c.Deployment.registry_http_address = "127.0.0.1:{free_port()}"
+            c.Deployment.auth_grpc_address = "127.0.0.1:{free_port()}"
+            c.Deployment.xds_address = "127.0.0.1:{free_port()}"
+            c.Deployment.envoy_admin_port = {free_port()}
+            c.Embedded.log_to_files = True
+            c.LocalBackend.run_as = "self"
+            c.ClusterConfig.scheduler_memory = "512 M"
+            c.ClusterConfig.cluster_max_workers = 4
+            """
+        )
+        + OPTIONS
+        + extra
+    )
+    return config, f"http://127.0.0.1:{public}"
+
+
+def cluster_pids(name: str) -> list[int]:
+    """PIDs of processes started for cluster ``name`` (found by their environment)."""
+    marker = f"DASK_GATEWAY_CLUSTER_NAME={name}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
