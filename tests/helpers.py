@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -11,10 +12,20 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (below the ephemeral range is not guaranteed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1 below Linux's ephemeral range (32768+).
+
+    Outgoing connections take their source port from the ephemeral range, so a port
+    picked there can be taken between the test choosing it and a server binding it.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -28,6 +26,7 @@ import grpc
 import pytest
 from flotilla.registry.v1 import internal_pb2, internal_pb2_grpc, registry_pb2, registry_pb2_grpc
 from flotilla_common.grpcserver import INTERNAL_TOKEN_METADATA
+from helpers import free_port
 
 ENVOY_BIN = Path(
     os.environ.get(
@@ -39,27 +38,11 @@ ENVOY_BIN = Path(
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free right now (from the ephemeral range)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range (see helpers.free_port)."""
+    return free_port()
 
 
-def find_free_listener_port(host: str = "127.0.0.1") -> int:
-    """A free port *below* the ephemeral range, for listeners Envoy binds late.
-
-    An outgoing connection (e.g. a readiness poll) could otherwise take a port from the
-    ephemeral range as its source port before Envoy binds it, and Envoy's LDS push fails.
-    """
-    for _ in range(200):
-        port = random.randint(20_000, 32_000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+find_free_listener_port = find_free_port
 
 
 async def wait_until(
@@ -253,8 +236,8 @@ async def fake_registry() -> AsyncIterator[FakeRegistry]:
     await registry.stop()
 
 
-@pytest.fixture
-def free_port() -> Callable[[], int]:
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[[], int]:
     return find_free_port
 
 

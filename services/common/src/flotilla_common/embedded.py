@@ -142,6 +142,7 @@ class EmbeddedStack:
                 if child.proc is not None and child.proc.poll() is not None:
                     raise RuntimeError(
                         f"{child.name} exited with {child.proc.returncode} during start-up"
+                        + self._log_tail(child)
                     )
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
@@ -154,6 +155,13 @@ class EmbeddedStack:
                 last = str(exc)
             time.sleep(0.05)  # poll interval of a readiness loop with a deadline
         raise TimeoutError(f"gateway not healthy at {url} after {timeout:.0f}s: {last}")
+
+    def _log_tail(self, child: _Child, lines: int = 5) -> str:
+        if child.log_file is None:
+            return ""
+        child.log_file.flush()
+        text = Path(child.log_file.name).read_text(errors="replace").strip().splitlines()
+        return ":\n  " + "\n  ".join(text[-lines:]) if text else ""
 
     def check_children(self) -> None:
         """Restart any child that exited while we are not stopping."""

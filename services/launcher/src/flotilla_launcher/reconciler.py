@@ -435,10 +435,13 @@ class Reconciler:
                 ),
             )
 
+        # Workers first, while their scheduler still answers: a worker whose scheduler is
+        # already gone hangs in its shutdown trying to unregister, until SIGTERM.
         results = await asyncio.gather(
-            *(stop_worker(n) for n in sorted(names)),
-            self.backend.stop_cluster(spec, state),
-            return_exceptions=True,
+            *(stop_worker(n) for n in sorted(names)), return_exceptions=True
+        )
+        results.append(
+            *await asyncio.gather(self.backend.stop_cluster(spec, state), return_exceptions=True)
         )
         for result in results:
             if isinstance(result, BaseException):
