@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flotilla_common.embedded import EmbeddedStack
-from helpers import free_port
+from helpers import free_ports
 
 # An options spec with every field type, so clients can round-trip it.
 OPTIONS = """
@@ -80,18 +80,18 @@ class Gateway:
 
 
 def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
-    public = free_port()
+    public, registry_grpc, registry_http, auth, xds, admin = free_ports(6)
     config = state_dir / "flotilla_config.py"
     config.write_text(
         textwrap.dedent(
             f"""
             c.Deployment.public_port = {public}
             c.Deployment.state_dir = {str(state_dir)!r}
-            c.Deployment.registry_grpc_address = "127.0.0.1:{free_port()}"
-            c.Deployment.registry_http_address = "127.0.0.1:{free_port()}"
-            c.Deployment.auth_grpc_address = "127.0.0.1:{free_port()}"
-            c.Deployment.xds_address = "127.0.0.1:{free_port()}"
-            c.Deployment.envoy_admin_port = {free_port()}
+            c.Deployment.registry_grpc_address = "127.0.0.1:{registry_grpc}"
+            c.Deployment.registry_http_address = "127.0.0.1:{registry_http}"
+            c.Deployment.auth_grpc_address = "127.0.0.1:{auth}"
+            c.Deployment.xds_address = "127.0.0.1:{xds}"
+            c.Deployment.envoy_admin_port = {admin}
             c.Embedded.log_to_files = True
             c.LocalBackend.run_as = "self"
             c.ClusterConfig.scheduler_memory = "512 M"

@@ -10,7 +10,6 @@ import pytest
 from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway, write_config
 
-
 _ENVOY = (
     Path(__file__).resolve().parents[2]
     / ".cache/envoy/lib/python3.11/site-packages/envoy/_bin/envoy"

@@ -146,7 +146,9 @@ class ClusterService:
         if identity.cluster:
             # A scheduler's token only lets it act on its own cluster.
             if identity.cluster != c.name:
-                raise PermissionDenied(f"Cluster token lacks permissions to {verb} cluster {c.name}")
+                raise PermissionDenied(
+                    f"Cluster token lacks permissions to {verb} cluster {c.name}"
+                )
             return
         if c.owner != identity.user and not identity.admin:
             raise PermissionDenied(

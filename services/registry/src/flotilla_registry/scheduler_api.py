@@ -45,7 +45,11 @@ class SchedulerAPI:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = repr(exc)
             log.warning(
-                "cluster %s: scheduler API %s failed (attempt %d): %s", cluster, url, attempt, reason
+                "cluster %s: scheduler API %s failed (attempt %d): %s",
+                cluster,
+                url,
+                attempt,
+                reason,
             )
             if attempt < self.retries:
                 await asyncio.sleep(delay)

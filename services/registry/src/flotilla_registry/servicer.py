@@ -54,12 +54,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         self.service = service
         self.key = identity_key
 
-    async def GetVersion(  # noqa: N802
+    async def GetVersion(
         self, request: registry_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetVersionResponse:
         return registry_pb2.GetVersionResponse(version=__version__)
 
-    async def GetOptions(  # noqa: N802
+    async def GetOptions(
         self, request: registry_pb2.GetOptionsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetOptionsResponse:
         spec = await self.service.options_spec(_identity(context, self.key))
@@ -75,21 +75,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
             ]
         )
 
-    async def CreateCluster(  # noqa: N802
+    async def CreateCluster(
         self, request: registry_pb2.CreateClusterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.CreateClusterResponse:
         identity = _identity(context, self.key)
         c = await self.service.create(identity, _options_json(request.options_json))
         return registry_pb2.CreateClusterResponse(name=c.name)
 
-    async def GetCluster(  # noqa: N802
+    async def GetCluster(
         self, request: registry_pb2.GetClusterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetClusterResponse:
         identity = _identity(context, self.key)
         c = await self.service.get(identity, request.name, request.wait_seconds)
         return registry_pb2.GetClusterResponse(cluster=cluster_message(c))
 
-    async def ListClusters(  # noqa: N802
+    async def ListClusters(
         self, request: registry_pb2.ListClustersRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListClustersResponse:
         identity = _identity(context, self.key)
@@ -100,20 +100,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         clusters = await self.service.list_clusters(identity, statuses, request.all_users)
         return registry_pb2.ListClustersResponse(clusters=[cluster_message(c) for c in clusters])
 
-    async def StopCluster(  # noqa: N802
+    async def StopCluster(
         self, request: registry_pb2.StopClusterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.StopClusterResponse:
         await self.service.stop(_identity(context, self.key), request.name)
         return registry_pb2.StopClusterResponse()
 
-    async def ScaleCluster(  # noqa: N802
+    async def ScaleCluster(
         self, request: registry_pb2.ScaleClusterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ScaleClusterResponse:
         identity = _identity(context, self.key)
         ok, msg = await self.service.scale(identity, request.name, request.count)
         return registry_pb2.ScaleClusterResponse(ok=ok, message=msg)
 
-    async def AdaptCluster(  # noqa: N802
+    async def AdaptCluster(
         self, request: registry_pb2.AdaptClusterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.AdaptClusterResponse:
         identity = _identity(context, self.key)
@@ -136,7 +136,7 @@ class LauncherServicer(internal_pb2_grpc.LauncherServiceServicer):  # type: igno
         self.service = service
         self.api_url = api_url
 
-    async def WatchClusters(  # noqa: N802
+    async def WatchClusters(
         self, request: internal_pb2.WatchClustersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[internal_pb2.WatchClustersResponse]:
         backend = request.backend
@@ -152,7 +152,7 @@ class LauncherServicer(internal_pb2_grpc.LauncherServiceServicer):  # type: igno
                     clusters=[launch_message(c, self.api_url) for c in batch.values()]
                 )
 
-    async def ReportCluster(  # noqa: N802
+    async def ReportCluster(
         self, request: internal_pb2.ReportClusterRequest, context: grpc.aio.ServicerContext
     ) -> internal_pb2.ReportClusterResponse:
         await self.service.report_cluster(
@@ -160,7 +160,7 @@ class LauncherServicer(internal_pb2_grpc.LauncherServiceServicer):  # type: igno
         )
         return internal_pb2.ReportClusterResponse()
 
-    async def ReportWorker(  # noqa: N802
+    async def ReportWorker(
         self, request: internal_pb2.ReportWorkerRequest, context: grpc.aio.ServicerContext
     ) -> internal_pb2.ReportWorkerResponse:
         await self.service.report_worker(
@@ -185,7 +185,7 @@ class RouteServicer(internal_pb2_grpc.RouteServiceServicer):  # type: ignore[mis
     def __init__(self, service: ClusterService) -> None:
         self.service = service
 
-    async def WatchRoutes(  # noqa: N802
+    async def WatchRoutes(
         self, request: internal_pb2.WatchRoutesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[internal_pb2.WatchRoutesResponse]:
         with self.service.route_hub.subscribe() as sub:
@@ -204,7 +204,7 @@ class ClusterTokenServicer(internal_pb2_grpc.ClusterTokenServiceServicer):  # ty
     def __init__(self, service: ClusterService) -> None:
         self.service = service
 
-    async def VerifyClusterToken(  # noqa: N802
+    async def VerifyClusterToken(
         self, request: internal_pb2.VerifyClusterTokenRequest, context: grpc.aio.ServicerContext
     ) -> internal_pb2.VerifyClusterTokenResponse:
         owner = await self.service.verify_token(request.cluster_name, request.token)

@@ -124,7 +124,8 @@ class SQLiteStore(Store):
 
     async def _migrate(self) -> None:
         await self.db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_ms INTEGER)"
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(name TEXT PRIMARY KEY, applied_ms INTEGER)"
         )
         async with self.db.execute("SELECT name FROM schema_migrations") as cur:
             done = {r[0] for r in await cur.fetchall()}
@@ -151,7 +152,9 @@ class SQLiteStore(Store):
             f"ON CONFLICT(name) DO UPDATE SET {updates}",
             _cluster_row(cluster),
         )
-        rows = [_worker_row(cluster.name, cluster.workers[n]) for n in workers if n in cluster.workers]
+        rows = [
+            _worker_row(cluster.name, cluster.workers[n]) for n in workers if n in cluster.workers
+        ]
         if rows:
             wcols = ", ".join(_WORKER_COLUMNS)
             wmarks = ", ".join("?" for _ in _WORKER_COLUMNS)

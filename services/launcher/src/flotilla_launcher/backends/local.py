@@ -328,8 +328,15 @@ class LocalBackend(Backend):
         yield proc
 
     async def stop_worker(self, worker: WorkerSpec, state: Mapping[str, Any]) -> None:
-        """Stop the worker's process group."""
-        await self._terminate(state, f"worker {worker.name} of cluster {worker.cluster.name}")
+        """Stop the worker's process group, starting at SIGTERM.
+
+        A worker is stopped once its scheduler has retired it (its data moved) or its
+        cluster is going away, so a graceful SIGINT buys nothing; and a retired worker
+        can linger for seconds in its own shutdown (the nanny kills it after 8 s).
+        """
+        await self._terminate(
+            state, f"worker {worker.name} of cluster {worker.cluster.name}", graceful=False
+        )
 
     async def check_workers(
         self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
@@ -465,7 +472,9 @@ class LocalBackend(Backend):
         if popen is not None and popen.poll() is not None:
             del self._children[pid]
 
-    async def _terminate(self, state: Mapping[str, Any], what: str) -> None:
+    async def _terminate(
+        self, state: Mapping[str, Any], what: str, *, graceful: bool = True
+    ) -> None:
         """Stop a process group: SIGINT, then SIGTERM, then SIGKILL, each after a timeout.
 
         SIGINT goes to the leader only, so a ``dask worker`` nanny can shut its worker
@@ -480,7 +489,7 @@ class LocalBackend(Backend):
             (signal.SIGINT, False, self.sigint_timeout),
             (signal.SIGTERM, True, self.sigterm_timeout),
             (signal.SIGKILL, True, self.sigkill_timeout),
-        )
+        )[0 if graceful else 1 :]
         loop = asyncio.get_running_loop()
         for sig, whole_group, timeout in steps:
             self._reap(pid)
