@@ -55,7 +55,7 @@ typecheck: setup
 	$(VENV)/bin/mypy services/*/src client/src
 
 protos: setup
-	PYTHON=$(VENV)/bin/python scripts/gen_protos.sh
+	PYTHON=$(abspath $(VENV))/bin/python scripts/gen_protos.sh
 
 docs: setup
 	$(VENV)/bin/python scripts/gen_config_docs.py > docs/configuration.md

@@ -118,3 +118,10 @@ def cluster_pids(name: str) -> list[int]:
         if marker in env.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+def leftover_cluster_pids(state_dir: Path) -> dict[str, list[int]]:
+    """Processes still running for any cluster this gateway's launcher ever started."""
+    clusters = state_dir / "clusters"
+    names = [d.name for d in clusters.iterdir()] if clusters.exists() else []
+    return {n: pids for n in names if (pids := cluster_pids(n))}

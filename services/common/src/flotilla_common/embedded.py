@@ -44,6 +44,17 @@ class Embedded(Configurable):  # type: ignore[misc]
         help="Write each service's output to <state_dir>/logs/<service>.log, not the terminal.",
         config=True,
     )
+    stop_clusters_on_exit = Bool(
+        True,
+        help=(
+            "On Ctrl-C / SIGTERM, stop every cluster (schedulers and workers) before the "
+            "services. False leaves clusters running; a restarted gateway adopts them."
+        ),
+        config=True,
+    )
+    stop_clusters_timeout_seconds = Float(
+        30.0, help="How long to wait for clusters to stop on exit.", config=True
+    )
     start_timeout_seconds = Float(
         60.0, help="How long to wait for the gateway to answer /api/health.", config=True
     )
@@ -181,8 +192,37 @@ class EmbeddedStack:
                 continue
             self._spawn(child)
 
+    def stop_clusters(self) -> None:
+        """Ask the registry to stop every cluster and wait for the launcher to finish."""
+        import grpc
+        from flotilla.registry.v1 import internal_pb2, internal_pb2_grpc
+
+        from .grpcserver import internal_metadata
+
+        wait = self.settings.stop_clusters_timeout_seconds
+        try:
+            with grpc.insecure_channel(self.deployment.registry_grpc_address) as channel:
+                reply = internal_pb2_grpc.ControlServiceStub(channel).StopAllClusters(
+                    internal_pb2.StopAllClustersRequest(
+                        reason="The gateway shut down", wait_seconds=wait
+                    ),
+                    metadata=internal_metadata(self.deployment.secret("internal_token")),
+                    timeout=wait + 5,
+                )
+        except grpc.RpcError as exc:
+            log.warning("could not stop clusters: %s", exc)
+            return
+        if reply.stopped:
+            log.info("stopped %d clusters", reply.stopped - reply.remaining)
+        if reply.remaining:
+            log.warning("%d clusters had not stopped after %.0fs", reply.remaining, wait)
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every child (launcher first, Envoy last), then SIGKILL stragglers."""
+        """Stop the clusters (if configured), then SIGTERM every child (launcher first,
+        Envoy last), then SIGKILL stragglers."""
+        alive = {c.name for c in self.children if c.proc is not None and c.proc.poll() is None}
+        if self.settings.stop_clusters_on_exit and {"registry", "launcher-local"} <= alive:
+            self.stop_clusters()
         self._stopping = True
         order = ["launcher-local", "proxy-config", "auth", "registry", "envoy"]
         children = sorted(

@@ -24,7 +24,13 @@ from .config import Registry
 from .options import Options
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
-from .servicer import ClusterTokenServicer, LauncherServicer, RegistryServicer, RouteServicer
+from .servicer import (
+    ClusterTokenServicer,
+    ControlServicer,
+    LauncherServicer,
+    RegistryServicer,
+    RouteServicer,
+)
 from .store import open_store
 
 __all__ = ["RegistryApp", "main"]
@@ -35,6 +41,7 @@ _INTERNAL = (
     "/flotilla.registry.v1.LauncherService/",
     "/flotilla.registry.v1.RouteService/",
     "/flotilla.registry.v1.ClusterTokenService/",
+    "/flotilla.registry.v1.ControlService/",
 )
 
 
@@ -82,6 +89,9 @@ class RegistryApp:
             internal_pb2_grpc.add_ClusterTokenServiceServicer_to_server(
                 ClusterTokenServicer(self.service), server
             )
+            internal_pb2_grpc.add_ControlServiceServicer_to_server(
+                ControlServicer(self.service), server
+            )
 
         self.grpc_server, self.grpc_port = await start_server(
             deployment.registry_grpc_address,
@@ -91,6 +101,7 @@ class RegistryApp:
                 "flotilla.registry.v1.LauncherService",
                 "flotilla.registry.v1.RouteService",
                 "flotilla.registry.v1.ClusterTokenService",
+                "flotilla.registry.v1.ControlService",
             ],
             interceptors=[InternalTokenInterceptor(internal_token, _INTERNAL)],
         )

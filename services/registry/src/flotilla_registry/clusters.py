@@ -259,6 +259,39 @@ class ClusterService:
             await self._commit(c, changed)
         log.info("cluster %s: stop requested (%s)", name, c.reason)
 
+    async def stop_all(self, reason: str, wait_seconds: float) -> tuple[int, int]:
+        """Stop every active cluster; wait up to ``wait_seconds`` for them to finish.
+
+        Returns how many were asked to stop and how many had not finished in time.
+        """
+        names = [c.name for c in self._active.values() if c.target == Target.RUNNING]
+        for name in names:
+            c = self._active.get(name)
+            if c is None:
+                continue
+            async with self._lock(name):
+                if c.target != Target.RUNNING:
+                    continue
+                c.target = Target.STOPPED
+                c.reason = reason
+                await self._commit(c, self._stop_workers(c))
+        log.info("stopping all %d active clusters: %s", len(names), reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while self._active and loop.time() < deadline:
+            waiters = [
+                asyncio.create_task(self._changed.setdefault(n, asyncio.Event()).wait())
+                for n in list(self._active)
+            ]
+            try:
+                await asyncio.wait(
+                    waiters, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in waiters:
+                    task.cancel()
+        return len(names), len(self._active)
+
     async def _running(self, identity: Identity, name: str, verb: str) -> ClusterRecord:
         self._require_user(identity)
         c = await self._find(identity, name, verb)

@@ -24,6 +24,7 @@ from .model import ClusterRecord, Observed, Status
 
 __all__ = [
     "ClusterTokenServicer",
+    "ControlServicer",
     "LauncherServicer",
     "RegistryServicer",
     "RouteServicer",
@@ -209,3 +210,17 @@ class ClusterTokenServicer(internal_pb2_grpc.ClusterTokenServiceServicer):  # ty
     ) -> internal_pb2.VerifyClusterTokenResponse:
         owner = await self.service.verify_token(request.cluster_name, request.token)
         return internal_pb2.VerifyClusterTokenResponse(valid=owner is not None, owner=owner or "")
+
+
+class ControlServicer(internal_pb2_grpc.ControlServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: ClusterService) -> None:
+        self.service = service
+
+    async def StopAllClusters(
+        self, request: internal_pb2.StopAllClustersRequest, context: grpc.aio.ServicerContext
+    ) -> internal_pb2.StopAllClustersResponse:
+        stopped, remaining = await self.service.stop_all(
+            request.reason or "Stopped by the gateway's operator",
+            max(0.0, min(request.wait_seconds, 300.0)),
+        )
+        return internal_pb2.StopAllClustersResponse(stopped=stopped, remaining=remaining)

@@ -138,3 +138,19 @@ class VerifyClusterTokenResponse(_message.Message):
     valid: bool
     owner: str
     def __init__(self, valid: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class StopAllClustersRequest(_message.Message):
+    __slots__ = ("reason", "wait_seconds")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    wait_seconds: float
+    def __init__(self, reason: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class StopAllClustersResponse(_message.Message):
+    __slots__ = ("stopped", "remaining")
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    stopped: int
+    remaining: int
+    def __init__(self, stopped: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...

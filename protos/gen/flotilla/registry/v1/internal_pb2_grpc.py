@@ -355,3 +355,80 @@ class ClusterTokenService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ControlServiceStub:
+    """Operations on the whole gateway, for its operators' tooling.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StopAllClusters = channel.unary_unary(
+                '/flotilla.registry.v1.ControlService/StopAllClusters',
+                request_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.StopAllClustersRequest.SerializeToString,
+                response_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.StopAllClustersResponse.FromString,
+                _registered_method=True)
+
+
+class ControlServiceServicer:
+    """Operations on the whole gateway, for its operators' tooling.
+    """
+
+    def StopAllClusters(self, request, context):
+        """Stop every active cluster (target STOPPED with the given reason) and wait up to
+        wait_seconds for them to finish. Returns OK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ControlServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StopAllClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopAllClusters,
+                    request_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.StopAllClustersRequest.FromString,
+                    response_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.StopAllClustersResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'flotilla.registry.v1.ControlService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('flotilla.registry.v1.ControlService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ControlService:
+    """Operations on the whole gateway, for its operators' tooling.
+    """
+
+    @staticmethod
+    def StopAllClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.registry.v1.ControlService/StopAllClusters',
+            flotilla_dot_registry_dot_v1_dot_internal__pb2.StopAllClustersRequest.SerializeToString,
+            flotilla_dot_registry_dot_v1_dot_internal__pb2.StopAllClustersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
