@@ -134,7 +134,10 @@ class EmbeddedStack:
         log.info("started %s (pid %d)", child.name, child.proc.pid)
 
     def start(self) -> None:
-        self.deployment.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Traversable but not listable: cluster owners reach their own directories below
+        # it; secrets and the database inside are readable by the gateway only.
+        self.deployment.state_path.mkdir(parents=True, exist_ok=True)
+        self.deployment.state_path.chmod(0o711)
         # Secrets are created once, here, before the services read them.
         for name in ("identity_key", "internal_token", "cookie_key"):
             self.deployment.secret(name)

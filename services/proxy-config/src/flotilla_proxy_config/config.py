@@ -46,7 +46,7 @@ class ProxyConfig(Configurable):
         config=True,
     )
     envoy_log_level = Unicode(
-        "info", help="Envoy -l: trace, debug, info, warning, error, critical, off.", config=True
+        "warning", help="Envoy -l: trace, debug, info, warning, error, critical, off.", config=True
     )
     tcp_idle_timeout = Float(
         3600.0,

@@ -156,6 +156,8 @@ def build_environment(
         env["USER"] = inherited.get("USER") or getpass.getuser()
         if "HOME" in inherited:
             env["HOME"] = inherited["HOME"]
+    # Scratch space in the cluster's own directory, not a /tmp path shared by every user.
+    env["DASK_TEMPORARY_DIRECTORY"] = str(certs_dir.parent)
     env.update(cluster.config.environment)
     cert = str(certs_dir / CERT_FILE)
     key = str(certs_dir / KEY_FILE)
