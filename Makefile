@@ -43,12 +43,13 @@ $(UPSTREAM_VENV)/.installed: $(UV)
 run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
 
-test: setup $(UPSTREAM_VENV)/.installed
+test: setup $(UPSTREAM_VENV)/.installed lint typecheck
 	FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	cd protos && ../$(VENV)/bin/buf lint
 
 typecheck: setup

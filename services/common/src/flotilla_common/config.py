@@ -20,7 +20,7 @@ from traitlets.config.loader import PyFileConfigLoader
 __all__ = ["Deployment", "add_config_argument", "load_config"]
 
 
-class Deployment(Configurable):  # type: ignore[misc]
+class Deployment(Configurable):
     """Addresses, directories and secrets shared by every Flotilla service."""
 
     public_host = Unicode(

@@ -33,7 +33,7 @@ __all__ = ["Embedded", "EmbeddedStack", "main"]
 log = logging.getLogger(__name__)
 
 
-class Embedded(Configurable):  # type: ignore[misc]
+class Embedded(Configurable):
     """How ``flotilla-embedded`` runs the stack."""
 
     restart_crashed = Bool(

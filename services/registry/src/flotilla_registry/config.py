@@ -8,7 +8,7 @@ from traitlets.config import Configurable
 __all__ = ["Registry"]
 
 
-class Registry(Configurable):  # type: ignore[misc]
+class Registry(Configurable):
     db_url = Unicode(
         "",
         help=(
