@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 
 import dask.array as da
@@ -10,6 +11,7 @@ import pytest
 from flotilla import BasicAuth, Gateway, GatewayPermissionError
 from gateway_stack import Gateway as Stack
 from gateway_stack import cluster_pids
+from helpers import wait_for
 
 
 def test_flotilla_client_lifecycle(gateway: Stack) -> None:
@@ -43,6 +45,16 @@ def test_flotilla_client_lifecycle(gateway: Stack) -> None:
                 assert time.monotonic() < deadline, "cluster not STOPPED within 5 s"
                 time.sleep(0.1)
             assert cluster_pids(name) == []
+
+            # Its routes are gone from Envoy: the dashboard answers 404.
+            def dashboard_gone() -> bool:
+                try:
+                    urllib.request.urlopen(cluster.dashboard_link, timeout=5)
+                except urllib.error.HTTPError as exc:
+                    return exc.code == 404
+                return False
+
+            wait_for(dashboard_gone, 5, "the dashboard route to be removed")
             stopped = second.list_clusters(status="STOPPED")
             assert [c.name for c in stopped] == [name]
 
