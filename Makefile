@@ -13,7 +13,7 @@ CONFIG ?= deploy/embedded/flotilla_config.py
 export FLOTILLA_ENVOY := $(abspath $(ENVOY))
 export UV_LINK_MODE := copy
 
-.PHONY: run test setup lint typecheck protos protos-check bench clean docs
+.PHONY: run test setup lint typecheck protos clean docs
 
 setup: $(VENV)/.synced $(ENVOY)
 
@@ -60,9 +60,6 @@ protos: setup
 
 docs: setup
 	$(VENV)/bin/python scripts/gen_config_docs.py > docs/configuration.md
-
-bench:
-	@echo "bench/ arrives with the benchmarks issue" && exit 1
 
 clean:
 	rm -rf $(VENV) $(CACHE) .flotilla

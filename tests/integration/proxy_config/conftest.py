@@ -2,7 +2,7 @@
 
 Fixtures:
 
-- ``free_port`` / ``free_listener_port``: callables returning a free 127.0.0.1 port;
+- ``free_port``: a callable returning a free 127.0.0.1 port below the ephemeral range;
 - ``wait_for`` / ``wait_port``: async pollers with a deadline (no sleeps for readiness);
 - ``envoy``: starts Envoy processes from a bootstrap dict, stops each by PID at teardown;
 - ``fake_registry``: a test double of the registry's RouteService (plus
@@ -40,9 +40,6 @@ ENVOY_BIN = Path(
 def find_free_port(host: str = "127.0.0.1") -> int:
     """A free port below the ephemeral range (see helpers.free_port)."""
     return free_port()
-
-
-find_free_listener_port = find_free_port
 
 
 async def wait_until(
@@ -239,11 +236,6 @@ async def fake_registry() -> AsyncIterator[FakeRegistry]:
 @pytest.fixture(name="free_port")
 def free_port_fixture() -> Callable[[], int]:
     return find_free_port
-
-
-@pytest.fixture
-def free_listener_port() -> Callable[[], int]:
-    return find_free_listener_port
 
 
 @pytest.fixture

@@ -242,7 +242,6 @@ async def gateway(
     envoy: Callable[..., Any],
     envoy_binary: Path,
     free_port: Callable[[], int],
-    free_listener_port: Callable[[], int],
     fake_registry: Any,
 ) -> AsyncIterator[Gateway]:
     cleanups: list[Callable[[], Any]] = []
@@ -261,7 +260,7 @@ async def gateway(
         cleanups.append(alpha.stop)
         routes.upsert("alpha", f"127.0.0.1:{alpha.port}", f"127.0.0.1:{dashboard.port}")
 
-        public_port = free_listener_port()
+        public_port = free_port()
         cfg = make_config(
             tmp_path,
             public_port,
@@ -451,13 +450,12 @@ async def test_registry_down_serves_static_part_then_recovers(
     envoy: Callable[..., Any],
     envoy_binary: Path,
     free_port: Callable[[], int],
-    free_listener_port: Callable[[], int],
     fake_registry: Any,
     wait_for: Waiter,
 ) -> None:
     authz = AllowAll()
     auth_server, auth_port = await start_authz(authz)
-    registry_port, api_port, public_port = free_port(), free_port(), free_listener_port()
+    registry_port, api_port, public_port = free_port(), free_port(), free_port()
     cfg = make_config(
         tmp_path,
         public_port,

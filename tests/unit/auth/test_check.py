@@ -363,6 +363,7 @@ async def test_forged_identity_header_is_replaced() -> None:
     assert identity_of(resp) == Identity("alice")
     assert IDENTITY_HEADER not in resp.ok_response.headers_to_remove
     assert set(resp.ok_response.headers_to_remove) == {
+        "authorization",  # credentials never travel past auth
         "x-flotilla-internal-token",
         "x-flotilla-other",
     }

@@ -140,10 +140,13 @@ class Checker:
                 headers_to_remove=(IDENTITY_HEADER, *stray),
                 response_headers=response_headers,
             )
+        # The credentials (a password, a cluster token) have done their job: the services
+        # behind Envoy see only the signed identity.
+        credentials = ("authorization",) if "authorization" in request.headers else ()
         return Decision(
             allowed=True,
             request_headers=((IDENTITY_HEADER, sign_identity(identity, self._identity_key)),),
-            headers_to_remove=tuple(stray),
+            headers_to_remove=(*credentials, *stray),
             response_headers=response_headers,
             identity=identity,
         )

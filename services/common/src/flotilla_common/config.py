@@ -11,7 +11,6 @@ import argparse
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
 from traitlets import Integer, Unicode
 from traitlets.config import Config, Configurable
@@ -147,7 +146,3 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FLOTILLA_CONFIG"),
         help="Flotilla configuration file (Python, traitlets); env FLOTILLA_CONFIG",
     )
-
-
-def settings(config: Config, **overrides: Any) -> Deployment:
-    return Deployment(config=config, **overrides)

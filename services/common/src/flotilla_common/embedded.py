@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from traitlets import Bool, Float
-from traitlets.config import Config, Configurable
+from traitlets.config import Configurable
 
 from .config import Deployment, add_config_argument, load_config
 from .logs import setup_logging
@@ -88,9 +88,10 @@ class _Child:
 class EmbeddedStack:
     """The services of one gateway as child processes."""
 
-    def __init__(self, config_path: str | None, config: Config | None = None) -> None:
+    def __init__(self, config_path: str | None) -> None:
+        # A file, not a Config object: every child process reads the same file.
         self.config_path = str(Path(config_path).resolve()) if config_path else None
-        self.config = config if config is not None else load_config(config_path)
+        self.config = load_config(config_path)
         self.deployment = Deployment(config=self.config)
         self.settings = Embedded(config=self.config)
         self.children: list[_Child] = []
