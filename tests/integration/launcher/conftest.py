@@ -293,6 +293,11 @@ async def make_launcher(
         await reconciler.start()
         started.append(reconciler)
         await wait_for(reconciler.synced.is_set, 10, "the launcher's first watch message")
+        forkserver = reconciler.backend.forkserver  # type: ignore[attr-defined]
+        if forkserver is not None:
+            # Production forks schedulers and workers: so do these tests, from the start.
+            await asyncio.to_thread(forkserver.wait_ready, 120)
+            assert forkserver.ready, "the fork server did not become ready"
         return reconciler
 
     try:

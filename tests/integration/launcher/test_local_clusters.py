@@ -345,3 +345,55 @@ async def test_runs_as_the_owner_when_root(
         assert not key.exists() and (workdir / "logs" / "scheduler.log").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _ppid(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text.rsplit(")", 1)[1].split()[1])
+
+
+def _children(pid: int) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _safe_ppid(int(e)) == pid]
+
+
+def _safe_ppid(pid: int) -> int:
+    try:
+        return _ppid(pid)
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+async def test_schedulers_and_workers_are_forked(
+    registry: FakeRegistry, make_launcher: Any
+) -> None:
+    reconciler = await make_launcher()
+    server = reconciler.backend.forkserver
+    assert server is not None and server.ready
+    name = registry.add_cluster()
+    beat = await wait_running(registry, name)
+    state = registry.state(name)
+    assert _ppid(state["pid"]) == server.pid, "the scheduler is a child of the fork server"
+    assert Path(f"/proc/{state['pid']}/comm").read_text().strip() == "dask-scheduler"
+    cmdline = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:3] == [b"scheduler", b"--protocol"], "ps shows the dask command"
+
+    token = registry.records[name].token
+    assert await comm(beat["api_address"], {"op": "scale", "count": 1}, token) == 200
+
+    def one_active() -> bool:
+        beat = registry.last_heartbeat(name)
+        return beat is not None and len(beat["active_workers"]) == 1
+
+    await wait_for(one_active, 90, "an active worker")
+    [worker] = registry.records[name].workers
+    nanny = json.loads(worker.state_json)["pid"]
+    assert _ppid(nanny) == server.pid, "the worker's nanny is forked by the server"
+    # ... and the nanny forks its worker process (no new interpreter either).
+    [process] = await wait_for(lambda: _children(nanny), 30, "the nanny's worker process")
+    assert Path(f"/proc/{process}/exe").resolve() == Path(f"/proc/{nanny}/exe").resolve()
+    assert b"multiprocessing" not in Path(f"/proc/{process}/cmdline").read_bytes()
+
+    registry.set_target(name, types_pb2.TARGET_STOPPED)
+    await wait_for(lambda: registry.records[name].observed == STOPPED, 60, "cluster stopped")
+    assert not alive(state)
+    assert not procfs.group_members(nanny)

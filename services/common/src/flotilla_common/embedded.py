@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from traitlets import Bool, Float
+from traitlets import Bool, Float, List, Unicode
 from traitlets.config import Configurable
 
 from .config import Deployment, add_config_argument, load_config
@@ -57,6 +57,15 @@ class Embedded(Configurable):
     )
     start_timeout_seconds = Float(
         60.0, help="How long to wait for the gateway to answer /api/health.", config=True
+    )
+    launcher_backends = List(
+        Unicode(),
+        default_value=["local"],
+        help=(
+            "The launchers to run, one per backend (entry point names, e.g. 'local', or "
+            "'sim' for the control-plane simulation). Match c.Registry.backends."
+        ),
+        config=True,
     )
 
 
@@ -103,11 +112,15 @@ class EmbeddedStack:
 
     def _argv(self) -> list[tuple[str, list[str]]]:
         cfg = ["--config", self.config_path] if self.config_path else []
+        launchers = [
+            (f"launcher-{backend}", [_bin("flotilla-launcher"), "--backend", backend, *cfg])
+            for backend in self.settings.launcher_backends
+        ]
         return [
             ("registry", [_bin("flotilla-registry"), *cfg]),
             ("auth", [_bin("flotilla-auth"), *cfg]),
             ("proxy-config", [_bin("flotilla-proxy-config"), "serve", *cfg]),
-            ("launcher-local", [_bin("flotilla-launcher"), "--backend", "local", *cfg]),
+            *launchers,
             # Envoy: proxy-config writes its bootstrap and execs it (same PID).
             ("envoy", [_bin("flotilla-proxy-config"), "envoy", *cfg]),
         ]
@@ -225,10 +238,16 @@ class EmbeddedStack:
         """Stop the clusters (if configured), then SIGTERM every child (launcher first,
         Envoy last), then SIGKILL stragglers."""
         alive = {c.name for c in self.children if c.proc is not None and c.proc.poll() is None}
-        if self.settings.stop_clusters_on_exit and {"registry", "launcher-local"} <= alive:
+        launchers = [c.name for c in self.children if c.name.startswith("launcher-")]
+        if (
+            self.settings.stop_clusters_on_exit
+            and "registry" in alive
+            and launchers
+            and set(launchers) <= alive
+        ):
             self.stop_clusters()
         self._stopping = True
-        order = ["launcher-local", "proxy-config", "auth", "registry", "envoy"]
+        order = [*launchers, "proxy-config", "auth", "registry", "envoy"]
         children = sorted(
             self.children, key=lambda c: order.index(c.name) if c.name in order else 0
         )

@@ -117,7 +117,9 @@ class Reconciler:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the channel and start the watch, status check and reconcile tasks."""
+        """Start the backend, open the channel, start the watch, status check and
+        reconcile tasks."""
+        await self.backend.start()
         self._channel = grpc.aio.insecure_channel(self.registry_address)
         self._stub = internal_pb2_grpc.LauncherServiceStub(self._channel)
         self._tasks = [

@@ -142,7 +142,7 @@ class Backend(Configurable):
     Checkpoints are JSON-serialisable dicts; the reconciler stores them verbatim and passes
     the latest one back. Hooks raise :class:`BackendError` for failures the owner should
     see; anything else is logged and retried by the reconciler with backoff (start hooks:
-    fail the cluster/worker). Every hook except :meth:`close` must be overridden.
+    fail the cluster/worker). Every hook except :meth:`start` and :meth:`close` must be overridden.
     """
 
     #: The name the registry assigns clusters to (``LaunchCluster.backend``).
@@ -181,6 +181,9 @@ class Backend(Configurable):
     ) -> list[ProcessStatus]:
         """Status of many workers at once (one result per input, same order)."""
         raise NotImplementedError
+
+    async def start(self) -> None:
+        """Called once when the launcher starts, before any other hook (optional)."""
 
     async def close(self) -> None:
         """Release backend resources when the launcher exits; never stops clusters."""

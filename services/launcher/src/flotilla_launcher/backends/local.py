@@ -10,6 +10,11 @@ stderr appended to a log file in the cluster's working directory::
 When the launcher runs as root, processes run as the cluster owner's Unix account.
 Checkpoints hold the pid and its start time (from ``/proc``), so a restarted launcher
 adopts processes that are still alive and never signals a reused pid.
+
+With ``fork_server`` (the default), schedulers and workers whose command is a script of
+the launcher's own Python are forked from a server that has already imported
+``distributed`` (see ``flotilla_launcher.forkserver``) instead of starting a new
+interpreter; everything above (sessions, logs, accounts, checkpoints) is the same.
 """
 
 from __future__ import annotations
@@ -29,9 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from flotilla_common.config import Deployment
-from traitlets import Enum, Float, List, Unicode
+from traitlets import Bool, Enum, Float, List, Unicode
 
 from .. import procfs
+from ..forkserver import (
+    DEFAULT_PRELOAD,
+    ForkServer,
+    ForkServerUnavailable,
+    SpawnRequest,
+    fork_environment,
+    forkable,
+)
 from .base import (
     Backend,
     BackendError,
@@ -236,10 +249,40 @@ class LocalBackend(Backend):
         config=True,
     )
 
+    fork_server = Bool(
+        True,
+        help=(
+            "Fork schedulers and workers from a process that has already imported "
+            "distributed (then drops to the owner's account), instead of starting a new "
+            "Python for each: cluster start-up without the interpreter's start-up. Only "
+            "for commands that are scripts of the launcher's own Python with the same "
+            "start-up environment; others are always exec'd."
+        ),
+        config=True,
+    )
+    fork_server_preload = List(
+        Unicode(),
+        default_value=list(DEFAULT_PRELOAD),
+        help="Modules the fork server imports before forking.",
+        config=True,
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Processes this launcher process spawned: their exit codes can be collected.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._forkserver: ForkServer | None = None
+
+    @property
+    def forkserver(self) -> ForkServer | None:
+        """The fork server, once started (None when ``fork_server`` is off)."""
+        return self._forkserver
+
+    async def start(self) -> None:
+        """Start the fork server (it becomes ready in the background)."""
+        if self.fork_server and self._forkserver is None:
+            self._forkserver = ForkServer(self.fork_server_preload)
+            self._forkserver.start()
 
     # -- paths and accounts -------------------------------------------------------------
 
@@ -286,7 +329,14 @@ class LocalBackend(Backend):
         env = self._environment(cluster, workdir, None, run_as)
         log_path = workdir / "logs" / "scheduler.log"
         proc = await asyncio.to_thread(
-            self._spawn, cmd, env, workdir, log_path, run_as, f"the scheduler of {cluster.name}"
+            self._spawn,
+            cmd,
+            env,
+            workdir,
+            log_path,
+            run_as,
+            f"the scheduler of {cluster.name}",
+            "scheduler",
         )
         log.info(
             "cluster %s: started scheduler pid %s as %s, log %s",
@@ -324,7 +374,14 @@ class LocalBackend(Backend):
         env = self._environment(cluster, workdir, name, run_as)
         log_path = workdir / "logs" / f"worker-{name}.log"
         proc = await asyncio.to_thread(
-            self._spawn, cmd, env, workdir, log_path, run_as, f"worker {name} of {cluster.name}"
+            self._spawn,
+            cmd,
+            env,
+            workdir,
+            log_path,
+            run_as,
+            f"worker {name} of {cluster.name}",
+            "worker",
         )
         log.info("cluster %s: started worker %s pid %s", cluster.name, name, proc["pid"])
         yield proc
@@ -349,6 +406,9 @@ class LocalBackend(Backend):
     async def close(self) -> None:
         """Forget spawned children; they keep running (the launcher may restart)."""
         self._children.clear()
+        if self._forkserver is not None:
+            await asyncio.to_thread(self._forkserver.close)
+            self._forkserver = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -399,46 +459,98 @@ class LocalBackend(Backend):
         log_path: Path,
         run_as: RunAs | None,
         what: str,
+        role: str,
     ) -> dict[str, Any]:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
             if run_as is not None:
                 os.fchown(fd, run_as.uid, run_as.gid)
-            argv = list(cmd)
-            if run_as is not None:
-                exe = shutil.which(cmd[0], path=env.get("PATH", os.defpath))
-                if exe is None:
-                    reason = f"cannot start {what}: {cmd[0]}: command not found"
-                    os.write(fd, f"flotilla-launcher: {reason}\n".encode())
-                    raise BackendError(f"{reason}; see {log_path}")
-                groups = ",".join(str(g) for g in run_as.groups)
-                argv = [sys.executable, "-I", "-c", _BECOME, str(run_as.uid), str(run_as.gid)]
-                argv += [groups, exe, *cmd]
-            try:
-                popen = subprocess.Popen(
-                    argv,
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=fd,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                reason = f"cannot start {what}: {exc.filename or cmd[0]}: {exc.strerror or exc}"
-                os.write(fd, f"flotilla-launcher: {reason}\n".encode())
-                raise BackendError(f"{reason}; see {log_path}") from exc
+            pid = self._fork(cmd, env, workdir, fd, run_as, what, role)
+            if pid is None:
+                popen = self._exec(cmd, env, workdir, fd, run_as, what, log_path)
+                pid = popen.pid
+                self._children[pid] = popen
         finally:
             os.close(fd)
-        self._children[popen.pid] = popen
-        st = procfs.read_stat(popen.pid)
+        st = procfs.read_stat(pid)
         return {
-            "pid": popen.pid,
+            "pid": pid,
             "start_time": st.start_time if st else 0,
             "user": run_as.user if run_as else getpass.getuser(),
             "log": str(log_path),
         }
+
+    def _fork(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        log_fd: int,
+        run_as: RunAs | None,
+        what: str,
+        role: str,
+    ) -> int | None:
+        """Fork the process from the fork server; None when it must be exec'd instead."""
+        server = self._forkserver
+        if server is None or not server.ready:
+            return None
+        script = shutil.which(cmd[0], path=env.get("PATH", os.defpath))
+        if not forkable(script, env, server.environment, server.python):
+            return None
+        assert script is not None
+        request = SpawnRequest(
+            argv=[script, *cmd[1:]],
+            env=fork_environment(env, worker=role == "worker"),
+            cwd=str(workdir),
+            uid=run_as.uid if run_as else None,
+            gid=run_as.gid if run_as else None,
+            groups=run_as.groups if run_as else (),
+            name=f"dask-{role}",
+        )
+        try:
+            return server.spawn(request, log_fd)
+        except ForkServerUnavailable:
+            return None
+        except (OSError, ValueError) as exc:
+            reason = f"cannot start {what}: {exc.strerror if isinstance(exc, OSError) else exc}"
+            os.write(log_fd, f"flotilla-launcher: {reason}\n".encode())
+            raise BackendError(reason) from exc
+
+    def _exec(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        fd: int,
+        run_as: RunAs | None,
+        what: str,
+        log_path: Path,
+    ) -> subprocess.Popen[bytes]:
+        argv = list(cmd)
+        if run_as is not None:
+            exe = shutil.which(cmd[0], path=env.get("PATH", os.defpath))
+            if exe is None:
+                reason = f"cannot start {what}: {cmd[0]}: command not found"
+                os.write(fd, f"flotilla-launcher: {reason}\n".encode())
+                raise BackendError(f"{reason}; see {log_path}")
+            groups = ",".join(str(g) for g in run_as.groups)
+            argv = [sys.executable, "-I", "-c", _BECOME, str(run_as.uid), str(run_as.gid)]
+            argv += [groups, exe, *cmd]
+        try:
+            return subprocess.Popen(
+                argv,
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            reason = f"cannot start {what}: {exc.filename or cmd[0]}: {exc.strerror or exc}"
+            os.write(fd, f"flotilla-launcher: {reason}\n".encode())
+            raise BackendError(f"{reason}; see {log_path}") from exc
 
     def _status(self, state: Mapping[str, Any], what: str) -> ProcessStatus:
         pid = state.get("pid")
@@ -449,6 +561,8 @@ class LocalBackend(Backend):
             return ProcessStatus(True)
         popen = self._children.pop(int(pid), None)
         code = popen.poll() if popen is not None else None
+        if code is None and self._forkserver is not None:
+            code = self._forkserver.exit_code(int(pid))
         if code is None:
             return ProcessStatus(False, f"{what} process {pid} is gone; see {logfile}")
         if code < 0:

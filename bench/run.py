@@ -1,0 +1,474 @@
+"""``make bench``: Flotilla and the reference dask-gateway-server, side by side.
+
+Starts both gateways on free ports, one client agent per gateway (``agent.py``, the
+unmodified PyPI ``dask-gateway`` client), and runs every scenario of issue 5 on both,
+alternating sample by sample (and which gateway goes first), so background load hits
+both alike. Then runs the control-plane simulation (Flotilla only, ``sim.py``).
+Writes ``results.json`` (every sample) and ``results.md`` (medians, p90, ratios and the
+acceptance table) to ``--out``.
+
+``--smoke`` runs every scenario once with tiny sizes (what ``make test`` checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import sim
+from bench.gateways import REPO, GatewayProcess, start_flotilla, start_reference
+from bench.hops import HOPS, hop_durations
+from bench.report import Check, Row, markdown, summary
+
+MIB = 2**20
+
+#: Sizes of each scenario: the full run, and the smoke run ``make test`` does.
+PLANS: dict[str, dict[str, Any]] = {
+    "full": {
+        "new_cluster": 10,
+        "first_task": 6,
+        "scale_workers": 8,
+        "scale_rounds": 3,
+        "proxy_mib": 100,
+        "proxy_repeats": 4,
+        "dashboard_requests": 40,
+        "users": 10,
+        "per_user": 2,
+        "many_rounds": 2,
+        "sequential": 50,
+        "list_at": 20,
+        "list_requests": 100,
+        "list_rounds": 4,
+        "throughput_seconds": 2.0,
+        "throughput_rounds": 3,
+        "sim_sizes": [1000, 10000],
+        "sim_list_requests": 200,
+        "sim_propagations": 30,
+    },
+    "smoke": {
+        "new_cluster": 1,
+        "first_task": 1,
+        "scale_workers": 1,
+        "scale_rounds": 1,
+        "proxy_mib": 4,
+        "proxy_repeats": 1,
+        "dashboard_requests": 2,
+        "users": 2,
+        "per_user": 1,
+        "many_rounds": 1,
+        "sequential": 2,
+        "list_at": 2,
+        "list_requests": 5,
+        "list_rounds": 1,
+        "throughput_seconds": 0.3,
+        "throughput_rounds": 1,
+        "sim_sizes": [20],
+        "sim_list_requests": 10,
+        "sim_propagations": 2,
+    },
+}
+
+GATEWAYS = ("flotilla", "reference")
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    """One ``agent.py`` process driving one gateway (JSON lines over its stdin/stdout)."""
+
+    def __init__(self, python: str, address: str, log_path: Path) -> None:
+        self._log = open(log_path, "ab")
+        env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "60s"}
+        env.pop("PYTHONPATH", None)
+        self.proc = subprocess.Popen(
+            [python, str(Path(__file__).with_name("agent.py")), address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            cwd=tempfile.gettempdir(),  # never import anything from this repository
+        )
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(b"")
+
+    def call(self, command: str, timeout: float = 900.0, **kwargs: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"command": command, **kwargs}) + "\n").encode())
+        self.proc.stdin.flush()
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AgentError(f"{command}: no answer after {timeout:.0f}s") from None
+        if not line:
+            raise AgentError(f"{command}: the agent exited ({self.proc.poll()})")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise AgentError(f"{command}: {reply['error']}")
+        return reply["result"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class Bench:
+    """Runs the scenarios and collects every sample."""
+
+    def __init__(self, plan: dict[str, Any], workdir: Path, client_python: str) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.client_python = client_python
+        self.gateways: dict[str, GatewayProcess] = {}
+        self.agents: dict[str, Agent] = {}
+        self.samples: dict[str, dict[str, list[float]]] = {g: {} for g in GATEWAYS}
+        self.extra: dict[str, Any] = {}
+        self.load: list[tuple[str, tuple[float, float, float]]] = []
+
+    def add(self, gateway: str, metric: str, values: float | list[float]) -> None:
+        bucket = self.samples[gateway].setdefault(metric, [])
+        bucket.extend(values if isinstance(values, list) else [values])
+
+    def alternate(self, rounds: int, body: Callable[[str, Agent], None]) -> None:
+        """Run ``body`` ``rounds`` times on each gateway, flipping who goes first."""
+        for i in range(rounds):
+            order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
+            for name in order:
+                body(name, self.agents[name])
+
+    def note_load(self, when: str) -> None:
+        self.load.append((when, os.getloadavg()))
+        print(f"[bench] {when} (load {os.getloadavg()[0]:.2f})", flush=True)
+
+    # -- scenarios ------------------------------------------------------------------------
+
+    def scenario_new_cluster(self) -> None:
+        flotilla_samples: list[dict[str, Any]] = []
+
+        def body(name: str, agent: Agent) -> None:
+            result = agent.call("new_cluster")
+            self.add(name, "new_cluster_s", result["seconds"])
+            self.add(name, "stop_s", result["stop_seconds"])
+            if name == "flotilla":
+                flotilla_samples.append(result)
+
+        self.alternate(self.plan["new_cluster"], body)
+        logs = self.gateways["flotilla"].log_path.parent / "state" / "logs"
+        self.extra["hops_ms"] = hop_durations(logs, flotilla_samples)
+
+    def scenario_first_task(self) -> None:
+        self.alternate(
+            self.plan["first_task"],
+            lambda name, agent: self.add(name, "first_task_s", agent.call("first_task")["seconds"]),
+        )
+
+    def scenario_scale(self) -> None:
+        workers = self.plan["scale_workers"]
+
+        def body(name: str, agent: Agent) -> None:
+            result = agent.call("scale", workers=workers, cycles=1)
+            self.add(name, "scale_up_s", result["up_seconds"])
+            self.add(name, "scale_down_s", result["down_seconds"])
+
+        self.alternate(self.plan["scale_rounds"], body)
+
+    def scenario_proxy(self) -> None:
+        def body(name: str, agent: Agent) -> None:
+            result = agent.call(
+                "proxy_throughput", mib=self.plan["proxy_mib"], repeats=self.plan["proxy_repeats"]
+            )
+            self.add(name, "proxy_mib_s", result["proxied_mib_s"])
+            self.add(name, "direct_mib_s", result["direct_mib_s"])
+
+        self.alternate(2, body)
+
+    def scenario_dashboard(self) -> None:
+        def body(name: str, agent: Agent) -> None:
+            result = agent.call("dashboard", requests=self.plan["dashboard_requests"])
+            self.add(name, "dashboard_page_ms", result["page_ms"])
+            self.add(name, "dashboard_health_ms", result["health_ms"])
+
+        self.alternate(2, body)
+
+    def scenario_many_users(self) -> None:
+        def body(name: str, agent: Agent) -> None:
+            result = agent.call(
+                "many_users", users=self.plan["users"], per_user=self.plan["per_user"]
+            )
+            self.add(name, "many_users_cluster_s", result["seconds"])
+            self.add(name, "many_users_total_s", result["total_seconds"])
+
+        self.alternate(self.plan["many_rounds"], body)
+
+    def scenario_sequential(self) -> None:
+        """Clusters one after another, kept running; at ``list_at`` of them, list_clusters
+        latency and throughput and the gateways' memory are measured."""
+        total, at = self.plan["sequential"], self.plan["list_at"]
+        for i in range(total):
+            order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
+            for name in order:
+                result = self.agents[name].call("keep_clusters", count=1)
+                self.add(name, "sequential_s", result["seconds"])
+            if i + 1 == at:
+                self.note_load(f"{at} clusters running: list_clusters and memory")
+                self._measure_lists()
+                for name, gw in self.gateways.items():
+                    self.extra.setdefault("rss", {})[f"{name}_with_{at}_clusters"] = gw.rss()
+        for name in GATEWAYS:
+            result = self.agents[name].call("stop_kept")
+            self.add(name, "stop_all_s", result["seconds"])
+
+    def _measure_lists(self) -> None:
+        def latency(name: str, agent: Agent) -> None:
+            result = agent.call("list_latency", requests=self.plan["list_requests"])
+            self.add(name, "list_ms", result["ms"])
+
+        self.alternate(self.plan["list_rounds"], latency)
+        for concurrency in (16, 64):
+
+            def throughput(name: str, agent: Agent, c: int = concurrency) -> None:
+                result = agent.call(
+                    "list_throughput", concurrency=c, seconds=self.plan["throughput_seconds"]
+                )
+                self.add(name, f"list_per_s_{c}", result["per_second"])
+                self.add(name, f"list_errors_{c}", float(result["errors"]))
+
+            self.alternate(self.plan["throughput_rounds"], throughput)
+
+    # -- driving --------------------------------------------------------------------------
+
+    def start(self, reference_venv: Path) -> None:
+        self.note_load("starting both gateways")
+        self.gateways["flotilla"] = start_flotilla(self.workdir)
+        self.gateways["reference"] = start_reference(self.workdir, reference_venv)
+        for name, gw in self.gateways.items():
+            self.extra.setdefault("start_seconds", {})[name] = gw.started_seconds
+            self.agents[name] = Agent(
+                self.client_python, gw.address, self.workdir / f"agent-{name}.log"
+            )
+            self.extra.setdefault("versions", {})[name] = self.agents[name].call("ping")
+        # Let both settle (start-up work, first GC) before their idle memory is read.
+        time.sleep(1.0)
+        self.extra["rss"] = {f"{n}_idle": gw.rss() for n, gw in self.gateways.items()}
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.close()
+        for gw in self.gateways.values():
+            gw.stop()
+
+    @contextmanager
+    def stage(self, what: str) -> Iterator[None]:
+        self.note_load(what)
+        start = time.monotonic()
+        yield
+        self.extra.setdefault("stage_seconds", {})[what] = time.monotonic() - start
+
+
+def _rows(bench: Bench) -> dict[str, Row]:
+    """Every compared metric, keyed by its sample name, in table order."""
+    f, r = bench.samples["flotilla"], bench.samples["reference"]
+    plan = bench.plan
+    rows: dict[str, Row] = {}
+
+    def row(key: str, metric: str, unit: str, better: str = "lower") -> None:
+        rows[key] = Row(metric, unit, f.get(key, []), r.get(key, []), better)
+
+    users = f"{plan['users']} users x {plan['per_user']} clusters at once"
+    row("new_cluster_s", "cold new_cluster()", "s")
+    row("first_task_s", "first task after new_cluster() + scale(1)", "s")
+    row("scale_up_s", f"scale({plan['scale_workers']}) until connected", "s")
+    row("scale_down_s", "scale(0) until gone", "s")
+    row("stop_s", "shutdown() until STOPPED", "s")
+    row("proxy_mib_s", f"{plan['proxy_mib']} MiB via the scheduler proxy", "MiB/s", "higher")
+    row("direct_mib_s", f"{plan['proxy_mib']} MiB direct to the scheduler", "MiB/s", "higher")
+    row("dashboard_page_ms", "dashboard page GET", "ms")
+    row("dashboard_health_ms", "dashboard /health GET", "ms")
+    row("list_ms", f"list_clusters() with {plan['list_at']} clusters", "ms")
+    row("list_per_s_16", "list_clusters() throughput, 16 concurrent", "req/s", "higher")
+    row("list_per_s_64", "list_clusters() throughput, 64 concurrent", "req/s", "higher")
+    row("many_users_cluster_s", f"{users}: each", "s")
+    row("many_users_total_s", f"{users}: all", "s")
+    row("sequential_s", f"{plan['sequential']} clusters one after another: each", "s")
+    row("stop_all_s", f"stop {plan['sequential']} clusters at once", "s")
+    seq_f, seq_r = f.get("sequential_s", []), r.get("sequential_s", [])
+    tenth = max(1, len(seq_f) // 10)
+    if len(seq_f) >= 2 * tenth and len(seq_r) >= 2 * tenth:
+        rows["sequential_first"] = Row(
+            "... the first tenth of them", "s", seq_f[:tenth], seq_r[:tenth]
+        )
+        rows["sequential_last"] = Row(
+            "... the last tenth of them", "s", seq_f[-tenth:], seq_r[-tenth:]
+        )
+    rss = bench.extra.get("rss", {})
+    for key, label in (
+        ("idle", "idle"),
+        (f"with_{plan['list_at']}_clusters", f"{plan['list_at']} clusters"),
+        ("idle_at_end", "idle at the end"),
+    ):
+        mem = [
+            [rss[f"{g}_{key}"]["gateway_bytes"] / MIB] if f"{g}_{key}" in rss else []
+            for g in GATEWAYS
+        ]
+        rows[f"rss_{key}"] = Row(f"gateway's own processes RSS, {label}", "MiB", mem[0], mem[1])
+    return rows
+
+
+def _checks(bench: Bench, rows: dict[str, Row], sim_result: dict[str, Any]) -> list[Check]:
+    f = bench.samples["flotilla"]
+    proxy = summary(f.get("proxy_mib_s", []))["median"]
+    direct = summary(f.get("direct_mib_s", []))["median"]
+    idle = bench.extra.get("rss", {}).get("flotilla_idle", {}).get("gateway_bytes", 0) / MIB
+    checks = [
+        Check("new_cluster() vs reference", rows["new_cluster_s"].ratio(), "<=", 0.4),
+        Check("first task vs reference", rows["first_task_s"].ratio(), "<=", 0.5),
+        Check("scale(8) ready vs reference", rows["scale_up_s"].ratio(), "<=", 0.4),
+        Check("proxy throughput vs direct", proxy / direct if direct else float("nan"), ">=", 0.95),
+        Check("dashboard p50 vs reference", rows["dashboard_page_ms"].ratio(), "<=", 1.2),
+        Check("list_clusters() p50 vs reference", rows["list_ms"].ratio(), "<=", 1.0),
+        Check(
+            "list_clusters() at 64 concurrent vs reference",
+            rows["list_per_s_64"].ratio(),
+            ">=",
+            1.5,
+        ),
+        Check("embedded stack idle RSS (MiB, Envoy included)", idle, "<=", 400),
+    ]
+    checks += sim.checks(sim_result)
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (make test)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="output folder")
+    parser.add_argument(
+        "--client-python",
+        default=str(REPO / ".cache/upstream-client/bin/python"),
+        help="a Python with only the PyPI dask-gateway client and dask",
+    )
+    parser.add_argument(
+        "--reference-venv",
+        default=str(REPO / ".cache/bench-reference"),
+        help="virtualenv with dask-gateway-server",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--note", default="", help="a line for the results page (e.g. load)")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "full"
+    plan = PLANS[mode]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    bench = Bench(plan, workdir, args.client_python)
+    load_start = os.getloadavg()
+    ok = False
+    sim_result: dict[str, Any] = {}
+    try:
+        bench.start(Path(args.reference_venv))
+        with bench.stage("cold new_cluster()"):
+            bench.scenario_new_cluster()
+        with bench.stage("first task"):
+            bench.scenario_first_task()
+        with bench.stage("scale up and down"):
+            bench.scenario_scale()
+        with bench.stage("scheduler proxy throughput"):
+            bench.scenario_proxy()
+        with bench.stage("dashboard"):
+            bench.scenario_dashboard()
+        with bench.stage("many users at once"):
+            bench.scenario_many_users()
+        with bench.stage("clusters one after another"):
+            bench.scenario_sequential()
+        time.sleep(1.0)
+        bench.extra["rss"].update(
+            {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
+        )
+        bench.stop()
+        with bench.stage("control-plane simulation"):
+            sim_result = sim.run(
+                workdir,
+                sizes=plan["sim_sizes"],
+                list_requests=plan["sim_list_requests"],
+                propagations=plan["sim_propagations"],
+                client_python=args.client_python,
+            )
+        ok = True
+    finally:
+        bench.stop()
+        duration = time.monotonic() - t0
+        rows = _rows(bench)
+        checks = _checks(bench, rows, sim_result) if ok else []
+        checks.append(Check("make bench duration (minutes)", duration / 60, "<=", 15))
+        single = [
+            (f"new_cluster() hop: {hop}", "ms", bench.extra.get("hops_ms", {}).get(hop, []))
+            for hop in HOPS
+        ] + sim.table_rows(sim_result)
+        meta = {
+            "mode": mode,
+            "started_at": started_at,
+            "duration_seconds": duration,
+            "cpus": os.cpu_count(),
+            "load_start": " ".join(f"{x:.2f}" for x in load_start),
+            "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "reference_version": bench.extra.get("versions", {})
+            .get("reference", {})
+            .get("version", {})
+            .get("version", ""),
+            "note": args.note,
+            "completed": ok,
+        }
+        data = {
+            "meta": meta,
+            "plan": plan,
+            "rows": {k: r.as_json() for k, r in rows.items()},
+            "checks": [c.as_json() for c in checks],
+            "samples": bench.samples,
+            "extra": bench.extra,
+            "load": bench.load,
+            "simulation": sim_result,
+        }
+        (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        (out / "results.md").write_text(markdown(list(rows.values()), checks, single, meta))
+        print((out / "results.md").read_text())
+        if args.keep or not ok:
+            print(f"[bench] logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
