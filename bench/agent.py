@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import sys
 import time
 import traceback
@@ -60,9 +61,24 @@ class Agent:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.gateway = Gateway(address, auth=BasicAuth(self.user))
+        #: Every client object ever made. The upstream client's ``__del__`` calls
+        #: ``close()``, which deadlocks when garbage collection happens to run it on the
+        #: client's own event-loop thread; objects that are never collected cannot.
+        self._keep: list[Any] = []
+        self.gateway = self._gateway()
         #: Clusters kept running between commands (``keep_clusters``).
         self.kept: list[GatewayCluster] = []
+
+    def _gateway(self, user: str | None = None, asynchronous: bool = False) -> Gateway:
+        gateway = Gateway(
+            self.address, auth=BasicAuth(user or self.user), asynchronous=asynchronous
+        )
+        self._keep.append(gateway)
+        return gateway
+
+    def _hold(self, obj: Any) -> Any:
+        self._keep.append(obj)
+        return obj
 
     user = "bench"
 
@@ -94,11 +110,11 @@ class Agent:
 
     def new_cluster(self) -> dict[str, Any]:
         """Cold ``new_cluster()``: a fresh Gateway (its first request authenticates)."""
-        gateway = Gateway(self.address, auth=BasicAuth(self.user))
+        gateway = self._gateway()
         try:
             started_at = time.time()
             start = time.perf_counter()
-            cluster = gateway.new_cluster(shutdown_on_close=False)
+            cluster = self._hold(gateway.new_cluster(shutdown_on_close=False))
             seconds = _elapsed(start)
             finished_at = time.time()
             name = cluster.name
@@ -117,9 +133,9 @@ class Agent:
     def first_task(self) -> dict[str, Any]:
         """``new_cluster()`` + ``scale(1)`` + the first task's result."""
         start = time.perf_counter()
-        cluster = self.gateway.new_cluster(shutdown_on_close=False)
+        cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
         cluster.scale(1)
-        client = cluster.get_client(set_as_default=False)
+        client = self._hold(cluster.get_client(set_as_default=False))
         result = client.submit(_inc, 1, pure=False).result(timeout=STEP_TIMEOUT)
         seconds = _elapsed(start)
         if result != 2:
@@ -131,8 +147,8 @@ class Agent:
 
     def scale(self, workers: int, cycles: int) -> dict[str, Any]:
         """On one cluster, ``cycles`` times: scale(workers) until connected, then to 0."""
-        cluster = self.gateway.new_cluster(shutdown_on_close=False)
-        client = cluster.get_client(set_as_default=False)
+        cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
+        client = self._hold(cluster.get_client(set_as_default=False))
         up: list[float] = []
         down: list[float] = []
         try:
@@ -157,10 +173,10 @@ class Agent:
     def proxy_throughput(self, mib: int, repeats: int) -> dict[str, Any]:
         """MiB/s of ``mib`` MiB scheduler → client, through the gateway and directly."""
         nbytes = mib * 2**20
-        cluster = self.gateway.new_cluster(shutdown_on_close=False)
-        proxied = cluster.get_client(set_as_default=False)
+        cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
+        proxied = self._hold(cluster.get_client(set_as_default=False))
         direct_address = proxied.scheduler_info()["address"]
-        direct = Client(direct_address, security=cluster.security, set_as_default=False)
+        direct = self._hold(Client(direct_address, security=cluster.security, set_as_default=False))
         out: dict[str, list[float]] = {"proxied_mib_s": [], "direct_mib_s": []}
         try:
             for i in range(repeats):
@@ -183,7 +199,7 @@ class Agent:
     def dashboard(self, requests: int) -> dict[str, Any]:
         """GET latency (ms) of the dashboard page and of its /health, on a kept-alive
         connection, as a browser would."""
-        cluster = self.gateway.new_cluster(shutdown_on_close=False)
+        cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
         try:
             link = urllib.parse.urlparse(cluster.dashboard_link)
             base = link.path.rsplit("/", 1)[0]
@@ -211,7 +227,7 @@ class Agent:
         seconds = []
         for _ in range(count):
             start = time.perf_counter()
-            self.kept.append(self.gateway.new_cluster(shutdown_on_close=False))
+            self.kept.append(self._hold(self.gateway.new_cluster(shutdown_on_close=False)))
             seconds.append(_elapsed(start))
         return {"seconds": seconds, "running": len(self.kept)}
 
@@ -243,7 +259,7 @@ class Agent:
         return asyncio.run(self._list_throughput(concurrency, seconds))
 
     async def _list_throughput(self, concurrency: int, seconds: float) -> dict[str, Any]:
-        async with Gateway(self.address, auth=BasicAuth(self.user), asynchronous=True) as gw:
+        async with self._gateway(asynchronous=True) as gw:
             expected = len(await gw.list_clusters())
             done = 0
             errors = 0
@@ -272,16 +288,13 @@ class Agent:
         return asyncio.run(self._many_users(users, per_user))
 
     async def _many_users(self, users: int, per_user: int) -> dict[str, Any]:
-        gateways = [
-            Gateway(self.address, auth=BasicAuth(f"bench-user-{i}"), asynchronous=True)
-            for i in range(users)
-        ]
+        gateways = [self._gateway(f"bench-user-{i}", asynchronous=True) for i in range(users)]
         latencies: list[float] = []
         clusters: list[tuple[Gateway, Any]] = []
 
         async def one(gw: Gateway) -> None:
             start = time.perf_counter()
-            cluster = await gw.new_cluster(shutdown_on_close=False)
+            cluster = self._hold(await gw.new_cluster(shutdown_on_close=False))
             latencies.append(_elapsed(start))
             clusters.append((gw, cluster))
 
@@ -330,6 +343,8 @@ def main() -> None:
         out.write(json.dumps(reply) + "\n")
         out.flush()
     agent.close()
+    sys.stderr.flush()
+    os._exit(0)  # no garbage collection of client objects at exit (see Agent._keep)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def markdown(
         f"took {meta.get('duration_seconds', math.nan):.0f} s",
         f"- machine: {meta.get('cpus')} CPUs, load average at start "
         f"{meta.get('load_start')}, at end {meta.get('load_end')}",
+        f"- failed samples: {meta.get('failed_samples', 0)} (see results.json)",
         f"- {meta.get('note', '')}".rstrip(),
         "",
         "Medians and p90 of every sample; ratio = Flotilla median / reference median.",

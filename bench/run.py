@@ -16,12 +16,9 @@ import argparse
 import datetime
 import json
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import sim
+from bench.client import Agent, AgentError
 from bench.gateways import REPO, GatewayProcess, start_flotilla, start_reference
 from bench.hops import HOPS, hop_durations
 from bench.report import Check, Row, markdown, summary
@@ -86,60 +84,17 @@ PLANS: dict[str, dict[str, Any]] = {
 
 GATEWAYS = ("flotilla", "reference")
 
-
-class AgentError(RuntimeError):
-    pass
-
-
-class Agent:
-    """One ``agent.py`` process driving one gateway (JSON lines over its stdin/stdout)."""
-
-    def __init__(self, python: str, address: str, log_path: Path) -> None:
-        self._log = open(log_path, "ab")
-        env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "60s"}
-        env.pop("PYTHONPATH", None)
-        self.proc = subprocess.Popen(
-            [python, str(Path(__file__).with_name("agent.py")), address],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            cwd=tempfile.gettempdir(),  # never import anything from this repository
-        )
-        self._lines: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(b"")
-
-    def call(self, command: str, timeout: float = 900.0, **kwargs: Any) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"command": command, **kwargs}) + "\n").encode())
-        self.proc.stdin.flush()
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AgentError(f"{command}: no answer after {timeout:.0f}s") from None
-        if not line:
-            raise AgentError(f"{command}: the agent exited ({self.proc.poll()})")
-        reply = json.loads(line)
-        if not reply["ok"]:
-            raise AgentError(f"{command}: {reply['error']}")
-        return reply["result"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+#: Scenario name (``Bench.scenario_<name>``, ``--only``) → what it measures.
+SCENARIOS = {
+    "new_cluster": "cold new_cluster()",
+    "first_task": "first task",
+    "scale": "scale up and down",
+    "proxy": "scheduler proxy throughput",
+    "dashboard": "dashboard",
+    "many_users": "many users at once",
+    "sequential": "clusters one after another",
+    "simulation": "control-plane simulation",
+}
 
 
 class Bench:
@@ -154,17 +109,40 @@ class Bench:
         self.samples: dict[str, dict[str, list[float]]] = {g: {} for g in GATEWAYS}
         self.extra: dict[str, Any] = {}
         self.load: list[tuple[str, tuple[float, float, float]]] = []
+        self.failures: list[dict[str, str]] = []
+
+    def _agent(self, name: str) -> Agent:
+        return Agent(
+            self.client_python,
+            self.gateways[name].address,
+            self.workdir / f"agent-{name}.log",
+        )
 
     def add(self, gateway: str, metric: str, values: float | list[float]) -> None:
         bucket = self.samples[gateway].setdefault(metric, [])
         bucket.extend(values if isinstance(values, list) else [values])
 
     def alternate(self, rounds: int, body: Callable[[str, Agent], None]) -> None:
-        """Run ``body`` ``rounds`` times on each gateway, flipping who goes first."""
+        """Run ``body`` ``rounds`` times on each gateway, flipping who goes first.
+
+        A sample that fails (an error, or no answer in time: the agent is then replaced)
+        is recorded in ``failures`` and the run goes on.
+        """
         for i in range(rounds):
             order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
             for name in order:
-                body(name, self.agents[name])
+                self.attempt(name, body)
+
+    def attempt(self, name: str, body: Callable[[str, Agent], None]) -> None:
+        """Run ``body`` on one gateway; a failure is recorded, a stuck agent replaced."""
+        try:
+            body(name, self.agents[name])
+        except AgentError as exc:
+            self.failures.append({"gateway": name, "error": str(exc)})
+            print(f"[bench] {name}: sample failed: {exc}", flush=True)
+            if self.agents[name].proc.poll() is not None or exc.fatal:
+                self.agents[name].close(timeout=0)
+                self.agents[name] = self._agent(name)
 
     def note_load(self, when: str) -> None:
         self.load.append((when, os.getloadavg()))
@@ -176,7 +154,7 @@ class Bench:
         flotilla_samples: list[dict[str, Any]] = []
 
         def body(name: str, agent: Agent) -> None:
-            result = agent.call("new_cluster")
+            result = agent.call("new_cluster", timeout=240)
             self.add(name, "new_cluster_s", result["seconds"])
             self.add(name, "stop_s", result["stop_seconds"])
             if name == "flotilla":
@@ -234,19 +212,25 @@ class Bench:
         """Clusters one after another, kept running; at ``list_at`` of them, list_clusters
         latency and throughput and the gateways' memory are measured."""
         total, at = self.plan["sequential"], self.plan["list_at"]
+
+        def one(name: str, agent: Agent) -> None:
+            result = agent.call("keep_clusters", count=1, timeout=300)
+            self.add(name, "sequential_s", result["seconds"])
+
         for i in range(total):
             order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
             for name in order:
-                result = self.agents[name].call("keep_clusters", count=1)
-                self.add(name, "sequential_s", result["seconds"])
+                self.attempt(name, one)
             if i + 1 == at:
                 self.note_load(f"{at} clusters running: list_clusters and memory")
                 self._measure_lists()
                 for name, gw in self.gateways.items():
                     self.extra.setdefault("rss", {})[f"{name}_with_{at}_clusters"] = gw.rss()
         for name in GATEWAYS:
-            result = self.agents[name].call("stop_kept")
-            self.add(name, "stop_all_s", result["seconds"])
+            self.attempt(
+                name,
+                lambda n, agent: self.add(n, "stop_all_s", agent.call("stop_kept")["seconds"]),
+            )
 
     def _measure_lists(self) -> None:
         def latency(name: str, agent: Agent) -> None:
@@ -273,9 +257,7 @@ class Bench:
         self.gateways["reference"] = start_reference(self.workdir, reference_venv)
         for name, gw in self.gateways.items():
             self.extra.setdefault("start_seconds", {})[name] = gw.started_seconds
-            self.agents[name] = Agent(
-                self.client_python, gw.address, self.workdir / f"agent-{name}.log"
-            )
+            self.agents[name] = self._agent(name)
             self.extra.setdefault("versions", {})[name] = self.agents[name].call("ping")
         # Let both settle (start-up work, first GC) before their idle memory is read.
         time.sleep(1.0)
@@ -286,6 +268,8 @@ class Bench:
             agent.close()
         for gw in self.gateways.values():
             gw.stop()
+        self.agents.clear()
+        self.gateways.clear()
 
     @contextmanager
     def stage(self, what: str) -> Iterator[None]:
@@ -383,10 +367,27 @@ def main(argv: list[str] | None = None) -> int:
         help="virtualenv with dask-gateway-server",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated subset of scenarios: {', '.join(SCENARIOS)}",
+    )
     parser.add_argument("--note", default="", help="a line for the results page (e.g. load)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one size of the plan (JSON value), e.g. --set new_cluster=3",
+    )
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
-    plan = PLANS[mode]
+    plan = dict(PLANS[mode])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in plan:
+            parser.error(f"unknown plan key {key!r}")
+        plan[key] = json.loads(value)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
@@ -397,34 +398,30 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     sim_result: dict[str, Any] = {}
     try:
-        bench.start(Path(args.reference_venv))
-        with bench.stage("cold new_cluster()"):
-            bench.scenario_new_cluster()
-        with bench.stage("first task"):
-            bench.scenario_first_task()
-        with bench.stage("scale up and down"):
-            bench.scenario_scale()
-        with bench.stage("scheduler proxy throughput"):
-            bench.scenario_proxy()
-        with bench.stage("dashboard"):
-            bench.scenario_dashboard()
-        with bench.stage("many users at once"):
-            bench.scenario_many_users()
-        with bench.stage("clusters one after another"):
-            bench.scenario_sequential()
-        time.sleep(1.0)
-        bench.extra["rss"].update(
-            {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
-        )
-        bench.stop()
-        with bench.stage("control-plane simulation"):
-            sim_result = sim.run(
-                workdir,
-                sizes=plan["sim_sizes"],
-                list_requests=plan["sim_list_requests"],
-                propagations=plan["sim_propagations"],
-                client_python=args.client_python,
+        only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+        unknown = sorted(set(only) - set(SCENARIOS))
+        if unknown:
+            parser.error(f"unknown scenarios: {', '.join(unknown)}")
+        if set(only) - {"simulation"}:
+            bench.start(Path(args.reference_venv))
+            for name in only:
+                if name != "simulation":
+                    with bench.stage(SCENARIOS[name]):
+                        getattr(bench, f"scenario_{name}")()
+            time.sleep(1.0)
+            bench.extra["rss"].update(
+                {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
             )
+            bench.stop()
+        if "simulation" in only:
+            with bench.stage(SCENARIOS["simulation"]):
+                sim_result = sim.run(
+                    workdir,
+                    sizes=plan["sim_sizes"],
+                    list_requests=plan["sim_list_requests"],
+                    propagations=plan["sim_propagations"],
+                    client_python=args.client_python,
+                )
         ok = True
     finally:
         bench.stop()
@@ -449,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             .get("version", ""),
             "note": args.note,
             "completed": ok,
+            "failed_samples": len(bench.failures),
         }
         data = {
             "meta": meta,
@@ -458,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             "samples": bench.samples,
             "extra": bench.extra,
             "load": bench.load,
+            "failures": bench.failures,
             "simulation": sim_result,
         }
         (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")

@@ -56,8 +56,9 @@ log = logging.getLogger("distributed.flotilla_preload")
 ADAPTIVE_WINDOW = 3
 #: ``target_duration`` passed to ``Scheduler.adaptive_target`` (seconds).
 TARGET_DURATION = 5.0
-#: Delay of the first heartbeat, and first retry delay after a failed one (seconds).
-FIRST_HEARTBEAT_DELAY = 0.25
+#: First retry delay after a failed heartbeat (seconds). The first heartbeat goes at
+#: once: the user is waiting for it (it makes the cluster RUNNING).
+RETRY_DELAY = 0.25
 #: Longest gap between heartbeats when ``--dg-heartbeat-period 0`` (seconds).
 MAX_HEARTBEAT_GAP = 3600.0
 #: Delay of the heartbeat after unrequested worker changes (seconds).
@@ -383,7 +384,7 @@ class GatewayPlugin(SchedulerPlugin):
 
     async def _heartbeat_loop(self) -> None:
         period = self.heartbeat_period if self.heartbeat_period > 0 else MAX_HEARTBEAT_GAP
-        delay = backoff = FIRST_HEARTBEAT_DELAY
+        delay, backoff = 0.0, RETRY_DELAY
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -395,7 +396,7 @@ class GatewayPlugin(SchedulerPlugin):
                 ok = False
             if ok:
                 delay = period
-                backoff = FIRST_HEARTBEAT_DELAY
+                backoff = RETRY_DELAY
             else:
                 delay = backoff
                 backoff = min(backoff * 2, period)

@@ -7,6 +7,9 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
     downstream_connections_pb2,
@@ -21,8 +24,12 @@ from flotilla_proxy_config.snapshot import (
     Route,
     Snapshot,
     SnapshotBuilder,
+    build_route_configuration,
     build_snapshot,
     parse_address,
+)
+from flotilla_proxy_config.snapshot import (
+    EXT_AUTHZ_FILTER as EXT_AUTHZ,
 )
 from google.protobuf import json_format
 from traitlets import TraitError
@@ -50,7 +57,9 @@ def route_paths(snapshot: Snapshot) -> list[str]:
     config = route_pb2.RouteConfiguration()
     snapshot.of_type(ROUTE_TYPE)["http_routes"].body.Unpack(config)
     (vhost,) = config.virtual_hosts
-    return [r.match.prefix or r.match.path for r in vhost.routes]
+    return [
+        r.match.prefix or r.match.path or f"regex:{r.match.safe_regex.regex}" for r in vhost.routes
+    ]
 
 
 def test_same_input_same_bytes_and_versions() -> None:
@@ -73,14 +82,63 @@ def test_resources_and_names() -> None:
         "dash_alpha",
         "sni_daskgateway-ns.beta",
     }
-    # beta has no dashboard: no dash_ cluster and no /clusters/ route.
+    # beta has no dashboard: no dash_ cluster and no /clusters/ route. One regex route
+    # redirects /clusters/<any name> to the trailing slash.
     assert route_paths(s) == [
         "/clusters/alpha/",
-        "/clusters/alpha",
         "/flotilla.registry.v1.RegistryService/",
         "/api/",
+        "regex:/clusters/[^/]+",
         "/",
     ]
+
+
+def test_only_the_api_routes_run_ext_authz() -> None:
+    config = route_pb2.RouteConfiguration()
+    snap(ALPHA).of_type(ROUTE_TYPE)["http_routes"].body.Unpack(config)
+    authz = {
+        r.name for r in config.virtual_hosts[0].routes if EXT_AUTHZ in r.typed_per_filter_config
+    }
+    assert authz == {"registry-grpc", "registry-api"}
+    listener = listener_pb2.Listener()
+    snap().of_type(LISTENER_TYPE)["public"].body.Unpack(listener)
+    hcm = hcm_pb2.HttpConnectionManager()
+    next(c for c in listener.filter_chains if c.name == "plain-http").filters[
+        0
+    ].typed_config.Unpack(hcm)
+    (ext_authz,) = [f for f in hcm.http_filters if f.name == EXT_AUTHZ]
+    assert ext_authz.disabled, "off unless a route turns it on"
+
+
+def test_assembled_route_configuration_is_the_reference_message() -> None:
+    routes = [Route(f"c{i:03d}", "127.0.0.1:9000", "127.0.0.1:9001") for i in range(50)]
+    builder = SnapshotBuilder(Deployment(), ProxyConfig())
+    builder.build({r.name: r for r in routes[::2]})
+    snapshot = builder.apply(routes[1::2], ["c004", "c010"])
+    expected = build_route_configuration(
+        ProxyConfig(), [r for r in routes if r.name not in ("c004", "c010")]
+    ).SerializeToString(deterministic=True)
+    assert snapshot.of_type(ROUTE_TYPE)["http_routes"].body.value == expected
+
+
+def test_apply_reports_only_what_changed() -> None:
+    builder = SnapshotBuilder(Deployment(), ProxyConfig())
+    first = builder.build({"alpha": ALPHA})
+    second = builder.apply([BETA])
+    assert second.parent == first.version
+    assert second.changed == {CLUSTER_TYPE: frozenset({"sni_daskgateway-ns.beta"})}
+    moved = Route("alpha", "127.0.0.1:9100", "127.0.0.1:9001")
+    third = builder.apply([moved], ["ns.beta"])
+    assert third.changed == {
+        CLUSTER_TYPE: frozenset({"sni_daskgateway-alpha", "sni_daskgateway-ns.beta"})
+    }
+    fourth = builder.apply([], ["alpha"])
+    assert fourth.changed == {
+        CLUSTER_TYPE: frozenset({"sni_daskgateway-alpha", "dash_alpha"}),
+        ROUTE_TYPE: frozenset({"http_routes"}),
+    }
+    assert fourth.version == snap().version, "the same content, the same version"
+    assert builder.apply([]).changed == {}
 
 
 def test_listener_never_depends_on_routes() -> None:

@@ -257,3 +257,69 @@ async def test_run_streams_responses_until_the_store_closes(builder: SnapshotBui
     store.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(responses), 2)
+
+
+async def test_changes_wait_for_the_ack_and_go_together(builder: SnapshotBuilder) -> None:
+    store = SnapshotStore()
+    store.set(build(builder))
+    stream, _ = connect(store)
+    gamma = Route("gamma", "127.0.0.1:9200", "127.0.0.1:9201")
+
+    store.set(build(builder, ALPHA))
+    first = drain(stream)
+    assert [r.type_url for r in first] == [CLUSTER_TYPE, ROUTE_TYPE]
+    # Envoy has not ACKed yet: nothing more is sent, whatever changes meanwhile.
+    store.set(build(builder, ALPHA, BETA))
+    store.set(build(builder, ALPHA, BETA, gamma))
+    assert drain(stream) == []
+    ack(stream, first[0])  # clusters ACKed: the held cluster changes go, in one response
+    (clusters,) = drain(stream)
+    assert clusters.type_url == CLUSTER_TYPE
+    assert names(clusters) == {
+        "sni_daskgateway-beta",
+        "dash_beta",
+        "sni_daskgateway-gamma",
+        "dash_gamma",
+    }
+    # Routes waited for their own ACK; the clusters they name went out before them on
+    # this stream (Envoy applies responses in order), so they need not wait for those.
+    ack(stream, first[1])
+    (routes,) = drain(stream)
+    assert routes.type_url == ROUTE_TYPE
+    ack(stream, clusters, routes)
+    assert drain(stream) == []
+
+
+async def test_routes_wait_for_held_back_clusters(builder: SnapshotBuilder) -> None:
+    store = SnapshotStore()
+    store.set(build(builder))
+    stream, _ = connect(store)
+    store.set(build(builder, ALPHA))
+    clusters, routes = drain(stream)
+    ack(stream, routes)
+    # beta's clusters are held (alpha's not ACKed yet): its route must wait for them.
+    store.set(build(builder, ALPHA, BETA))
+    assert drain(stream) == []
+    ack(stream, clusters)
+    assert [r.type_url for r in drain(stream)] == [CLUSTER_TYPE, ROUTE_TYPE]
+
+
+async def test_in_sync_streams_only_look_at_what_changed(
+    builder: SnapshotBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SnapshotStore()
+    store.set(build(builder, ALPHA))
+    stream, _ = connect(store)
+
+    def no_full_diffs(*args: object) -> None:
+        raise AssertionError("a full diff for a stream that was up to date")
+
+    monkeypatch.setattr(stream, "_diff", no_full_diffs)
+    store.set(builder.apply([BETA]))
+    added = drain(stream)
+    assert names(added[0]) == {"sni_daskgateway-beta", "dash_beta"}
+    ack(stream, *added)
+    store.set(builder.apply([], ["alpha"]))
+    removed = drain(stream)
+    assert [r.type_url for r in removed] == [ROUTE_TYPE, CLUSTER_TYPE]
+    assert set(removed[1].removed_resources) == {"sni_daskgateway-alpha", "dash_alpha"}

@@ -6,7 +6,7 @@ import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 __all__ = ["new_keypair"]
@@ -15,10 +15,13 @@ __all__ = ["new_keypair"]
 def new_keypair(cluster_name: str) -> tuple[str, str]:
     """A self-signed cert and its key (PEM text) for ``cluster_name``.
 
-    Like dask-gateway's: RSA 2048, CN ``dask-internal``, valid a year. The one cert is
-    the CA, the scheduler's and workers' server cert, and the user's client cert.
+    Like dask-gateway's (CN ``dask-internal``, valid a year, PKCS#8 PEM key) but ECDSA
+    P-256 rather than RSA 2048: a key in microseconds instead of tens of milliseconds
+    on the create path, and cheaper TLS handshakes for every client and worker. The
+    one cert is the CA, the scheduler's and workers' server cert, and the user's
+    client cert; nothing checks host names, only that the chain verifies.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (

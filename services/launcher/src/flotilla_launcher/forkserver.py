@@ -596,6 +596,8 @@ def serve(control_fd: int, preload: Sequence[str]) -> None:
     """The server's main loop: fork one child per descriptor received on ``control_fd``."""
     import importlib
 
+    with contextlib.suppress(Exception):  # ps shows what this process is
+        _libc().prctl(_PR_SET_NAME, b"flotilla-forksrv", 0, 0, 0)
     for module in preload:
         try:
             importlib.import_module(module)

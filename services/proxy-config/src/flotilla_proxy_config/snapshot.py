@@ -4,6 +4,11 @@ A snapshot holds every xDS resource proxy-config serves, keyed by type URL and n
 with a version that is a hash of its serialized content. It is built from the shared
 addresses (``Deployment``), ``ProxyConfig`` and the registry's routes.
 
+Building is incremental: a change of k routes costs O(k), not O(all routes), whether it
+is 10 or 10,000 clusters (the one O(n) step left is joining the dashboard routes'
+cached bytes into the route configuration, a C-level copy). Each snapshot says what it
+changed, so the xDS server's work per change is O(k) too.
+
 Layout (see docs/internals.md, "Routes"):
 
 - LDS: one listener ``public`` whose filter chains are selected by a fixed
@@ -14,16 +19,19 @@ Layout (see docs/internals.md, "Routes"):
 - CDS: ``flotilla_auth``, ``registry_http``, ``registry_grpc`` and, per route,
   ``sni_daskgateway-<name>`` and ``dash_<name>``.
 - RDS: ``http_routes``: dashboards, the public gRPC service, the REST API, else 404.
+  ext_authz is off by default and switched on for the API and gRPC routes only, so a
+  dashboard route is a bare prefix match (small, quick for Envoy to load by thousands).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -51,6 +59,7 @@ from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_stat
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import http_status_pb2
 from flotilla_common.config import Deployment
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
@@ -73,8 +82,10 @@ __all__ = [
     "Route",
     "Snapshot",
     "SnapshotBuilder",
+    "build_route_configuration",
     "build_snapshot",
     "dashboard_cluster_name",
+    "dashboard_route",
     "parse_address",
     "sni_cluster_name",
     "socket_address",
@@ -153,6 +164,11 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, Resource]]
     routes: Mapping[str, Route]
     complete: bool
+    #: The version of the snapshot this one was made from, and, per type URL, the names
+    #: whose resource differs from it (added, changed or removed). A server that has
+    #: brought a stream up to ``parent`` needs to look at these names only.
+    parent: str | None = None
+    changed: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, MappingProxyType({}))
@@ -391,7 +407,8 @@ def _http_chain(config: ProxyConfig) -> listener_components_pb2.FilterChain:
         ),
         upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         http_filters=[
-            hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=_any(ext_authz)),
+            # Off unless a route turns it on (_with_authz): the API and gRPC routes do.
+            hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=_any(ext_authz), disabled=True),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
             ),
@@ -427,33 +444,27 @@ def build_listener(deployment: Deployment, config: ProxyConfig) -> listener_pb2.
     )
 
 
-def _no_authz() -> dict[str, any_pb2.Any]:
-    return {EXT_AUTHZ_FILTER: _any(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))}
+def _with_authz() -> dict[str, any_pb2.Any]:
+    """Per-route switch turning on ext_authz, which is off by default (see ``_http_chain``)."""
+    enabled = ext_authz_pb2.ExtAuthzPerRoute(check_settings=ext_authz_pb2.CheckSettings())
+    return {
+        EXT_AUTHZ_FILTER: _any(
+            route_components_pb2.FilterConfig(config=_any(enabled), disabled=False)
+        )
+    }
 
 
-def _dashboard_routes(name: str) -> list[route_components_pb2.Route]:
-    prefix = f"/clusters/{name}/"
-    return [
-        route_components_pb2.Route(
-            name=f"dash:{name}",
-            match=route_components_pb2.RouteMatch(prefix=prefix),
-            route=route_components_pb2.RouteAction(
-                cluster=dashboard_cluster_name(name),
-                prefix_rewrite="/",
-                timeout=_duration(0),
-            ),
-            typed_per_filter_config=_no_authz(),
+def dashboard_route(name: str) -> route_components_pb2.Route:
+    """``/clusters/<name>/...`` to the cluster's dashboard, prefix stripped, no auth."""
+    return route_components_pb2.Route(
+        name=f"dash:{name}",
+        match=route_components_pb2.RouteMatch(prefix=f"/clusters/{name}/"),
+        route=route_components_pb2.RouteAction(
+            cluster=dashboard_cluster_name(name),
+            prefix_rewrite="/",
+            timeout=_duration(0),
         ),
-        route_components_pb2.Route(
-            name=f"dash-redirect:{name}",
-            match=route_components_pb2.RouteMatch(path=prefix.rstrip("/")),
-            redirect=route_components_pb2.RedirectAction(
-                path_redirect=prefix,
-                response_code=route_components_pb2.RedirectAction.FOUND,
-            ),
-            typed_per_filter_config=_no_authz(),
-        ),
-    ]
+    )
 
 
 def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
@@ -472,12 +483,28 @@ def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
                     grpc_timeout_header_max=_duration(0)
                 ),
             ),
+            typed_per_filter_config=_with_authz(),
         ),
         route_components_pb2.Route(
             name="registry-api",
             match=route_components_pb2.RouteMatch(prefix="/api/"),
             route=route_components_pb2.RouteAction(
                 cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
+            ),
+            typed_per_filter_config=_with_authz(),
+        ),
+        # /clusters/<name> → /clusters/<name>/ for every name, in one route.
+        route_components_pb2.Route(
+            name="dash-redirect",
+            match=route_components_pb2.RouteMatch(
+                safe_regex=regex_pb2.RegexMatcher(regex=r"/clusters/[^/]+")
+            ),
+            redirect=route_components_pb2.RedirectAction(
+                regex_rewrite=regex_pb2.RegexMatchAndSubstitute(
+                    pattern=regex_pb2.RegexMatcher(regex=r"^(/clusters/[^/]+)$"),
+                    substitution=r"\1/",
+                ),
+                response_code=route_components_pb2.RedirectAction.FOUND,
             ),
         ),
         route_components_pb2.Route(
@@ -493,7 +520,6 @@ def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
                     append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
                 )
             ],
-            typed_per_filter_config=_no_authz(),
         ),
     ]
 
@@ -501,10 +527,9 @@ def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
 def build_route_configuration(
     config: ProxyConfig, routes: Iterable[Route]
 ) -> route_pb2.RouteConfiguration:
-    dashboards: list[route_components_pb2.Route] = []
-    for route in sorted(routes):
-        if route.dashboard_address:
-            dashboards.extend(_dashboard_routes(route.name))
+    """The route configuration as one message (the builder assembles the same bytes
+    from cached pieces; this is the reference it is tested against)."""
+    dashboards = [dashboard_route(r.name) for r in sorted(routes) if r.dashboard_address]
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
@@ -515,8 +540,41 @@ def build_route_configuration(
     )
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field: key, length, bytes."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+# Field numbers: VirtualHost.routes, RouteConfiguration.virtual_hosts.
+_VHOST_ROUTES = 3
+_CONFIG_VHOSTS = 2
+
+
+def _xor_hash(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:16], "big")
+
+
 class SnapshotBuilder:
-    """Builds snapshots for one configuration, reusing what does not depend on routes."""
+    """Builds snapshots for one configuration, incrementally.
+
+    It holds the current routes and every resource derived from them; :meth:`apply`
+    changes some routes and returns the next snapshot in O(changed). Versions are
+    content hashes: of each resource's bytes, and, for the whole snapshot, an XOR of
+    its resources' (type, name, version), updated as resources change, so equal
+    content gives equal versions in any proxy-config process.
+    """
 
     def __init__(self, deployment: Deployment, config: ProxyConfig) -> None:
         self._config = config
@@ -553,12 +611,32 @@ class SnapshotBuilder:
                 ),
             )
         }
-        self._route_clusters: dict[Route, tuple[Resource, ...]] = {}
+        vhost = route_components_pb2.VirtualHost(name="all", domains=["*"])
+        self._vhost_head = vhost.SerializeToString(deterministic=True)
+        self._static_tail = b"".join(
+            _field(_VHOST_ROUTES, r.SerializeToString(deterministic=True))
+            for r in _static_routes(config)
+        )
+        self._config_head = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME).SerializeToString(
+            deterministic=True
+        )
+        self._routes: dict[str, Route] = {}
+        self._clusters: dict[str, Resource] = dict(self._static_clusters)
+        self._route_clusters: dict[str, tuple[Resource, ...]] = {}
+        # Dashboard routes: name → encoded VirtualHost.routes field; names kept sorted.
+        self._dashboards: dict[str, bytes] = {}
+        self._dashboard_order: list[str] = []
+        self._route_config = self._assemble_routes()
+        self._xor = 0
+        for resource in self._clusters.values():
+            self._xor ^= _xor_hash(CLUSTER_TYPE, resource.name, resource.version)
+        self._xor ^= _xor_hash(LISTENER_TYPE, LISTENER_NAME, self._listener.version)
+        self._xor ^= _xor_hash(ROUTE_TYPE, ROUTE_CONFIG_NAME, self._route_config.version)
+        self._last: Snapshot | None = None
+
+    # -- resources of one route -----------------------------------------------------------
 
     def _clusters_for(self, route: Route) -> tuple[Resource, ...]:
-        cached = self._route_clusters.get(route)
-        if cached is not None:
-            return cached
         timeout = self._config.connect_timeout
         sni = sni_cluster_name(route.name)
         built = [
@@ -576,39 +654,115 @@ class SnapshotBuilder:
             )
         return tuple(built)
 
+    def _assemble_routes(self) -> Resource:
+        """The route configuration from cached bytes (one join: no per-route work)."""
+        vhost = b"".join(
+            (
+                self._vhost_head,
+                *(self._dashboards[n] for n in self._dashboard_order),
+                self._static_tail,
+            )
+        )
+        data = self._config_head + _field(_CONFIG_VHOSTS, vhost)
+        body = any_pb2.Any(type_url=ROUTE_TYPE, value=data)
+        return Resource(name=ROUTE_CONFIG_NAME, version=_content_hash(data), body=body)
+
+    def _set_cluster(self, name: str, resource: Resource | None) -> bool:
+        old = self._clusters.get(name)
+        if old is not None and resource is not None and old.version == resource.version:
+            return False
+        if old is not None:
+            self._xor ^= _xor_hash(CLUSTER_TYPE, name, old.version)
+            del self._clusters[name]
+        if resource is not None:
+            self._xor ^= _xor_hash(CLUSTER_TYPE, name, resource.version)
+            self._clusters[name] = resource
+        return old is not None or resource is not None
+
+    def _set_dashboard(self, name: str, present: bool) -> bool:
+        if present == (name in self._dashboards):
+            return False
+        if present:
+            route = dashboard_route(name).SerializeToString(deterministic=True)
+            self._dashboards[name] = _field(_VHOST_ROUTES, route)
+            bisect.insort(self._dashboard_order, name)
+        else:
+            del self._dashboards[name]
+            del self._dashboard_order[bisect.bisect_left(self._dashboard_order, name)]
+        return True
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def apply(
+        self, upserts: Iterable[Route] = (), removed: Iterable[str] = (), *, complete: bool = True
+    ) -> Snapshot:
+        """The next snapshot: ``upserts`` added or replaced, ``removed`` names gone."""
+        upserts = list(upserts)
+        for route in upserts:
+            route.validate()
+        changed_clusters: set[str] = set()
+        dashboards_changed = False
+        for route in upserts:
+            previous = self._routes.get(route.name)
+            if previous == route:
+                continue
+            self._routes[route.name] = route
+            fresh = {r.name: r for r in self._clusters_for(route)}
+            for old in self._route_clusters.get(route.name, ()):
+                if old.name not in fresh and self._set_cluster(old.name, None):
+                    changed_clusters.add(old.name)
+            for name, resource in fresh.items():
+                if self._set_cluster(name, resource):
+                    changed_clusters.add(name)
+            self._route_clusters[route.name] = tuple(fresh.values())
+            dashboards_changed |= self._set_dashboard(route.name, bool(route.dashboard_address))
+        for name in removed:
+            if self._routes.pop(name, None) is None:
+                continue
+            for old in self._route_clusters.pop(name, ()):
+                if self._set_cluster(old.name, None):
+                    changed_clusters.add(old.name)
+            dashboards_changed |= self._set_dashboard(name, False)
+        changed: dict[str, frozenset[str]] = {}
+        if changed_clusters:
+            changed[CLUSTER_TYPE] = frozenset(changed_clusters)
+        if dashboards_changed:
+            old_config = self._route_config
+            self._route_config = self._assemble_routes()
+            if self._route_config.version != old_config.version:
+                self._xor ^= _xor_hash(ROUTE_TYPE, ROUTE_CONFIG_NAME, old_config.version)
+                self._xor ^= _xor_hash(ROUTE_TYPE, ROUTE_CONFIG_NAME, self._route_config.version)
+                changed[ROUTE_TYPE] = frozenset({ROUTE_CONFIG_NAME})
+        version = f"{self._xor:032x}"[:16] + ("" if complete else "-partial")
+        # Becoming complete allows removals a partial snapshot held back: no shortcut.
+        last = self._last
+        parent = last.version if last is not None and last.complete == complete else None
+        snapshot = Snapshot(
+            version=version,
+            resources=MappingProxyType(
+                {
+                    LISTENER_TYPE: MappingProxyType({LISTENER_NAME: self._listener}),
+                    CLUSTER_TYPE: MappingProxyType(dict(self._clusters)),
+                    ROUTE_TYPE: MappingProxyType({ROUTE_CONFIG_NAME: self._route_config}),
+                }
+            ),
+            routes=MappingProxyType(dict(self._routes)),
+            complete=complete,
+            parent=parent,
+            changed=MappingProxyType(changed),
+        )
+        self._last = snapshot
+        return snapshot
+
     def build(self, routes: Mapping[str, Route] | None, *, complete: bool = True) -> Snapshot:
-        """A snapshot for ``routes`` (name → Route); ``None`` means static part only."""
+        """A snapshot for exactly ``routes`` (name → Route); ``None``: static part only."""
         routes = dict(routes or {})
         for name, route in routes.items():
             if name != route.name:
                 raise ValueError(f"route keyed {name!r} is named {route.name!r}")
-            route.validate()
-        clusters = dict(self._static_clusters)
-        cache: dict[Route, tuple[Resource, ...]] = {}
-        for route in routes.values():
-            cache[route] = self._clusters_for(route)
-            clusters.update((r.name, r) for r in cache[route])
-        self._route_clusters = cache  # drop what no current route uses
-        route_config = Resource.of(
-            ROUTE_CONFIG_NAME, build_route_configuration(self._config, routes.values())
-        )
-        resources = {
-            LISTENER_TYPE: {LISTENER_NAME: self._listener},
-            CLUSTER_TYPE: clusters,
-            ROUTE_TYPE: {ROUTE_CONFIG_NAME: route_config},
-        }
-        digest = hashlib.sha256(b"complete" if complete else b"partial")
-        for type_url in sorted(resources):
-            for name in sorted(resources[type_url]):
-                digest.update(f"\0{type_url}\0{name}\0{resources[type_url][name].version}".encode())
-        return Snapshot(
-            version=digest.hexdigest()[:16],
-            resources=MappingProxyType(
-                {t: MappingProxyType(dict(sorted(r.items()))) for t, r in resources.items()}
-            ),
-            routes=MappingProxyType(dict(sorted(routes.items()))),
-            complete=complete,
-        )
+        upserts = [r for n, r in routes.items() if self._routes.get(n) != r]
+        removed = [n for n in self._routes if n not in routes]
+        return self.apply(upserts, removed, complete=complete)
 
 
 def build_snapshot(

@@ -128,31 +128,35 @@ class RouteWatcher:
                 log.info("route removed: cluster %s", name)
             for name, route in sorted(fresh.items()):
                 if self._routes.get(name) != route:
-                    log.info(
-                        "route set: cluster %s scheduler %s dashboard %s",
-                        name,
-                        route.scheduler_address,
-                        route.dashboard_address or "-",
-                    )
+                    self._log_set(route)
             self._routes = fresh
             self._have_full_set = True
-        else:
-            for name, route in self._valid(message.upserted):
-                log.info(
-                    "route set: cluster %s scheduler %s dashboard %s",
-                    name,
-                    route.scheduler_address,
-                    route.dashboard_address or "-",
-                )
-                self._routes[name] = route
-            for name in message.removed:
-                if self._routes.pop(name, None) is not None:
-                    log.info("route removed: cluster %s", name)
+            self._store.set(self._builder.build(self._routes, complete=True))
+            self.full_set_received.set()
+            return
+        upserts = dict(self._valid(message.upserted))
+        removed = [name for name in message.removed if name in self._routes]
+        for route in upserts.values():
+            self._log_set(route)
+        for name in removed:
+            log.info("route removed: cluster %s", name)
+        self._routes.update(upserts)
+        for name in removed:
+            del self._routes[name]
         if not self._have_full_set:
             log.warning("route change before the full route set: waiting for it")
             return
-        self._store.set(self._builder.build(self._routes, complete=True))
-        self.full_set_received.set()
+        # Only what changed: O(changed) whatever the number of routes.
+        self._store.set(self._builder.apply(upserts.values(), removed, complete=True))
+
+    @staticmethod
+    def _log_set(route: Route) -> None:
+        log.info(
+            "route set: cluster %s scheduler %s dashboard %s",
+            route.name,
+            route.scheduler_address,
+            route.dashboard_address or "-",
+        )
 
     @staticmethod
     def _valid(routes: Iterable[internal_pb2.Route]) -> Iterable[tuple[str, Route]]:

@@ -13,6 +13,13 @@ sends only the difference whenever the snapshot or the subscription changes:
   pushed again after a backoff (Envoy does not retry, e.g. after a listener bind failure).
 - A snapshot that is not ``complete`` (registry not yet heard from) only adds resources
   Envoy lacks: it never removes or replaces what a previous proxy-config gave Envoy.
+- Work per change is O(changed): a stream that is up to date with a snapshot's
+  ``parent`` looks only at the names the snapshot says changed (a full diff happens on
+  subscription changes, resumption and NACKs).
+- Flow control: while Envoy has not ACKed a type's last response, further changes of
+  that type wait and are sent together once it does; routes also wait for pending
+  cluster additions. Under a burst of changes Envoy thus gets a few larger updates
+  rather than a queue of stale ones (one route configuration can be megabytes).
 """
 
 from __future__ import annotations
@@ -113,6 +120,11 @@ class _TypeState:
     pending: dict[str, _Sent] = field(default_factory=dict)
     backoff: float = 0.0
     retry: asyncio.TimerHandle | None = None
+    # The snapshot version this type has been brought up to (sent, or noted in
+    # ``dirty`` to send once Envoy ACKs), and whether a full diff is owed instead.
+    synced: str | None = None
+    dirty: set[str] = field(default_factory=set)
+    full: bool = True
 
 
 class DeltaStream:
@@ -198,8 +210,14 @@ class DeltaStream:
                 state.reported_absent.discard(name)
                 if not state.wildcard:
                     state.known.pop(name, None)
+        if changed:
+            state.full = True  # a new subscription: compare everything
         if request.response_nonce:
             self._on_reply(type_url, state, request)
+            # Changes held back for this ACK (of this type, or routes waiting for
+            # clusters) can go now.
+            if not state.pending and any(t.full or t.dirty for t in self._types.values()):
+                changed = True
         if changed:
             self._reconcile()
 
@@ -220,6 +238,7 @@ class DeltaStream:
             log.debug("%s ACKed %s nonce %s", self._node, type_url, request.response_nonce)
             return
         # NACK: Envoy kept its previous resources. Forget what it rejected.
+        state.full = True
         for name, (before, after) in sent.changes.items():
             if state.known.get(name) != after:
                 continue  # changed again since
@@ -242,11 +261,13 @@ class DeltaStream:
 
     def _retry(self, state: _TypeState) -> None:
         state.retry = None
+        state.full = True
         self._reconcile()
 
     def _diff(
         self, type_url: str, state: _TypeState, snapshot: Snapshot
     ) -> tuple[list[Resource], list[str]]:
+        """Everything Envoy's copy of ``type_url`` lacks or has too much: O(all)."""
         available = snapshot.of_type(type_url)
         if state.wildcard:
             desired = dict(available)
@@ -259,18 +280,67 @@ class DeltaStream:
         missing = state.names - available.keys() - state.known.keys() - state.reported_absent
         return upserts, sorted({*removals, *missing})
 
+    def _diff_names(
+        self, type_url: str, state: _TypeState, snapshot: Snapshot, names: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        """The same as :meth:`_diff`, looking only at ``names``: O(changed)."""
+        available = snapshot.of_type(type_url)
+        upserts: list[Resource] = []
+        removals: list[str] = []
+        for name in sorted(names):
+            wanted = state.wildcard or name in state.names
+            resource = available.get(name) if wanted else None
+            if resource is not None:
+                if state.known.get(name) != resource.version:
+                    upserts.append(resource)
+            elif snapshot.complete and (
+                name in state.known or (name in state.names and name not in state.reported_absent)
+            ):
+                removals.append(name)
+        if not snapshot.complete:
+            return [r for r in upserts if r.name not in state.known], []
+        return upserts, removals
+
+    def _catch_up(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> None:
+        """Note what ``snapshot`` changed for this type since the stream last looked."""
+        if state.synced == snapshot.version:
+            return
+        if state.full or state.synced is None or snapshot.parent != state.synced:
+            state.full = True
+            state.dirty.clear()
+        else:
+            state.dirty |= snapshot.changed.get(type_url, frozenset())
+        state.synced = snapshot.version
+
     def _reconcile(self) -> None:
         snapshot = self._store.current
         if snapshot is None or self._store.closed:
             return
-        diffs: dict[str, tuple[list[Resource], list[str]]] = {}
         ordered = [t for t in _PUSH_ORDER if t in self._types]
         ordered += sorted(t for t in self._types if t not in _PUSH_ORDER)
         for type_url in ordered:
+            self._catch_up(type_url, self._types[type_url], snapshot)
+        clusters = self._types.get(CLUSTER_TYPE)
+        diffs: dict[str, tuple[list[Resource], list[str]]] = {}
+        for type_url in ordered:
             state = self._types[type_url]
-            if state.retry is not None:
-                continue  # NACKed recently: wait for the retry
-            diffs[type_url] = self._diff(type_url, state, snapshot)
+            if state.retry is not None or state.pending:
+                continue  # NACKed recently (wait for the retry), or awaiting an ACK
+            if not (state.full or state.dirty or not state.answered):
+                continue
+            if (
+                type_url != CLUSTER_TYPE
+                and clusters is not None
+                and (clusters.full or clusters.dirty)
+                and clusters.pending
+            ):
+                continue  # routes may name clusters Envoy does not have yet
+            if state.full:
+                diffs[type_url] = self._diff(type_url, state, snapshot)
+            else:
+                diffs[type_url] = self._diff_names(type_url, state, snapshot, state.dirty)
+            state.full = False
+            state.dirty.clear()
         # Additions and changes, clusters first; cluster removals last.
         for type_url, (upserts, removals) in diffs.items():
             now_removed = removals if type_url != CLUSTER_TYPE else []
