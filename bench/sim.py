@@ -55,6 +55,11 @@ class _Creator:
     def __init__(self, address: str) -> None:
         self.address = address
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        # The sessions belong to one event loop, used for every call.
+        self._loop = asyncio.new_event_loop()
+
+    def run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
 
     async def create(self, user: str) -> str:
         session = self._sessions.get(user)
@@ -81,9 +86,13 @@ class _Creator:
 
         return await asyncio.gather(*(one(u) for u in users))
 
-    async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
+    def close(self) -> None:
+        async def close_all() -> None:
+            for session in self._sessions.values():
+                await session.close()
+
+        self.run(close_all())
+        self._loop.close()
 
 
 def _envoy_active_clusters(admin_port: int) -> int:
@@ -93,11 +102,20 @@ def _envoy_active_clusters(admin_port: int) -> int:
     return int(text.split(":")[1])
 
 
-def _sni_handshake(port: int, name: str) -> bool:
-    """True if Envoy passes a TLS handshake with SNI ``daskgateway-<name>`` through."""
-    context = ssl.create_default_context()
+def _client_context() -> ssl.SSLContext:
+    # Made once: a context loads the system's CA store, which takes milliseconds.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_CONTEXT = _client_context()
+
+
+def _sni_handshake(port: int, name: str) -> bool:
+    """True if Envoy passes a TLS handshake with SNI ``daskgateway-<name>`` through."""
+    context = _CONTEXT
     try:
         with (
             socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
@@ -146,7 +164,7 @@ def _propagation(
     end_to_end: list[float] = []
     for _ in range(count):
         start = time.monotonic()
-        name = asyncio.run(creator.create("bench-propagation"))
+        name = creator.run(creator.create("bench-propagation"))
         deadline = start + 60
         while not _sni_handshake(port, name):
             if time.monotonic() > deadline:
@@ -197,7 +215,7 @@ def run(
             filler = max(0, size - created - len(users))
             users += [f"sim-user-{(created + i) // PER_USER}" for i in range(filler)]
             start = time.monotonic()
-            names = asyncio.run(creator.create_many(users))
+            names = creator.run(creator.create_many(users))
             created += len(names)
             expected = baseline + 2 * created
             _wait(
@@ -229,7 +247,7 @@ def run(
                 flush=True,
             )
     finally:
-        asyncio.run(creator.close())
+        creator.close()
         agent.close()
         gw.stop()
     return result

@@ -392,6 +392,10 @@ async def test_schedulers_and_workers_are_forked(
     [process] = await wait_for(lambda: _children(nanny), 30, "the nanny's worker process")
     assert Path(f"/proc/{process}/exe").resolve() == Path(f"/proc/{nanny}/exe").resolve()
     assert b"multiprocessing" not in Path(f"/proc/{process}/cmdline").read_bytes()
+    # It dies of SIGTERM like an exec'd one: no handler inherited from its nanny.
+    status = Path(f"/proc/{process}/status").read_text()
+    caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    assert not caught & (1 << (signal.SIGTERM - 1)), "SIGTERM is not caught"
 
     registry.set_target(name, types_pb2.TARGET_STOPPED)
     await wait_for(lambda: registry.records[name].observed == STOPPED, 60, "cluster stopped")

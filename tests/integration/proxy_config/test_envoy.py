@@ -342,6 +342,23 @@ async def test_api_goes_through_ext_authz(gateway: Gateway) -> None:
     assert gateway.authz.paths == ["/api/v1/clusters?wait=1"]
 
 
+async def test_session_cookie_without_credentials_skips_ext_authz(gateway: Gateway) -> None:
+    cookie = {"Cookie": "other=1; flotilla-session=abc.def", "x-flotilla-identity": "forged"}
+    async with gateway.http.get(gateway.url("/api/v1/clusters/"), headers=cookie) as r:
+        body = await r.json()
+    assert body["upstream"] == "api"
+    assert "flotilla-session=abc.def" in body["headers"]["Cookie"], "the registry checks it"
+    assert "x-flotilla-identity" not in {k.lower() for k in body["headers"]}
+    assert "x-test-auth" not in body["headers"]
+    assert gateway.authz.paths == []
+    # With credentials (e.g. the client's retry after a 401), auth decides as always.
+    with_credentials = {**cookie, "Authorization": "Basic YWxpY2U6"}
+    async with gateway.http.get(gateway.url("/api/v1/clusters/"), headers=with_credentials) as r:
+        body = await r.json()
+    assert body["headers"].get("x-test-auth") == "allowed"
+    assert gateway.authz.paths == ["/api/v1/clusters/"]
+
+
 async def test_registry_grpc_over_h2c_goes_through_ext_authz(gateway: Gateway) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.public_port}") as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)

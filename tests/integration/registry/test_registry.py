@@ -169,3 +169,31 @@ async def test_records_survive_a_registry_restart(registry: RegistryApp) -> None
         api = registry_pb2_grpc.RegistryServiceStub(channel)
         listed = await api.ListClusters(registry_pb2.ListClustersRequest(), metadata=alice)
         assert [c.name for c in listed.clusters] == [name]
+
+
+async def test_rest_accepts_auth_session_cookies(registry: RegistryApp) -> None:
+    """Envoy sends a request with auth's session cookie (and no credentials) straight to
+    the registry: the cookie, checked here, is the identity; anything forged is 401."""
+    from flotilla_common.sessions import session_cookies
+
+    sessions = session_cookies(registry.config)
+    good = sessions.encode("alice", frozenset({"g"}), admin=False)
+    forged = sessions.encode("alice", frozenset(), admin=True)[:-4] + "AAAA"
+    expired = sessions.encode("alice", frozenset(), admin=False, now=0)
+    url = f"http://127.0.0.1:{registry.http_port}/api/v1/clusters/"
+    async with aiohttp.ClientSession() as http:
+        headers = {"Cookie": f"x=1; {sessions.name}={good}"}
+        async with http.post(url, json={}, headers=headers) as r:
+            assert r.status == 201
+            name = (await r.json())["name"]
+        async with http.get(url, headers=headers) as r:
+            assert r.status == 200
+            assert list(await r.json()) == [name]
+        for bad in (forged, expired, "garbage"):
+            async with http.get(url, headers={"Cookie": f"{sessions.name}={bad}"}) as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"] == "Basic"
+        # Another user's cookie sees nothing of alice's.
+        bob = sessions.encode("bob", frozenset(), admin=False)
+        async with http.get(url, headers={"Cookie": f"{sessions.name}={bob}"}) as r:
+            assert await r.json() == {}

@@ -14,10 +14,10 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from flotilla_auth.authenticator import Authenticator, AuthenticatorError, AuthResult
 from flotilla_auth.basic import BasicAuthenticator
 from flotilla_auth.checker import Checker
-from flotilla_auth.cookies import SessionCookies
 from flotilla_auth.servicer import AuthorizationServicer
 from flotilla_auth.tokens import TokenVerificationUnavailable
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity, verify_identity
+from flotilla_common.sessions import SessionCookies
 from google.rpc import code_pb2
 from traitlets.config import Config
 

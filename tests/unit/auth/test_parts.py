@@ -6,8 +6,8 @@ import pytest
 from flotilla_auth.authenticator import load_authenticator
 from flotilla_auth.basic import BasicAuthenticator
 from flotilla_auth.config import Auth
-from flotilla_auth.cookies import SessionCookies, read_cookie
 from flotilla_auth.tokens import CachingTokenVerifier
+from flotilla_common.sessions import SessionCookies, read_cookie
 from traitlets.config import Config
 
 

@@ -87,6 +87,7 @@ def test_resources_and_names() -> None:
     assert route_paths(s) == [
         "/clusters/alpha/",
         "/flotilla.registry.v1.RegistryService/",
+        "/api/",  # with the session cookie and no credentials: straight to the registry
         "/api/",
         "regex:/clusters/[^/]+",
         "/",
@@ -100,6 +101,11 @@ def test_only_the_api_routes_run_ext_authz() -> None:
         r.name for r in config.virtual_hosts[0].routes if EXT_AUTHZ in r.typed_per_filter_config
     }
     assert authz == {"registry-grpc", "registry-api"}
+    (session,) = [r for r in config.virtual_hosts[0].routes if r.name == "registry-api-session"]
+    cookie, credentials = session.match.headers
+    assert (cookie.name, cookie.string_match.contains) == ("cookie", "flotilla-session=")
+    assert credentials.name == "authorization" and credentials.invert_match
+    assert list(session.request_headers_to_remove) == ["x-flotilla-identity"]
     listener = listener_pb2.Listener()
     snap().of_type(LISTENER_TYPE)["public"].body.Unpack(listener)
     hcm = hcm_pb2.HttpConnectionManager()

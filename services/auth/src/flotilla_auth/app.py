@@ -12,12 +12,12 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from flotilla_common.config import Deployment, add_config_argument, load_config
 from flotilla_common.grpcserver import run_until_signalled, start_server
 from flotilla_common.logs import setup_logging
+from flotilla_common.sessions import SessionCookies
 from traitlets.config import Config
 
 from .authenticator import Authenticator, load_authenticator
 from .checker import Checker
 from .config import Auth
-from .cookies import SessionCookies
 from .servicer import SERVICE_NAME, AuthorizationServicer
 from .tokens import CachingTokenVerifier, RegistryTokenVerifier
 

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
+from flotilla_common.sessions import SessionCookies, read_cookie
 
 from .authenticator import Authenticator, AuthenticatorError, split_authorization
-from .cookies import SessionCookies, read_cookie
 from .tokens import TokenVerificationUnavailable, TokenVerifier
 
 __all__ = ["Checker", "Decision", "RequestInfo"]

@@ -6,6 +6,7 @@ Only traits live here, so the configuration reference can be generated from the
 
 from __future__ import annotations
 
+from flotilla_common.sessions import DEFAULT_COOKIE_NAME, DEFAULT_MAX_AGE_SECONDS
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
@@ -24,15 +25,16 @@ class Auth(Configurable):
         config=True,
     )
     cookie_name = Unicode(
-        "flotilla-session",
+        DEFAULT_COOKIE_NAME,
         help=(
             "Name of the session cookie set after a successful credential check. Stable "
-            "across restarts, so sessions survive them."
+            "across restarts, so sessions survive them. Envoy sends API requests that carry "
+            "it (and no Authorization header) straight to the registry, which checks it."
         ),
         config=True,
     )
     cookie_max_age_seconds = Integer(
-        300,
+        DEFAULT_MAX_AGE_SECONDS,
         min=1,
         help=(
             "Seconds a session cookie is accepted in place of credentials. The browser is "

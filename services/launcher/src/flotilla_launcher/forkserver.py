@@ -476,6 +476,20 @@ def _refresh_runtime_state() -> None:
         numpy.random.seed()
 
 
+def _fresh_signal_handlers() -> None:
+    """Signal handling as a new interpreter starts with.
+
+    Registered to run in every process a forked process forks in turn (a nanny's
+    worker process): otherwise it inherits its parent's Python handlers, e.g. the
+    nanny's SIGTERM handler, which only wakes the parent's event loop, so the worker
+    would outlive a SIGTERM that kills it when it is exec'd.
+    """
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)  # the parent's event loop's, not ours
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _become(request: dict[str, Any]) -> None:
     uid, gid = request.get("uid"), request.get("gid")
     if uid is None or uid == os.geteuid():
@@ -543,6 +557,7 @@ def _child(conn_fd: int, inherited: Sequence[int]) -> None:
     try:
         os.environ.clear()
         os.environ.update(env)
+        os.register_at_fork(after_in_child=_fresh_signal_handlers)
         sys.argv = list(argv)
         # As when Python runs a script: its directory first on the path.
         sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))

@@ -24,6 +24,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from flotilla_common.config import Deployment, add_config_argument, load_config
 from flotilla_common.grpcserver import run_until_signalled, start_server
 from flotilla_common.logs import setup_logging
+from flotilla_common.sessions import cookie_name
 from traitlets.config import Config
 
 from .bootstrap import bootstrap_config, envoy_command, write_bootstrap
@@ -49,7 +50,7 @@ class ProxyConfigService:
         self.deployment = Deployment(config=cfg)
         self.proxy_config = ProxyConfig(config=cfg)
         self.store = SnapshotStore()
-        self.builder = SnapshotBuilder(self.deployment, self.proxy_config)
+        self.builder = SnapshotBuilder(self.deployment, self.proxy_config, cookie_name(cfg))
         self.watcher = RouteWatcher(self.deployment, self.proxy_config, self.builder, self.store)
         self._address = xds_address or self.deployment.xds_address
         self._server: grpc.aio.Server | None = None

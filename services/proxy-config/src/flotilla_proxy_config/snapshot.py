@@ -18,7 +18,9 @@ Layout (see docs/internals.md, "Routes"):
   on routes, so adding or removing Dask clusters never drains a connection.
 - CDS: ``flotilla_auth``, ``registry_http``, ``registry_grpc`` and, per route,
   ``sni_daskgateway-<name>`` and ``dash_<name>``.
-- RDS: ``http_routes``: dashboards, the public gRPC service, the REST API, else 404.
+- RDS: ``http_routes``: dashboards, the public gRPC service, the REST API (a request
+  with the session cookie and no credentials straight to the registry, which checks
+  the cookie; any other through auth), else 404.
   ext_authz is off by default and switched on for the API and gRPC routes only, so a
   dashboard route is a bare prefix match (small, quick for Envoy to load by thousands).
 """
@@ -59,9 +61,11 @@ from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_stat
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import regex_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 from flotilla_common.config import Deployment
+from flotilla_common.identity import IDENTITY_HEADER
+from flotilla_common.sessions import DEFAULT_COOKIE_NAME
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
@@ -467,7 +471,35 @@ def dashboard_route(name: str) -> route_components_pb2.Route:
     )
 
 
-def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
+def _session_route(config: ProxyConfig, session_cookie: str) -> route_components_pb2.Route:
+    """API requests that carry a session cookie and no credentials go straight to the
+    registry, which checks the cookie: no round trip to auth for every call of a
+    logged-in client. Anything else on /api/ goes through auth (``registry-api``)."""
+    return route_components_pb2.Route(
+        name="registry-api-session",
+        match=route_components_pb2.RouteMatch(
+            prefix="/api/",
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name="cookie",
+                    string_match=string_pb2.StringMatcher(contains=f"{session_cookie}="),
+                ),
+                route_components_pb2.HeaderMatcher(
+                    name="authorization", present_match=True, invert_match=True
+                ),
+            ],
+        ),
+        route=route_components_pb2.RouteAction(
+            cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
+        ),
+        # Only auth may set an identity; here nobody does (ext_authz strips it elsewhere).
+        request_headers_to_remove=[IDENTITY_HEADER],
+    )
+
+
+def _static_routes(
+    config: ProxyConfig, session_cookie: str = DEFAULT_COOKIE_NAME
+) -> list[route_components_pb2.Route]:
     return [
         route_components_pb2.Route(
             name="registry-grpc",
@@ -485,6 +517,7 @@ def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
             ),
             typed_per_filter_config=_with_authz(),
         ),
+        _session_route(config, session_cookie),
         route_components_pb2.Route(
             name="registry-api",
             match=route_components_pb2.RouteMatch(prefix="/api/"),
@@ -525,7 +558,7 @@ def _static_routes(config: ProxyConfig) -> list[route_components_pb2.Route]:
 
 
 def build_route_configuration(
-    config: ProxyConfig, routes: Iterable[Route]
+    config: ProxyConfig, routes: Iterable[Route], session_cookie: str = DEFAULT_COOKIE_NAME
 ) -> route_pb2.RouteConfiguration:
     """The route configuration as one message (the builder assembles the same bytes
     from cached pieces; this is the reference it is tested against)."""
@@ -534,7 +567,9 @@ def build_route_configuration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
             route_components_pb2.VirtualHost(
-                name="all", domains=["*"], routes=[*dashboards, *_static_routes(config)]
+                name="all",
+                domains=["*"],
+                routes=[*dashboards, *_static_routes(config, session_cookie)],
             )
         ],
     )
@@ -576,7 +611,13 @@ class SnapshotBuilder:
     content gives equal versions in any proxy-config process.
     """
 
-    def __init__(self, deployment: Deployment, config: ProxyConfig) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        config: ProxyConfig,
+        session_cookie: str = DEFAULT_COOKIE_NAME,
+    ) -> None:
+        """``session_cookie``: the name of auth's session cookie (``c.Auth.cookie_name``)."""
         self._config = config
         self._listener = Resource.of(LISTENER_NAME, build_listener(deployment, config))
         timeout = config.connect_timeout
@@ -615,7 +656,7 @@ class SnapshotBuilder:
         self._vhost_head = vhost.SerializeToString(deterministic=True)
         self._static_tail = b"".join(
             _field(_VHOST_ROUTES, r.SerializeToString(deterministic=True))
-            for r in _static_routes(config)
+            for r in _static_routes(config, session_cookie)
         )
         self._config_head = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME).SerializeToString(
             deterministic=True

@@ -17,6 +17,7 @@ from flotilla_common.grpcserver import (
     start_server,
 )
 from flotilla_common.logs import setup_logging
+from flotilla_common.sessions import session_cookies
 from traitlets.config import Config
 
 from .clusters import ClusterService, ServiceSettings
@@ -105,7 +106,9 @@ class RegistryApp:
             ],
             interceptors=[InternalTokenInterceptor(internal_token, _INTERNAL)],
         )
-        self.runner = web.AppRunner(make_app(self.service, identity_key), access_log=None)
+        self.runner = web.AppRunner(
+            make_app(self.service, identity_key, session_cookies(self.config)), access_log=None
+        )
         await self.runner.setup()
         host, port = _split(deployment.registry_http_address)
         site = web.TCPSite(self.runner, host, port, reuse_address=True)

@@ -81,6 +81,9 @@ class ClusterService:
         self.settings = settings
         self.scheduler_api = scheduler_api
         self._active: dict[str, ClusterRecord] = {}
+        # Names of each owner's active clusters: a user's list is O(their clusters),
+        # not O(every cluster).
+        self._by_owner: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._max_workers: dict[str, int | None] = {}
@@ -90,7 +93,7 @@ class ClusterService:
 
     async def start(self) -> None:
         for c in await self.store.load_unfinished():
-            self._active[c.name] = c
+            self._add_active(c)
             self._max_workers[c.name] = json.loads(c.config).get("max_workers")
         log.info("loaded %d unfinished clusters", len(self._active))
 
@@ -109,6 +112,18 @@ class ClusterService:
         return RouteInfo(c.name, _host_port(c.scheduler_address), _host_port(c.dashboard_address))
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _add_active(self, c: ClusterRecord) -> None:
+        self._active[c.name] = c
+        self._by_owner.setdefault(c.owner, set()).add(c.name)
+
+    def _drop_active(self, c: ClusterRecord) -> None:
+        self._active.pop(c.name, None)
+        names = self._by_owner.get(c.owner)
+        if names is not None:
+            names.discard(c.name)
+            if not names:
+                del self._by_owner[c.owner]
 
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
@@ -132,7 +147,7 @@ class ClusterService:
             if w is not None and w.finished:
                 del c.workers[n]
         if c.finished:
-            self._active.pop(c.name, None)
+            self._drop_active(c)
             self._locks.pop(c.name, None)
             self._max_workers.pop(c.name, None)
             self._worker_failures.pop(c.name, None)
@@ -200,7 +215,7 @@ class ClusterService:
             tls_cert=cert,
             tls_key=key,
         )
-        self._active[name] = c
+        self._add_active(c)
         self._max_workers[name] = resolved.max_workers
         async with self._lock(name):
             await self._commit(c)
@@ -230,11 +245,11 @@ class ClusterService:
         if all_users and not identity.admin:
             raise PermissionDenied(f"User {identity.user} is not an admin")
         wanted = set(statuses) if statuses else set(ACTIVE)
-        out = [
-            _snapshot(c)
-            for c in self._active.values()
-            if (owner is None or c.owner == owner) and c.status in wanted
-        ]
+        if owner is None:
+            candidates: Iterable[ClusterRecord] = self._active.values()
+        else:
+            candidates = (self._active[n] for n in self._by_owner.get(owner, ()))
+        out = [_snapshot(c) for c in candidates if c.status in wanted]
         if wanted & {Status.STOPPED, Status.FAILED}:
             out.extend(c for c in await self.store.list_finished(owner) if c.status in wanted)
         out.sort(key=lambda c: c.start_time)

@@ -14,18 +14,21 @@ from typing import Any
 
 from aiohttp import web
 from flotilla_common.identity import IDENTITY_HEADER, Identity, InvalidIdentity, verify_identity
+from flotilla_common.sessions import SessionCookies, read_cookie
 
 from . import __version__
 from .clusters import ClusterService
 from .convert import cluster_json
 from .errors import InvalidRequest, NotAuthenticated, RegistryError
-from .model import Status
+from .model import ClusterRecord, Status
 
 __all__ = ["make_app"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_REPORT_CACHE_SIZE = 50_000
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -92,13 +95,38 @@ def _statuses(text: str | None) -> set[Status] | None:
 
 
 class _Api:
-    def __init__(self, service: ClusterService, identity_key: str) -> None:
+    def __init__(
+        self, service: ClusterService, identity_key: str, sessions: SessionCookies | None
+    ) -> None:
         self.service = service
         self.key = identity_key
+        self.sessions = sessions
+        # Each cluster's JSON report, by (name, revision): a list re-encodes nothing
+        # that did not change (a report with its TLS material is ~3 KB).
+        self._reports: dict[tuple[str, int], bytes] = {}
+
+    def _report(self, c: ClusterRecord) -> bytes:
+        key = (c.name, c.revision)
+        encoded = self._reports.get(key)
+        if encoded is None:
+            if len(self._reports) >= _REPORT_CACHE_SIZE:
+                self._reports.clear()
+            encoded = self._reports[key] = (
+                json.dumps(c.name) + ":" + json.dumps(cluster_json(c))
+            ).encode()
+        return encoded
 
     def identity(self, request: web.Request) -> Identity:
+        """Who is calling: the identity auth signed for this request, or else the
+        session cookie auth issued earlier (Envoy's session route skips auth)."""
+        header = request.headers.get(IDENTITY_HEADER)
+        if header is None and self.sessions is not None:
+            value = read_cookie(request.headers.get("Cookie", ""), self.sessions.name)
+            session = self.sessions.decode(value) if value else None
+            if session is not None:
+                return Identity(user=session.user, groups=session.groups, admin=session.admin)
         try:
-            return verify_identity(request.headers.get(IDENTITY_HEADER), self.key)
+            return verify_identity(header, self.key)
         except InvalidIdentity as exc:
             raise NotAuthenticated("Authentication required", log_message=str(exc)) from exc
 
@@ -124,7 +152,8 @@ class _Api:
         identity = self.identity(request)
         statuses = _statuses(request.query.get("status"))
         clusters = await self.service.list_clusters(identity, statuses)
-        return web.json_response({c.name: cluster_json(c) for c in clusters})
+        body = b"{" + b",".join(self._report(c) for c in clusters) + b"}"
+        return web.Response(body=body, content_type="application/json")
 
     async def create(self, request: web.Request) -> web.Response:
         identity = self.identity(request)
@@ -167,8 +196,11 @@ class _Api:
         return web.Response(status=200)
 
 
-def make_app(service: ClusterService, identity_key: str) -> web.Application:
-    api = _Api(service, identity_key)
+def make_app(
+    service: ClusterService, identity_key: str, sessions: SessionCookies | None = None
+) -> web.Application:
+    """The REST API. ``sessions``: accept auth's session cookies as identity too."""
+    api = _Api(service, identity_key, sessions)
     app = web.Application(middlewares=[_errors], client_max_size=1024**2)
     name = "{name:[A-Za-z0-9._-]+}"
     app.router.add_get("/api/health", api.health)

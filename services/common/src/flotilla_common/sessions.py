@@ -2,6 +2,14 @@
 
 The value is ``<base64url(json)>.<base64url(hmac-sha256)>`` keyed with the deployment's
 ``cookie_key``, so it survives restarts of the service and needs no server-side state.
+
+Only the auth service mints them (after a credential check). The registry checks them
+itself on the REST API's session route, which Envoy sends there without asking auth
+(a request with the cookie and no ``Authorization`` header): a cookie stands for the
+identity auth vouched for until it expires, so checking it is a signature check, not
+a round trip. The settings stay in ``c.Auth`` (``cookie_name``,
+``cookie_max_age_seconds``, ``cookie_secure``); :func:`session_cookies` reads them for
+any service.
 """
 
 from __future__ import annotations
@@ -13,10 +21,25 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Session", "SessionCookies", "read_cookie"]
+from traitlets.config import Config
+
+__all__ = [
+    "DEFAULT_COOKIE_NAME",
+    "DEFAULT_MAX_AGE_SECONDS",
+    "Session",
+    "SessionCookies",
+    "cookie_name",
+    "read_cookie",
+    "session_cookies",
+]
 
 log = logging.getLogger(__name__)
+
+#: Defaults of ``c.Auth.cookie_name`` and ``c.Auth.cookie_max_age_seconds``.
+DEFAULT_COOKIE_NAME = "flotilla-session"
+DEFAULT_MAX_AGE_SECONDS = 300
 
 # Domain separation: the MAC covers this prefix, so no other value signed with the
 # same key can pass for a session.
@@ -128,3 +151,25 @@ class SessionCookies:
         if self.secure:
             parts.append("Secure")
         return "; ".join(parts)
+
+
+def _auth_section(config: Config) -> Any:
+    return config.Auth if "Auth" in config else Config()
+
+
+def cookie_name(config: Config) -> str:
+    """``c.Auth.cookie_name`` (what Envoy matches to send a request the session way)."""
+    return str(_auth_section(config).get("cookie_name", DEFAULT_COOKIE_NAME))
+
+
+def session_cookies(config: Config) -> SessionCookies:
+    """The session cookies of this deployment, as ``c.Auth`` configures them."""
+    from .config import Deployment
+
+    auth = _auth_section(config)
+    return SessionCookies(
+        Deployment(config=config).secret("cookie_key"),
+        cookie_name(config),
+        int(auth.get("cookie_max_age_seconds", DEFAULT_MAX_AGE_SECONDS)),
+        bool(auth.get("cookie_secure", False)),
+    )
