@@ -24,7 +24,6 @@ from flotilla_proxy_config.snapshot import (
     Route,
     Snapshot,
     SnapshotBuilder,
-    build_route_configuration,
     build_snapshot,
     parse_address,
 )
@@ -82,16 +81,16 @@ def test_resources_and_names() -> None:
         "dash_alpha",
         "sni_daskgateway-ns.beta",
     }
-    # beta has no dashboard: no dash_ cluster and no /clusters/ route. One regex route
-    # redirects /clusters/<any name> to the trailing slash.
+    # beta has no dashboard: no dash_ cluster. The routes never depend on clusters.
     assert route_paths(s) == [
-        "/clusters/alpha/",
         "/flotilla.registry.v1.RegistryService/",
         "/api/",  # with the session cookie and no credentials: straight to the registry
         "/api/",
-        "regex:/clusters/[^/]+",
+        "regex:/clusters/[^/]+",  # → /clusters/<name>/
+        "/clusters/",  # → cluster dash_<name>
         "/",
     ]
+    assert versions(s, ROUTE_TYPE) == versions(snap(), ROUTE_TYPE)
 
 
 def test_only_the_api_routes_run_ext_authz() -> None:
@@ -116,15 +115,14 @@ def test_only_the_api_routes_run_ext_authz() -> None:
     assert ext_authz.disabled, "off unless a route turns it on"
 
 
-def test_assembled_route_configuration_is_the_reference_message() -> None:
-    routes = [Route(f"c{i:03d}", "127.0.0.1:9000", "127.0.0.1:9001") for i in range(50)]
-    builder = SnapshotBuilder(Deployment(), ProxyConfig())
-    builder.build({r.name: r for r in routes[::2]})
-    snapshot = builder.apply(routes[1::2], ["c004", "c010"])
-    expected = build_route_configuration(
-        ProxyConfig(), [r for r in routes if r.name not in ("c004", "c010")]
-    ).SerializeToString(deterministic=True)
-    assert snapshot.of_type(ROUTE_TYPE)["http_routes"].body.value == expected
+def test_dashboards_are_named_from_the_path_by_lua() -> None:
+    config = route_pb2.RouteConfiguration()
+    snap(ALPHA).of_type(ROUTE_TYPE)["http_routes"].body.Unpack(config)
+    (route,) = [r for r in config.virtual_hosts[0].routes if r.name == "dashboards"]
+    assert route.route.cluster_header == "x-flotilla-dashboard"
+    assert route.route.regex_rewrite.pattern.regex == "^/clusters/[^/]+"
+    assert list(route.request_headers_to_remove) == ["x-flotilla-dashboard"]
+    assert set(route.typed_per_filter_config) == {"envoy.filters.http.lua"}
 
 
 def test_apply_reports_only_what_changed() -> None:
@@ -139,10 +137,7 @@ def test_apply_reports_only_what_changed() -> None:
         CLUSTER_TYPE: frozenset({"sni_daskgateway-alpha", "sni_daskgateway-ns.beta"})
     }
     fourth = builder.apply([], ["alpha"])
-    assert fourth.changed == {
-        CLUSTER_TYPE: frozenset({"sni_daskgateway-alpha", "dash_alpha"}),
-        ROUTE_TYPE: frozenset({"http_routes"}),
-    }
+    assert fourth.changed == {CLUSTER_TYPE: frozenset({"sni_daskgateway-alpha", "dash_alpha"})}
     assert fourth.version == snap().version, "the same content, the same version"
     assert builder.apply([]).changed == {}
 

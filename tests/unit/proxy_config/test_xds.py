@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
+from types import MappingProxyType
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
@@ -13,7 +15,9 @@ from flotilla_proxy_config.config import ProxyConfig
 from flotilla_proxy_config.snapshot import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
+    ROUTE_CONFIG_NAME,
     ROUTE_TYPE,
+    Resource,
     Route,
     Snapshot,
     SnapshotBuilder,
@@ -33,6 +37,20 @@ def builder() -> SnapshotBuilder:
 
 def build(builder: SnapshotBuilder, *routes: Route, complete: bool = True) -> Snapshot:
     return builder.build({r.name: r for r in routes}, complete=complete)
+
+
+def with_new_routes(snapshot: Snapshot, tag: str) -> Snapshot:
+    """``snapshot`` with a different route configuration (as a configuration change
+    would make; routes never change with Dask clusters)."""
+    routes = dict(snapshot.of_type(ROUTE_TYPE))
+    old = routes[ROUTE_CONFIG_NAME]
+    routes[ROUTE_CONFIG_NAME] = Resource(old.name, f"{old.version}-{tag}", old.body)
+    return dataclasses.replace(
+        snapshot,
+        version=f"{snapshot.version}-{tag}",
+        resources=MappingProxyType({**snapshot.resources, ROUTE_TYPE: MappingProxyType(routes)}),
+        parent=None,
+    )
 
 
 def drain(stream: DeltaStream) -> list[Response]:
@@ -113,26 +131,44 @@ async def test_nothing_before_the_first_snapshot(builder: SnapshotBuilder) -> No
     assert [r.type_url for r in drain(stream)] == [CLUSTER_TYPE]
 
 
-async def test_adds_go_clusters_first_and_removals_routes_first(builder: SnapshotBuilder) -> None:
+async def test_dask_clusters_change_clusters_only(builder: SnapshotBuilder) -> None:
     store = SnapshotStore()
     store.set(build(builder, ALPHA))
     stream, _ = connect(store)
 
     store.set(build(builder, ALPHA, BETA))
+    (added,) = drain(stream)  # listener and routes untouched
+    assert added.type_url == CLUSTER_TYPE
+    assert names(added) == {"sni_daskgateway-beta", "dash_beta"}
+    assert not added.removed_resources
+    ack(stream, added)
+
+    store.set(build(builder, ALPHA))
+    (removed,) = drain(stream)
+    assert removed.type_url == CLUSTER_TYPE
+    assert set(removed.removed_resources) == {"sni_daskgateway-beta", "dash_beta"}
+    assert not removed.resources
+    ack(stream, removed)
+    store.set(build(builder, ALPHA))  # same version: no-op
+    assert drain(stream) == []
+
+
+async def test_adds_go_clusters_first_and_removals_routes_first(builder: SnapshotBuilder) -> None:
+    store = SnapshotStore()
+    store.set(build(builder, ALPHA))
+    stream, _ = connect(store)
+
+    store.set(with_new_routes(build(builder, ALPHA, BETA), "a"))
     added = drain(stream)
     assert [r.type_url for r in added] == [CLUSTER_TYPE, ROUTE_TYPE]  # listener untouched
     assert names(added[0]) == {"sni_daskgateway-beta", "dash_beta"}
-    assert not added[0].removed_resources
     ack(stream, *added)
 
-    store.set(build(builder, ALPHA))
+    store.set(with_new_routes(build(builder, ALPHA), "b"))
     removed = drain(stream)
     assert [r.type_url for r in removed] == [ROUTE_TYPE, CLUSTER_TYPE]
     assert set(removed[1].removed_resources) == {"sni_daskgateway-beta", "dash_beta"}
     assert not removed[1].resources
-    ack(stream, *removed)
-    store.set(build(builder, ALPHA))  # same version: no-op
-    assert drain(stream) == []
 
 
 async def test_reconnect_with_matching_versions_gets_nothing(builder: SnapshotBuilder) -> None:
@@ -235,7 +271,7 @@ async def test_named_subscription_to_a_missing_resource(builder: SnapshotBuilder
     assert {n for r in responses for n in names(r)} == {"http_routes"}
     assert [n for r in responses for n in r.removed_resources] == ["nope"]
     ack(stream, *responses)
-    store.set(build(builder, ALPHA))
+    store.set(with_new_routes(build(builder, ALPHA), "x"))
     (update,) = drain(stream)
     assert names(update) == {"http_routes"} and not update.removed_resources
 
@@ -266,27 +302,21 @@ async def test_changes_wait_for_the_ack_and_go_together(builder: SnapshotBuilder
     gamma = Route("gamma", "127.0.0.1:9200", "127.0.0.1:9201")
 
     store.set(build(builder, ALPHA))
-    first = drain(stream)
-    assert [r.type_url for r in first] == [CLUSTER_TYPE, ROUTE_TYPE]
+    (first,) = drain(stream)
+    assert first.type_url == CLUSTER_TYPE
     # Envoy has not ACKed yet: nothing more is sent, whatever changes meanwhile.
     store.set(build(builder, ALPHA, BETA))
     store.set(build(builder, ALPHA, BETA, gamma))
     assert drain(stream) == []
-    ack(stream, first[0])  # clusters ACKed: the held cluster changes go, in one response
+    ack(stream, first)  # ACKed: the held changes go, in one response
     (clusters,) = drain(stream)
-    assert clusters.type_url == CLUSTER_TYPE
     assert names(clusters) == {
         "sni_daskgateway-beta",
         "dash_beta",
         "sni_daskgateway-gamma",
         "dash_gamma",
     }
-    # Routes waited for their own ACK; the clusters they name went out before them on
-    # this stream (Envoy applies responses in order), so they need not wait for those.
-    ack(stream, first[1])
-    (routes,) = drain(stream)
-    assert routes.type_url == ROUTE_TYPE
-    ack(stream, clusters, routes)
+    ack(stream, clusters)
     assert drain(stream) == []
 
 
@@ -294,11 +324,11 @@ async def test_routes_wait_for_held_back_clusters(builder: SnapshotBuilder) -> N
     store = SnapshotStore()
     store.set(build(builder))
     stream, _ = connect(store)
-    store.set(build(builder, ALPHA))
+    store.set(with_new_routes(build(builder, ALPHA), "a"))
     clusters, routes = drain(stream)
     ack(stream, routes)
-    # beta's clusters are held (alpha's not ACKed yet): its route must wait for them.
-    store.set(build(builder, ALPHA, BETA))
+    # beta's clusters are held (alpha's not ACKed yet): new routes must wait for them.
+    store.set(with_new_routes(build(builder, ALPHA, BETA), "b"))
     assert drain(stream) == []
     ack(stream, clusters)
     assert [r.type_url for r in drain(stream)] == [CLUSTER_TYPE, ROUTE_TYPE]
@@ -316,10 +346,9 @@ async def test_in_sync_streams_only_look_at_what_changed(
 
     monkeypatch.setattr(stream, "_diff", no_full_diffs)
     store.set(builder.apply([BETA]))
-    added = drain(stream)
-    assert names(added[0]) == {"sni_daskgateway-beta", "dash_beta"}
-    ack(stream, *added)
+    (added,) = drain(stream)
+    assert names(added) == {"sni_daskgateway-beta", "dash_beta"}
+    ack(stream, added)
     store.set(builder.apply([], ["alpha"]))
-    removed = drain(stream)
-    assert [r.type_url for r in removed] == [ROUTE_TYPE, CLUSTER_TYPE]
-    assert set(removed[1].removed_resources) == {"sni_daskgateway-alpha", "dash_alpha"}
+    (removed,) = drain(stream)
+    assert set(removed.removed_resources) == {"sni_daskgateway-alpha", "dash_alpha"}

@@ -5,9 +5,9 @@ with a version that is a hash of its serialized content. It is built from the sh
 addresses (``Deployment``), ``ProxyConfig`` and the registry's routes.
 
 Building is incremental: a change of k routes costs O(k), not O(all routes), whether it
-is 10 or 10,000 clusters (the one O(n) step left is joining the dashboard routes'
-cached bytes into the route configuration, a C-level copy). Each snapshot says what it
-changed, so the xDS server's work per change is O(k) too.
+is 10 or 10,000 clusters, and each snapshot says what it changed, so the xDS server's
+work per change is O(k) too. Only clusters depend on routes: the listener and the route
+configuration never change, so Envoy never reloads a route table per Dask cluster.
 
 Layout (see docs/internals.md, "Routes"):
 
@@ -18,16 +18,17 @@ Layout (see docs/internals.md, "Routes"):
   on routes, so adding or removing Dask clusters never drains a connection.
 - CDS: ``flotilla_auth``, ``registry_http``, ``registry_grpc`` and, per route,
   ``sni_daskgateway-<name>`` and ``dash_<name>``.
-- RDS: ``http_routes``: dashboards, the public gRPC service, the REST API (a request
-  with the session cookie and no credentials straight to the registry, which checks
-  the cookie; any other through auth), else 404.
-  ext_authz is off by default and switched on for the API and gRPC routes only, so a
-  dashboard route is a bare prefix match (small, quick for Envoy to load by thousands).
+- RDS: ``http_routes``, the same for any set of Dask clusters: the public gRPC service,
+  the REST API (a request with the session cookie and no credentials straight to the
+  registry, which checks the cookie; any other through auth), ``/clusters/<name>`` →
+  ``/clusters/<name>/``, ``/clusters/<name>/...`` → cluster ``dash_<name>`` with the
+  prefix stripped (a few lines of Lua name the cluster from the path, as the SNI does
+  for schedulers), else 404. ext_authz and Lua are off by default and switched on by
+  the routes that need them.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import ipaddress
 import json
@@ -51,6 +52,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
@@ -89,7 +91,6 @@ __all__ = [
     "build_route_configuration",
     "build_snapshot",
     "dashboard_cluster_name",
-    "dashboard_route",
     "parse_address",
     "sni_cluster_name",
     "socket_address",
@@ -120,7 +121,30 @@ EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 # lower-cases the SNI, so upper case could never match anyway.
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?$")
 
-_LOCAL_REPLY_ERRORS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_LOCAL_REPLY_ERRORS = {
+    404: "Not Found",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+LUA_FILTER = "envoy.filters.http.lua"
+#: Request header naming the dashboard cluster (set by the Lua below, never by a client).
+DASHBOARD_HEADER = "x-flotilla-dashboard"
+_DASHBOARD_LUA = "dashboard"
+# /clusters/<name>/... → DASHBOARD_HEADER: dash_<name>. Cluster names never contain "/"
+# or "?"; whatever a client sent in that header is replaced or removed.
+_DASHBOARD_LUA_SOURCE = f"""
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local name = string.match(headers:get(":path"), "^/clusters/([^/?]+)/")
+  if name then
+    headers:replace("{DASHBOARD_HEADER}", "dash_" .. name)
+  else
+    headers:remove("{DASHBOARD_HEADER}")
+  end
+  handle:clearRouteCache()
+end
+"""
 
 
 @dataclass(frozen=True, order=True)
@@ -411,6 +435,18 @@ def _http_chain(config: ProxyConfig) -> listener_components_pb2.FilterChain:
         ),
         upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         http_filters=[
+            # Off unless a route turns it on: the dashboards' route (_with_lua).
+            hcm_pb2.HttpFilter(
+                name=LUA_FILTER,
+                typed_config=_any(
+                    lua_pb2.Lua(
+                        source_codes={
+                            _DASHBOARD_LUA: base_pb2.DataSource(inline_string=_DASHBOARD_LUA_SOURCE)
+                        }
+                    )
+                ),
+                disabled=True,
+            ),
             # Off unless a route turns it on (_with_authz): the API and gRPC routes do.
             hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=_any(ext_authz), disabled=True),
             hcm_pb2.HttpFilter(
@@ -458,17 +494,52 @@ def _with_authz() -> dict[str, any_pb2.Any]:
     }
 
 
-def dashboard_route(name: str) -> route_components_pb2.Route:
-    """``/clusters/<name>/...`` to the cluster's dashboard, prefix stripped, no auth."""
-    return route_components_pb2.Route(
-        name=f"dash:{name}",
-        match=route_components_pb2.RouteMatch(prefix=f"/clusters/{name}/"),
-        route=route_components_pb2.RouteAction(
-            cluster=dashboard_cluster_name(name),
-            prefix_rewrite="/",
-            timeout=_duration(0),
+def _with_lua() -> dict[str, any_pb2.Any]:
+    """Per-route switch turning on the dashboard Lua, which is off by default."""
+    return {
+        LUA_FILTER: _any(
+            route_components_pb2.FilterConfig(
+                config=_any(lua_pb2.LuaPerRoute(name=_DASHBOARD_LUA)), disabled=False
+            )
+        )
+    }
+
+
+def _dashboard_routes() -> list[route_components_pb2.Route]:
+    """Every cluster's dashboard, in two routes whatever the number of clusters."""
+    return [
+        # /clusters/<name> → /clusters/<name>/
+        route_components_pb2.Route(
+            name="dash-redirect",
+            match=route_components_pb2.RouteMatch(
+                safe_regex=regex_pb2.RegexMatcher(regex=r"/clusters/[^/]+")
+            ),
+            redirect=route_components_pb2.RedirectAction(
+                regex_rewrite=regex_pb2.RegexMatchAndSubstitute(
+                    pattern=regex_pb2.RegexMatcher(regex=r"^(/clusters/[^/]+)$"),
+                    substitution=r"\1/",
+                ),
+                response_code=route_components_pb2.RedirectAction.FOUND,
+            ),
         ),
-    )
+        # /clusters/<name>/... → cluster dash_<name> (named by the Lua), prefix stripped;
+        # no such cluster → 404.
+        route_components_pb2.Route(
+            name="dashboards",
+            match=route_components_pb2.RouteMatch(prefix="/clusters/"),
+            route=route_components_pb2.RouteAction(
+                cluster_header=DASHBOARD_HEADER,
+                cluster_not_found_response_code=route_components_pb2.RouteAction.NOT_FOUND,
+                regex_rewrite=regex_pb2.RegexMatchAndSubstitute(
+                    pattern=regex_pb2.RegexMatcher(regex=r"^/clusters/[^/]+"),
+                    substitution="",
+                ),
+                timeout=_duration(0),
+            ),
+            request_headers_to_remove=[DASHBOARD_HEADER],
+            typed_per_filter_config=_with_lua(),
+        ),
+    ]
 
 
 def _session_route(config: ProxyConfig, session_cookie: str) -> route_components_pb2.Route:
@@ -526,20 +597,7 @@ def _static_routes(
             ),
             typed_per_filter_config=_with_authz(),
         ),
-        # /clusters/<name> → /clusters/<name>/ for every name, in one route.
-        route_components_pb2.Route(
-            name="dash-redirect",
-            match=route_components_pb2.RouteMatch(
-                safe_regex=regex_pb2.RegexMatcher(regex=r"/clusters/[^/]+")
-            ),
-            redirect=route_components_pb2.RedirectAction(
-                regex_rewrite=regex_pb2.RegexMatchAndSubstitute(
-                    pattern=regex_pb2.RegexMatcher(regex=r"^(/clusters/[^/]+)$"),
-                    substitution=r"\1/",
-                ),
-                response_code=route_components_pb2.RedirectAction.FOUND,
-            ),
-        ),
+        *_dashboard_routes(),
         route_components_pb2.Route(
             name="not-found",
             match=route_components_pb2.RouteMatch(prefix="/"),
@@ -558,43 +616,17 @@ def _static_routes(
 
 
 def build_route_configuration(
-    config: ProxyConfig, routes: Iterable[Route], session_cookie: str = DEFAULT_COOKIE_NAME
+    config: ProxyConfig, session_cookie: str = DEFAULT_COOKIE_NAME
 ) -> route_pb2.RouteConfiguration:
-    """The route configuration as one message (the builder assembles the same bytes
-    from cached pieces; this is the reference it is tested against)."""
-    dashboards = [dashboard_route(r.name) for r in sorted(routes) if r.dashboard_address]
+    """The one route configuration: it depends on configuration only, never on routes."""
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
             route_components_pb2.VirtualHost(
-                name="all",
-                domains=["*"],
-                routes=[*dashboards, *_static_routes(config, session_cookie)],
+                name="all", domains=["*"], routes=_static_routes(config, session_cookie)
             )
         ],
     )
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited protobuf field: key, length, bytes."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-# Field numbers: VirtualHost.routes, RouteConfiguration.virtual_hosts.
-_VHOST_ROUTES = 3
-_CONFIG_VHOSTS = 2
 
 
 def _xor_hash(*parts: str) -> int:
@@ -604,7 +636,7 @@ def _xor_hash(*parts: str) -> int:
 class SnapshotBuilder:
     """Builds snapshots for one configuration, incrementally.
 
-    It holds the current routes and every resource derived from them; :meth:`apply`
+    It holds the current routes and the clusters derived from them; :meth:`apply`
     changes some routes and returns the next snapshot in O(changed). Versions are
     content hashes: of each resource's bytes, and, for the whole snapshot, an XOR of
     its resources' (type, name, version), updated as resources change, so equal
@@ -652,22 +684,12 @@ class SnapshotBuilder:
                 ),
             )
         }
-        vhost = route_components_pb2.VirtualHost(name="all", domains=["*"])
-        self._vhost_head = vhost.SerializeToString(deterministic=True)
-        self._static_tail = b"".join(
-            _field(_VHOST_ROUTES, r.SerializeToString(deterministic=True))
-            for r in _static_routes(config, session_cookie)
-        )
-        self._config_head = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME).SerializeToString(
-            deterministic=True
+        self._route_config = Resource.of(
+            ROUTE_CONFIG_NAME, build_route_configuration(config, session_cookie)
         )
         self._routes: dict[str, Route] = {}
         self._clusters: dict[str, Resource] = dict(self._static_clusters)
         self._route_clusters: dict[str, tuple[Resource, ...]] = {}
-        # Dashboard routes: name → encoded VirtualHost.routes field; names kept sorted.
-        self._dashboards: dict[str, bytes] = {}
-        self._dashboard_order: list[str] = []
-        self._route_config = self._assemble_routes()
         self._xor = 0
         for resource in self._clusters.values():
             self._xor ^= _xor_hash(CLUSTER_TYPE, resource.name, resource.version)
@@ -695,19 +717,6 @@ class SnapshotBuilder:
             )
         return tuple(built)
 
-    def _assemble_routes(self) -> Resource:
-        """The route configuration from cached bytes (one join: no per-route work)."""
-        vhost = b"".join(
-            (
-                self._vhost_head,
-                *(self._dashboards[n] for n in self._dashboard_order),
-                self._static_tail,
-            )
-        )
-        data = self._config_head + _field(_CONFIG_VHOSTS, vhost)
-        body = any_pb2.Any(type_url=ROUTE_TYPE, value=data)
-        return Resource(name=ROUTE_CONFIG_NAME, version=_content_hash(data), body=body)
-
     def _set_cluster(self, name: str, resource: Resource | None) -> bool:
         old = self._clusters.get(name)
         if old is not None and resource is not None and old.version == resource.version:
@@ -720,18 +729,6 @@ class SnapshotBuilder:
             self._clusters[name] = resource
         return old is not None or resource is not None
 
-    def _set_dashboard(self, name: str, present: bool) -> bool:
-        if present == (name in self._dashboards):
-            return False
-        if present:
-            route = dashboard_route(name).SerializeToString(deterministic=True)
-            self._dashboards[name] = _field(_VHOST_ROUTES, route)
-            bisect.insort(self._dashboard_order, name)
-        else:
-            del self._dashboards[name]
-            del self._dashboard_order[bisect.bisect_left(self._dashboard_order, name)]
-        return True
-
     # -- snapshots --------------------------------------------------------------------------
 
     def apply(
@@ -742,7 +739,6 @@ class SnapshotBuilder:
         for route in upserts:
             route.validate()
         changed_clusters: set[str] = set()
-        dashboards_changed = False
         for route in upserts:
             previous = self._routes.get(route.name)
             if previous == route:
@@ -756,24 +752,15 @@ class SnapshotBuilder:
                 if self._set_cluster(name, resource):
                     changed_clusters.add(name)
             self._route_clusters[route.name] = tuple(fresh.values())
-            dashboards_changed |= self._set_dashboard(route.name, bool(route.dashboard_address))
         for name in removed:
             if self._routes.pop(name, None) is None:
                 continue
             for old in self._route_clusters.pop(name, ()):
                 if self._set_cluster(old.name, None):
                     changed_clusters.add(old.name)
-            dashboards_changed |= self._set_dashboard(name, False)
         changed: dict[str, frozenset[str]] = {}
         if changed_clusters:
             changed[CLUSTER_TYPE] = frozenset(changed_clusters)
-        if dashboards_changed:
-            old_config = self._route_config
-            self._route_config = self._assemble_routes()
-            if self._route_config.version != old_config.version:
-                self._xor ^= _xor_hash(ROUTE_TYPE, ROUTE_CONFIG_NAME, old_config.version)
-                self._xor ^= _xor_hash(ROUTE_TYPE, ROUTE_CONFIG_NAME, self._route_config.version)
-                changed[ROUTE_TYPE] = frozenset({ROUTE_CONFIG_NAME})
         version = f"{self._xor:032x}"[:16] + ("" if complete else "-partial")
         # Becoming complete allows removals a partial snapshot held back: no shortcut.
         last = self._last
