@@ -9,11 +9,12 @@ VENV := .venv
 ENVOY_VENV := $(CACHE)/envoy
 ENVOY := $(ENVOY_VENV)/lib/python3.11/site-packages/envoy/_bin/envoy
 UPSTREAM_VENV := $(CACHE)/upstream-client
+REFERENCE_VENV := $(CACHE)/bench-reference
 CONFIG ?= deploy/embedded/flotilla_config.py
 export FLOTILLA_ENVOY := $(abspath $(ENVOY))
 export UV_LINK_MODE := copy
 
-.PHONY: run test setup lint typecheck protos clean docs
+.PHONY: run test setup lint typecheck protos clean docs bench
 
 setup: $(VENV)/.synced $(ENVOY)
 
@@ -40,10 +41,22 @@ $(UPSTREAM_VENV)/.installed: $(UV)
 		dask-gateway==2026.3.0 "dask[array]==2026.8.0" distributed==2026.8.0
 	touch $@
 
+# The reference gateway `make bench` compares against, with its local-process backend.
+$(REFERENCE_VENV)/.installed: $(UV)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(REFERENCE_VENV)
+	$(UV) pip install --quiet --python $(REFERENCE_VENV)/bin/python \
+		"dask-gateway-server[local]==2026.3.0" sqlalchemy==2.1.9 dask-gateway==2026.3.0 \
+		dask==2026.8.0 distributed==2026.8.0 bokeh==3.9.2
+	touch $@
+
+# Flotilla and dask-gateway-server side by side; results in bench/results/.
+bench: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
 run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
 
-test: setup $(UPSTREAM_VENV)/.installed lint typecheck
+test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed lint typecheck
 	FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import socket
 import ssl
 import textwrap
@@ -146,6 +147,33 @@ def _wait(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _cpu_seconds(gw: GatewayProcess) -> float:
+    """CPU time used so far by the gateway's processes."""
+    total = 0.0
+    for key in gw.rss()["processes"]:  # type: ignore[union-attr]
+        pid = key.rsplit("[", 1)[1].rstrip("]")
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _settle(gw: GatewayProcess, timeout: float = 120.0) -> None:
+    """Wait until the gateway has digested the clusters just made (its processes use
+    under a tenth of a core for a second), so measurements see it at rest."""
+    deadline = time.monotonic() + timeout
+    before = _cpu_seconds(gw)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)  # the sampling interval of the CPU measurement
+        after = _cpu_seconds(gw)
+        if after - before < 0.1:
+            return
+        before = after
+
+
 def _rss_by_service(gw: GatewayProcess) -> dict[str, float]:
     processes = gw.rss()["processes"]
     assert isinstance(processes, dict)
@@ -225,6 +253,7 @@ def run(
                 interval=0.2,
             )
             rate = len(names) / (time.monotonic() - start) if names else 0.0
+            _settle(gw)
             latency = agent.call("list_latency", requests=list_requests)
             if latency["clusters"] != LIST_USER_CLUSTERS:
                 raise AssertionError(f"{LIST_USER} lists {latency['clusters']} clusters")
