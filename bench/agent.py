@@ -81,6 +81,13 @@ class Agent:
         return obj
 
     user = "bench"
+    #: Wait for every cluster a sample started to be STOPPED before answering.
+    settle = True
+
+    def configure(self, settle: bool) -> dict[str, Any]:
+        """``settle=False`` (smoke runs): do not wait for teardowns nobody measures."""
+        self.settle = settle
+        return {"settle": self.settle}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -93,11 +100,14 @@ class Agent:
         )
         return _elapsed(start)
 
-    def _shutdown(self, gateway: Gateway, cluster: GatewayCluster) -> float:
+    def _shutdown(self, gateway: Gateway, cluster: GatewayCluster, *, wait: bool = False) -> float:
+        """Stop ``cluster``; wait until it is STOPPED if asked to, or if ``settle`` (so
+        the next sample does not share the machine with its teardown)."""
         start = time.perf_counter()
         name = cluster.name
         cluster.shutdown()
-        self._wait_stopped(gateway, name)
+        if wait or self.settle:
+            self._wait_stopped(gateway, name)
         return _elapsed(start)
 
     def _scheduler_workers(self, client: Client) -> int:
@@ -118,7 +128,7 @@ class Agent:
             seconds = _elapsed(start)
             finished_at = time.time()
             name = cluster.name
-            stop_seconds = self._shutdown(gateway, cluster)
+            stop_seconds = self._shutdown(gateway, cluster, wait=True)
             cluster.close()
         finally:
             gateway.close()

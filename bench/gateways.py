@@ -64,6 +64,14 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages (libraries) split among their users."""
+    for line in _read(f"/proc/{pid}/smaps_rollup").splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -133,9 +141,13 @@ class GatewayProcess:
     service_names: dict[int, str] = field(default_factory=dict)
 
     def rss(self) -> dict[str, int | dict[str, int]]:
+        """RSS of the gateway's own processes (and PSS, which counts shared libraries
+        once), and RSS of its cluster processes."""
         own, clusters = process_tree_rss(self.proc.pid, self.clusters_dir)
+        pss = sum(_pss_bytes(int(key.rsplit("[", 1)[1].rstrip("]"))) for key in own)
         return {
             "gateway_bytes": sum(own.values()),
+            "gateway_pss_bytes": pss,
             "cluster_processes_bytes": clusters,
             "processes": own,
         }

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "scale_rounds": 3,
         "proxy_mib": 100,
         "proxy_repeats": 4,
+        "proxy_rounds": 2,
+        "dashboard_rounds": 2,
+        "settle": True,
         "dashboard_requests": 40,
         "users": 10,
         "per_user": 2,
@@ -66,17 +70,20 @@ PLANS: dict[str, dict[str, Any]] = {
         "scale_rounds": 1,
         "proxy_mib": 4,
         "proxy_repeats": 1,
+        "proxy_rounds": 1,
+        "dashboard_rounds": 1,
+        "settle": False,
         "dashboard_requests": 2,
-        "users": 2,
+        "users": 1,
         "per_user": 1,
         "many_rounds": 1,
-        "sequential": 2,
-        "list_at": 2,
+        "sequential": 1,
+        "list_at": 1,
         "list_requests": 5,
         "list_rounds": 1,
         "throughput_seconds": 0.3,
         "throughput_rounds": 1,
-        "sim_sizes": [20],
+        "sim_sizes": [10],
         "sim_list_requests": 10,
         "sim_propagations": 2,
     },
@@ -97,6 +104,29 @@ SCENARIOS = {
 }
 
 
+def _run_all(calls: list[Callable[[], Any]], *, parallel: bool) -> None:
+    """Run ``calls``, in threads when ``parallel``; the first exception is raised."""
+    if not parallel:
+        for call in calls:
+            call()
+        return
+    errors: list[BaseException] = []
+
+    def guarded(call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(c,)) for c in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 class Bench:
     """Runs the scenarios and collects every sample."""
 
@@ -112,26 +142,35 @@ class Bench:
         self.failures: list[dict[str, str]] = []
 
     def _agent(self, name: str) -> Agent:
-        return Agent(
+        agent = Agent(
             self.client_python,
             self.gateways[name].address,
             self.workdir / f"agent-{name}.log",
         )
+        agent.call("configure", settle=self.plan["settle"])
+        return agent
 
     def add(self, gateway: str, metric: str, values: float | list[float]) -> None:
         bucket = self.samples[gateway].setdefault(metric, [])
         bucket.extend(values if isinstance(values, list) else [values])
 
-    def alternate(self, rounds: int, body: Callable[[str, Agent], None]) -> None:
+    def alternate(
+        self, rounds: int, body: Callable[[str, Agent], None], first_round: int = 0
+    ) -> None:
         """Run ``body`` ``rounds`` times on each gateway, flipping who goes first.
 
         A sample that fails (an error, or no answer in time: the agent is then replaced)
-        is recorded in ``failures`` and the run goes on.
+        is recorded in ``failures`` and the run goes on. Without ``settle`` (smoke
+        runs, which check that everything works, not how fast) both gateways run at
+        the same time.
         """
-        for i in range(rounds):
+        for i in range(first_round, first_round + rounds):
             order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
-            for name in order:
-                self.attempt(name, body)
+            if self.plan["settle"]:
+                for name in order:
+                    self.attempt(name, body)
+                continue
+            _run_all([lambda n=name: self.attempt(n, body) for name in order], parallel=True)
 
     def attempt(self, name: str, body: Callable[[str, Agent], None]) -> None:
         """Run ``body`` on one gateway; a failure is recorded, a stuck agent replaced."""
@@ -188,7 +227,7 @@ class Bench:
             self.add(name, "proxy_mib_s", result["proxied_mib_s"])
             self.add(name, "direct_mib_s", result["direct_mib_s"])
 
-        self.alternate(2, body)
+        self.alternate(self.plan["proxy_rounds"], body)
 
     def scenario_dashboard(self) -> None:
         def body(name: str, agent: Agent) -> None:
@@ -196,7 +235,7 @@ class Bench:
             self.add(name, "dashboard_page_ms", result["page_ms"])
             self.add(name, "dashboard_health_ms", result["health_ms"])
 
-        self.alternate(2, body)
+        self.alternate(self.plan["dashboard_rounds"], body)
 
     def scenario_many_users(self) -> None:
         def body(name: str, agent: Agent) -> None:
@@ -218,9 +257,7 @@ class Bench:
             self.add(name, "sequential_s", result["seconds"])
 
         for i in range(total):
-            order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
-            for name in order:
-                self.attempt(name, one)
+            self.alternate(1, one, first_round=i)
             if i + 1 == at:
                 self.note_load(f"{at} clusters running: list_clusters and memory")
                 self._measure_lists()
@@ -252,15 +289,31 @@ class Bench:
     # -- driving --------------------------------------------------------------------------
 
     def start(self, reference_venv: Path) -> None:
+        """Both gateways (one after the other, so their start-up times compare, unless
+        a smoke run), then one agent for each."""
         self.note_load("starting both gateways")
-        self.gateways["flotilla"] = start_flotilla(self.workdir)
-        self.gateways["reference"] = start_reference(self.workdir, reference_venv)
+        starters = {
+            "flotilla": lambda: start_flotilla(self.workdir),
+            "reference": lambda: start_reference(self.workdir, reference_venv),
+        }
+        _run_all(
+            [
+                lambda n=name, f=fn: self.gateways.__setitem__(n, f())
+                for name, fn in starters.items()
+            ],
+            parallel=not self.plan["settle"],
+        )
         for name, gw in self.gateways.items():
             self.extra.setdefault("start_seconds", {})[name] = gw.started_seconds
+
+        def agent(name: str) -> None:
             self.agents[name] = self._agent(name)
             self.extra.setdefault("versions", {})[name] = self.agents[name].call("ping")
-        # Let both settle (start-up work, first GC) before their idle memory is read.
-        time.sleep(1.0)
+
+        _run_all([lambda n=name: agent(n) for name in GATEWAYS], parallel=True)
+        if self.plan["settle"]:
+            # Let both settle (start-up work, first GC) before their idle memory is read.
+            time.sleep(1.0)
         self.extra["rss"] = {f"{n}_idle": gw.rss() for n, gw in self.gateways.items()}
 
     def stop(self) -> None:
@@ -320,11 +373,14 @@ def _rows(bench: Bench) -> dict[str, Row]:
         (f"with_{plan['list_at']}_clusters", f"{plan['list_at']} clusters"),
         ("idle_at_end", "idle at the end"),
     ):
-        mem = [
-            [rss[f"{g}_{key}"]["gateway_bytes"] / MIB] if f"{g}_{key}" in rss else []
-            for g in GATEWAYS
-        ]
-        rows[f"rss_{key}"] = Row(f"gateway's own processes RSS, {label}", "MiB", mem[0], mem[1])
+        for measure, name in (("gateway_bytes", "RSS"), ("gateway_pss_bytes", "PSS")):
+            mem = [
+                [rss[f"{g}_{key}"][measure] / MIB] if f"{g}_{key}" in rss else [] for g in GATEWAYS
+            ]
+            prefix = "rss" if name == "RSS" else "pss"
+            rows[f"{prefix}_{key}"] = Row(
+                f"gateway's own processes {name}, {label}", "MiB", mem[0], mem[1]
+            )
     return rows
 
 
@@ -408,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name != "simulation":
                     with bench.stage(SCENARIOS[name]):
                         getattr(bench, f"scenario_{name}")()
-            time.sleep(1.0)
+            if plan["settle"]:
+                time.sleep(1.0)
             bench.extra["rss"].update(
                 {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
             )
