@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -618,6 +619,10 @@ def serve(control_fd: int, preload: Sequence[str]) -> None:
             importlib.import_module(module)
         except Exception as exc:
             print(f"fork server: not preloading {module}: {exc}", file=sys.stderr)
+    # Everything imported so far stays put: the collector never walks (and so never
+    # copies, page by page) these objects in a forked child.
+    gc.collect()
+    gc.freeze()
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         print(f"fork server: {threads} threads after preloading", file=sys.stderr)
