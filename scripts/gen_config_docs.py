@@ -15,6 +15,7 @@ MODULES = [
     "flotilla_registry.clusterconfig",
     "flotilla_launcher.config",
     "flotilla_launcher.backends.local",
+    "flotilla_launcher.backends.sim",
     "flotilla_proxy_config.config",
 ]
 
