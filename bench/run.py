@@ -408,7 +408,7 @@ def _checks(bench: Bench, rows: dict[str, Row], sim_result: dict[str, Any]) -> l
     return checks
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (make test)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="output folder")
@@ -436,6 +436,72 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override one size of the plan (JSON value), e.g. --set new_cluster=3",
     )
+    return parser
+
+
+def _run(bench: Bench, only: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Every chosen scenario on both gateways, then the simulation; its result."""
+    if set(only) - {"simulation"}:
+        bench.start(Path(args.reference_venv))
+        for name in only:
+            if name != "simulation":
+                with bench.stage(SCENARIOS[name]):
+                    getattr(bench, f"scenario_{name}")()
+        if bench.plan["settle"]:
+            time.sleep(1.0)
+        bench.extra["rss"].update(
+            {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
+        )
+        bench.stop()
+    if "simulation" not in only:
+        return {}
+    with bench.stage(SCENARIOS["simulation"]):
+        return sim.run(
+            bench.workdir,
+            sizes=bench.plan["sim_sizes"],
+            list_requests=bench.plan["sim_list_requests"],
+            propagations=bench.plan["sim_propagations"],
+            client_python=args.client_python,
+        )
+
+
+def _write(
+    out: Path, bench: Bench, sim_result: dict[str, Any], meta: dict[str, Any], ok: bool
+) -> None:
+    """results.json (every sample) and results.md (the tables) in ``out``."""
+    rows = _rows(bench)
+    checks = _checks(bench, rows, sim_result) if ok else []
+    checks.append(Check("make bench duration (minutes)", meta["duration_seconds"] / 60, "<=", 15))
+    single = [
+        (f"new_cluster() hop: {hop}", "ms", bench.extra.get("hops_ms", {}).get(hop, []))
+        for hop in HOPS
+    ] + sim.table_rows(sim_result)
+    versions = bench.extra.get("versions", {})
+    meta = {
+        **meta,
+        "reference_version": versions.get("reference", {}).get("version", {}).get("version", ""),
+        "completed": ok,
+        "failed_samples": len(bench.failures),
+    }
+    data = {
+        "meta": meta,
+        "plan": bench.plan,
+        "rows": {k: r.as_json() for k, r in rows.items()},
+        "checks": [c.as_json() for c in checks],
+        "samples": bench.samples,
+        "extra": bench.extra,
+        "load": bench.load,
+        "failures": bench.failures,
+        "simulation": sim_result,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    (out / "results.md").write_text(markdown(list(rows.values()), checks, single, meta))
+    print((out / "results.md").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "full"
     plan = dict(PLANS[mode])
@@ -444,81 +510,30 @@ def main(argv: list[str] | None = None) -> int:
         if key not in plan:
             parser.error(f"unknown plan key {key!r}")
         plan[key] = json.loads(value)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(unknown)}")
     workdir = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
-    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    meta: dict[str, Any] = {
+        "mode": mode,
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "note": args.note,
+    }
     t0 = time.monotonic()
     bench = Bench(plan, workdir, args.client_python)
-    load_start = os.getloadavg()
     ok = False
     sim_result: dict[str, Any] = {}
     try:
-        only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
-        unknown = sorted(set(only) - set(SCENARIOS))
-        if unknown:
-            parser.error(f"unknown scenarios: {', '.join(unknown)}")
-        if set(only) - {"simulation"}:
-            bench.start(Path(args.reference_venv))
-            for name in only:
-                if name != "simulation":
-                    with bench.stage(SCENARIOS[name]):
-                        getattr(bench, f"scenario_{name}")()
-            if plan["settle"]:
-                time.sleep(1.0)
-            bench.extra["rss"].update(
-                {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
-            )
-            bench.stop()
-        if "simulation" in only:
-            with bench.stage(SCENARIOS["simulation"]):
-                sim_result = sim.run(
-                    workdir,
-                    sizes=plan["sim_sizes"],
-                    list_requests=plan["sim_list_requests"],
-                    propagations=plan["sim_propagations"],
-                    client_python=args.client_python,
-                )
+        sim_result = _run(bench, only, args)
         ok = True
     finally:
         bench.stop()
-        duration = time.monotonic() - t0
-        rows = _rows(bench)
-        checks = _checks(bench, rows, sim_result) if ok else []
-        checks.append(Check("make bench duration (minutes)", duration / 60, "<=", 15))
-        single = [
-            (f"new_cluster() hop: {hop}", "ms", bench.extra.get("hops_ms", {}).get(hop, []))
-            for hop in HOPS
-        ] + sim.table_rows(sim_result)
-        meta = {
-            "mode": mode,
-            "started_at": started_at,
-            "duration_seconds": duration,
-            "cpus": os.cpu_count(),
-            "load_start": " ".join(f"{x:.2f}" for x in load_start),
-            "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "reference_version": bench.extra.get("versions", {})
-            .get("reference", {})
-            .get("version", {})
-            .get("version", ""),
-            "note": args.note,
-            "completed": ok,
-            "failed_samples": len(bench.failures),
-        }
-        data = {
-            "meta": meta,
-            "plan": plan,
-            "rows": {k: r.as_json() for k, r in rows.items()},
-            "checks": [c.as_json() for c in checks],
-            "samples": bench.samples,
-            "extra": bench.extra,
-            "load": bench.load,
-            "failures": bench.failures,
-            "simulation": sim_result,
-        }
-        (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-        (out / "results.md").write_text(markdown(list(rows.values()), checks, single, meta))
-        print((out / "results.md").read_text())
+        meta["duration_seconds"] = time.monotonic() - t0
+        meta["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        _write(Path(args.out), bench, sim_result, meta, ok)
         if args.keep or not ok:
             print(f"[bench] logs kept in {workdir}")
         else:

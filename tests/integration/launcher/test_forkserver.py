@@ -20,7 +20,13 @@ from typing import Any
 
 import pytest
 from flotilla_launcher import procfs
-from flotilla_launcher.forkserver import ForkServer, SpawnRequest, fork_environment, forkable
+from flotilla_launcher.forkserver import (
+    ForkServer,
+    ForkServerUnavailable,
+    SpawnRequest,
+    fork_environment,
+    forkable,
+)
 from helpers import wait_for
 
 PROBE = """\
@@ -236,3 +242,26 @@ def test_children_outlive_the_server(probe: Path, tmp_path: Path) -> None:
         assert report["pid"] == pid
     finally:
         _stop(pid)
+
+
+def test_a_crashed_server_is_replaced(probe: Path, tmp_path: Path) -> None:
+    fs = ForkServer(["dask.config"])
+    fs.start()
+    try:
+        assert fs.wait_ready(120)
+        first = fs.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        # Meanwhile the launcher runs commands the ordinary way ...
+        wait_for(lambda: not fs.ready, 30, "the crash to be noticed")
+        with pytest.raises(ForkServerUnavailable):
+            _spawn(fs, probe, tmp_path / "a", {"PATH": os.defpath})
+        # ... until a new server is up.
+        wait_for(lambda: fs.ready and fs.pid != first, 60, "a new fork server")
+        pid, log = _spawn(fs, probe, tmp_path / "b", {"PATH": os.defpath})
+        try:
+            assert _report(log)["ppid"] == fs.pid
+        finally:
+            _stop(pid)
+    finally:
+        fs.close()
