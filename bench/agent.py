@@ -187,7 +187,7 @@ class Agent:
         proxied = self._hold(cluster.get_client(set_as_default=False))
         direct_address = proxied.scheduler_info()["address"]
         direct = self._hold(Client(direct_address, security=cluster.security, set_as_default=False))
-        out: dict[str, list[float]] = {"proxied_mib_s": [], "direct_mib_s": []}
+        out: dict[str, list[float]] = {"proxied_mib_s": [], "direct_mib_s": [], "ratio": []}
         try:
             for i in range(repeats):
                 # Alternate which path goes first, so neither always runs on a warm cache.
@@ -199,6 +199,8 @@ class Agent:
                     if len(data) != nbytes:
                         raise AssertionError(f"got {len(data)} bytes, expected {nbytes}")
                     out[key].append(mib / seconds)
+                # Back to back, so both saw the same machine: the pair's ratio.
+                out["ratio"].append(out["proxied_mib_s"][-1] / out["direct_mib_s"][-1])
         finally:
             direct.close()
             proxied.close()

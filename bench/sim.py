@@ -254,7 +254,9 @@ def run(
             )
             rate = len(names) / (time.monotonic() - start) if names else 0.0
             _settle(gw)
+            cpu_before = _cpu_seconds(gw)
             latency = agent.call("list_latency", requests=list_requests)
+            list_cpu_ms = (_cpu_seconds(gw) - cpu_before) * 1000 / (list_requests + 1)
             if latency["clusters"] != LIST_USER_CLUSTERS:
                 raise AssertionError(f"{LIST_USER} lists {latency['clusters']} clusters")
             propagation, end_to_end = _propagation(
@@ -265,6 +267,8 @@ def run(
                 "clusters": created,
                 "create_per_second": rate,
                 "list_ms": latency["ms"],
+                # The gateway's CPU per request: what load on the machine does not blur.
+                "list_cpu_ms": list_cpu_ms,
                 "propagation_ms": propagation,
                 "create_to_route_ms": end_to_end,
                 "rss_mib": _rss_by_service(gw),
@@ -317,6 +321,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, list[float]]]:
     for size, data in sorted(result.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
         rows += [
             (f"sim {size}: list_clusters() of a user with 20", "ms", data["list_ms"]),
+            (f"sim {size}: ... gateway CPU per list_clusters()", "ms", [data["list_cpu_ms"]]),
             (f"sim {size}: route propagation (RUNNING -> SNI)", "ms", data["propagation_ms"]),
             (f"sim {size}: create -> SNI route", "ms", data["create_to_route_ms"]),
             (f"sim {size}: creates per second while filling", "1/s", [data["create_per_second"]]),
