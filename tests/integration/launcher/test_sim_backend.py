@@ -32,6 +32,8 @@ async def test_sim_clusters_heartbeat_scale_and_stop(registry: FakeRegistry) -> 
     await reconciler.start()
     try:
         name = registry.add_cluster()
+        registry.records[name].backend = "sim"
+        registry.publish(name)
         beat = await wait_for(lambda: registry.last_heartbeat(name), 30, "a heartbeat")
         assert registry.records[name].observed == types_pb2.OBSERVED_RUNNING
         assert beat["scheduler_address"] == f"tls://127.0.0.1:{tls_port}"
