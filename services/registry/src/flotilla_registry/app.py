@@ -19,6 +19,7 @@ from flotilla_common.grpcserver import (
 from flotilla_common.logs import setup_logging
 from traitlets.config import Config
 
+from .backends import BackendChoice
 from .clusters import ClusterService, ServiceSettings
 from .config import Registry
 from .options import Options
@@ -67,8 +68,13 @@ class RegistryApp:
             options=registry.cluster_options if registry.cluster_options is not None else Options(),
             cluster_config=self.config,
             api_url=deployment.resolved_api_url,
-            default_backend=registry.default_backend,
-            backends=tuple(registry.backends),
+            backends=BackendChoice(
+                backends=tuple(registry.backends),
+                default_backend=registry.default_backend,
+                by_user=dict(registry.backend_by_user),
+                by_group=dict(registry.backend_by_group),
+                option=registry.backend_option,
+            ),
             worker_start_failure_limit=registry.worker_start_failure_limit,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)

@@ -1,0 +1,190 @@
+"""``flotilla-batch-helper``: what a batch backend does *as the cluster's owner*.
+
+A batch launcher (Slurm, PBS) submits jobs as the requesting user. When the launcher runs
+as a service account it runs this helper through ``sudo -u <user>`` (one sudoers line
+names this program); when it already runs as the owner it calls :func:`handle` directly.
+Either way the files it writes belong to the owner and the jobs are the owner's.
+
+The helper reads one JSON request on stdin and writes one JSON reply on stdout:
+
+``{"action": "submit", "directory": D, "files": {name: {"text": T, "mode": M}},
+"command": [...], "environment": {...}}``
+    Create ``D`` (0700) and ``D/logs``, write each file (``mode`` 0o600 by default), then
+    run ``command`` in ``D``. Reply ``{"returncode", "stdout", "stderr"}``.
+``{"action": "cancel", "directory": D, "command": [...], "remove": [glob, ...],
+"environment": {...}}``
+    Run ``command`` (may be empty), then delete the files of ``D`` matching the globs.
+``{"action": "tail", "path": P, "max_bytes": N}``
+    Reply ``{"text": the last N bytes of P}`` (``""`` if it does not exist).
+
+It imports nothing but the standard library so it starts fast, and it never follows a
+symlink when it writes. It grants nothing the sudoers rule did not already grant: whoever
+may run it as a user may submit any job as that user.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HelperError", "handle", "main"]
+
+COMMAND_TIMEOUT_SECONDS = 120
+
+
+class HelperError(Exception):
+    """A malformed request; the message is safe to show."""
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise HelperError(f"{what} must be a list of strings")
+    return value
+
+
+def _environment(request: dict[str, Any]) -> dict[str, str]:
+    extra = request.get("environment") or {}
+    if not isinstance(extra, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+    ):
+        raise HelperError("environment must be an object of strings")
+    return {**os.environ, **extra}
+
+
+def _directory(request: dict[str, Any]) -> Path:
+    raw = request.get("directory")
+    if not isinstance(raw, str) or not os.path.isabs(raw):
+        raise HelperError("directory must be an absolute path")
+    return Path(raw)
+
+
+def _run(command: list[str], cwd: Path | None, env: dict[str, str]) -> dict[str, Any]:
+    try:
+        proc = subprocess.run(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError:
+        return {"returncode": 127, "stdout": "", "stderr": f"{command[0]}: command not found"}
+    except subprocess.TimeoutExpired:
+        return {
+            "returncode": 124,
+            "stdout": "",
+            "stderr": f"{command[0]} did not answer within {COMMAND_TIMEOUT_SECONDS}s",
+        }
+    return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, private to the owner (0700)."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    (directory / "logs").mkdir(mode=0o700, exist_ok=True)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _submit(request: dict[str, Any]) -> dict[str, Any]:
+    directory = _directory(request)
+    command = _strings(request.get("command"), "command")
+    if not command:
+        raise HelperError("command must not be empty")
+    files = request.get("files") or {}
+    if not isinstance(files, dict):
+        raise HelperError("files must be an object")
+    env = _environment(request)
+    _make_dirs(directory)
+    for name, spec in files.items():
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise HelperError(f"invalid file name {name!r}")
+        if not isinstance(spec, dict) or not isinstance(spec.get("text"), str):
+            raise HelperError(f"file {name!r} needs a text")
+        mode = spec.get("mode", 0o600)
+        if not isinstance(mode, int) or mode & ~0o700:
+            raise HelperError(f"file {name!r}: mode must be private to the owner")
+        _write(directory / name, spec["text"], mode)
+    return _run(command, directory, env)
+
+
+def _cancel(request: dict[str, Any]) -> dict[str, Any]:
+    directory = _directory(request)
+    command = _strings(request.get("command", []), "command")
+    patterns = _strings(request.get("remove", []), "remove")
+    result = (
+        _run(command, None, _environment(request))
+        if command
+        else {"returncode": 0, "stdout": "", "stderr": ""}
+    )
+    if patterns and directory.is_dir():
+        for entry in directory.iterdir():
+            if any(fnmatch.fnmatchcase(entry.name, p) for p in patterns) and not entry.is_dir():
+                entry.unlink(missing_ok=True)
+    return result
+
+
+def _tail(request: dict[str, Any]) -> dict[str, Any]:
+    path = request.get("path")
+    max_bytes = request.get("max_bytes", 65536)
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise HelperError("path must be an absolute path")
+    if not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise HelperError("max_bytes must be a positive integer")
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except (FileNotFoundError, NotADirectoryError):
+        return {"text": ""}
+    return {"text": data.decode(errors="replace")}
+
+
+_ACTIONS = {"submit": _submit, "cancel": _cancel, "tail": _tail}
+
+
+def handle(request: Any) -> dict[str, Any]:
+    """Carry out one request (see the module docstring) and return its reply."""
+    if not isinstance(request, dict):
+        raise HelperError("the request must be a JSON object")
+    action = _ACTIONS.get(request.get("action", ""))
+    if action is None:
+        raise HelperError(f"unknown action {request.get('action')!r}")
+    return action(request)
+
+
+def main() -> None:
+    """Console entry point: one request on stdin, one reply on stdout."""
+    try:
+        reply = handle(json.load(sys.stdin))
+    except (HelperError, ValueError, OSError) as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)}
+    json.dump(reply, sys.stdout)
+    sys.stdout.write("\n")
+    sys.exit(1 if "error" in reply else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Fixtures shared by every tier."""
+
+# A private Slurm and its users, started once per session by whichever tier asks first.
+pytest_plugins = ["slurm_fixtures"]
