@@ -32,6 +32,8 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "sudo", "slurm-wlm-t
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "munged", "sudo", "qsub")
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 NODE_CPUS = 64
+#: The workspace members a job or the batch helper needs (the client has the preload).
+MEMBERS = ("protos", "client", "services/common", "services/launcher")
 
 
 class Unavailable(Exception):
@@ -96,6 +98,7 @@ def build_job_python(project: Path, dest: Path) -> Path:
     if not uv.exists():
         raise Unavailable(f"{uv} is missing: run the tests through `make test`")
     env = {**os.environ, "UV_LINK_MODE": "copy"}
+    install = [str(uv), "pip", "install", "-q", "--python", str(dest / "bin" / "python")]
     requirements = dest.parent / f"{dest.name}-requirements.txt"
     steps = [
         [str(uv), "venv", "-q", "--python", python, str(dest)],
@@ -111,10 +114,8 @@ def build_job_python(project: Path, dest: Path) -> Path:
             "-o",
             str(requirements),
         ],
-        [str(uv), "pip", "install", "-q", "--python", str(dest / "bin" / "python")]
-        + ["-r", str(requirements)],
-        [str(uv), "pip", "install", "-q", "--python", str(dest / "bin" / "python"), "--no-deps"]
-        + [str(project / p) for p in ("protos", "client", "services/common", "services/launcher")],
+        [*install, "-r", str(requirements)],
+        [*install, "--no-deps", *(str(project / p) for p in MEMBERS)],
     ]
     try:
         for argv in steps:
@@ -275,7 +276,7 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubsc
 """
 
     def _spawn(self, name: str, argv: list[str], **kwargs: int) -> None:
-        out = open(self.root / f"{name}.out", "wb")  # noqa: SIM115 - closed with the process
+        out = open(self.root / f"{name}.out", "wb")
         try:
             self.procs[name] = subprocess.Popen(
                 argv,

@@ -69,17 +69,14 @@ def cluster_spec(owner: str, **config: Any) -> ClusterSpec:
 
 
 async def start(backend: BatchBackend, spec: ClusterSpec) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-    async for state in backend.start_cluster(spec):
-        pass
-    return state
+    """Run the start hook to its last checkpoint."""
+    checkpoints = [state async for state in backend.start_cluster(spec)]
+    return checkpoints[-1]
 
 
 async def start_worker(backend: BatchBackend, worker: WorkerSpec) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-    async for state in backend.start_worker(worker):
-        pass
-    return state
+    checkpoints = [state async for state in backend.start_worker(worker)]
+    return checkpoints[-1]
 
 
 def mode_and_owner(path: Path) -> tuple[int, int]:
@@ -163,7 +160,9 @@ async def test_slurm_workers_and_one_query(
     assert {j["user"] for j in slurm.jobs(bob)} == {bob}
 
     calls.write_text("")
-    statuses, wstatuses = await backend.check([(spec, state)], list(zip(workers, wstates)))
+    statuses, wstatuses = await backend.check(
+        [(spec, state)], list(zip(workers, wstates, strict=True))
+    )
     lines = calls.read_text().splitlines()
     assert len(lines) == 1, lines
     for s in [state, *wstates]:
@@ -174,7 +173,7 @@ async def test_slurm_workers_and_one_query(
     slurm.run("scancel", wstates[0]["job_id"])
 
     async def first_gone() -> bool:
-        _, ws = await backend.check([], list(zip(workers, wstates)))
+        _, ws = await backend.check([], list(zip(workers, wstates, strict=True)))
         return not ws[0].running and all(s.running for s in ws[1:])
 
     for _ in range(60):
@@ -197,7 +196,7 @@ async def test_slurm_refusal_is_reported(
     cfg.SlurmBackend.partition = "no-such-partition"
     backend = SlurmBackend(config=cfg)
     spec = cluster_spec(hpc_users[0])
-    with pytest.raises(BackendError, match="Slurm refused the scheduler job.*partition"):
+    with pytest.raises(BackendError, match=r"Slurm refused the scheduler job.*partition"):
         await start(backend, spec)
     with pytest.raises(BackendError, match="does not exist"):
         await start(backend, cluster_spec("no-such-account-here"))

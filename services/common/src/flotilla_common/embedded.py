@@ -60,18 +60,16 @@ class Embedded(Configurable):
     )
     launchers = List(
         Unicode(),
-        default_value=None,
-        allow_none=True,
         help=(
             "Backends to run a launcher for (`flotilla-launcher --backend NAME` each). "
-            "Default: every backend of c.Registry.backends."
+            "Empty: every backend of c.Registry.backends."
         ),
         config=True,
     )
 
     def launcher_backends(self) -> list[str]:
         """The backends to start a launcher for."""
-        if self.launchers is not None:
+        if self.launchers:
             return list(self.launchers)
         # Read from the raw configuration: services never import each other's settings.
         registry = self.config.get("Registry", {})

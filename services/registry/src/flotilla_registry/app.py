@@ -60,6 +60,14 @@ class RegistryApp:
     async def start(self) -> None:
         deployment = Deployment(config=self.config)
         registry = Registry(config=self.config)
+        # Checked before anything is opened: a mapping to a backend not offered is fatal.
+        backends = BackendChoice(
+            backends=tuple(registry.backends),
+            default_backend=registry.default_backend,
+            by_user=dict(registry.backend_by_user),
+            by_group=dict(registry.backend_by_group),
+            option=registry.backend_option,
+        )
         url = registry.db_url or f"sqlite:///{deployment.state_path / 'registry.sqlite'}"
         self.store = open_store(url)
         await self.store.open()
@@ -68,13 +76,7 @@ class RegistryApp:
             options=registry.cluster_options if registry.cluster_options is not None else Options(),
             cluster_config=self.config,
             api_url=deployment.resolved_api_url,
-            backends=BackendChoice(
-                backends=tuple(registry.backends),
-                default_backend=registry.default_backend,
-                by_user=dict(registry.backend_by_user),
-                by_group=dict(registry.backend_by_group),
-                option=registry.backend_option,
-            ),
+            backends=backends,
             worker_start_failure_limit=registry.worker_start_failure_limit,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)

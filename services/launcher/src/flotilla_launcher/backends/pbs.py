@@ -55,6 +55,13 @@ STATE_WORDS = {
     "X": "expired",
 }
 FINISHED_STATES = frozenset({"C", "F", "X"})
+#: The JOB_EXEC_* codes (negative Exit_status) a user can act on.
+JOB_EXEC_CODES = {
+    -10: "its user or group is unknown on the execution host",
+    -25: "killed for using more CPUs than it asked for",
+    -27: "killed for using more memory than it asked for",
+    -29: "killed for running longer than its walltime",
+}
 _JOB_ID_RE = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9._-]+)?$")
 
 
@@ -65,6 +72,8 @@ def describe_exit_status(status: int) -> str:
     0-255 the exit status of the job script, 256 and above 256 + the number of the signal
     that killed it (``qdel`` sends SIGTERM: 271).
     """
+    if status in JOB_EXEC_CODES:
+        return f"{JOB_EXEC_CODES[status]}, exit status {status}"
     if status < 0:
         return f"PBS could not run it, exit status {status}"
     if status >= 256:
