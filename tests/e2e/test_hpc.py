@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -148,7 +149,7 @@ def hpc(slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path) -> It
         if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
             for path in sorted((state_dir / "logs").glob("*.log")):
                 print(f"==== {path.name}\n{path.read_text()[-6000:]}")
-        subprocess.run(["rm", "-rf", str(state_dir)], check=False)
+        shutil.rmtree(state_dir, ignore_errors=True)
     assert not leftover, f"local cluster processes left after the gateway stopped: {leftover}"
     assert not jobs, f"jobs left after the gateway stopped: {jobs}"
 

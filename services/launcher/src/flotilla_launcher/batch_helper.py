@@ -17,6 +17,8 @@ The helper reads one JSON request on stdin and writes one JSON reply on stdout:
 ``{"action": "tail", "path": P, "max_bytes": N}``
     Reply ``{"text": the last N bytes of P}`` (``""`` if it does not exist).
 
+A request may carry ``"timeout"``: seconds its command may take (default 60).
+
 It imports nothing but the standard library so it starts fast, and it never follows a
 symlink when it writes. It grants nothing the sudoers rule did not already grant: whoever
 may run it as a user may submit any job as that user.
@@ -34,7 +36,8 @@ from typing import Any
 
 __all__ = ["HelperError", "handle", "main"]
 
-COMMAND_TIMEOUT_SECONDS = 120
+#: How long a submit or cancel command may take unless the request says (``timeout``).
+COMMAND_TIMEOUT_SECONDS = 60.0
 
 
 class HelperError(Exception):
@@ -63,7 +66,16 @@ def _directory(request: dict[str, Any]) -> Path:
     return Path(raw)
 
 
-def _run(command: list[str], cwd: Path | None, env: dict[str, str]) -> dict[str, Any]:
+def _timeout(request: dict[str, Any]) -> float:
+    value = request.get("timeout", COMMAND_TIMEOUT_SECONDS)
+    if not isinstance(value, int | float) or value <= 0:
+        raise HelperError("timeout must be a positive number of seconds")
+    return float(value)
+
+
+def _run(
+    command: list[str], cwd: Path | None, env: dict[str, str], timeout: float
+) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             command,
@@ -72,7 +84,7 @@ def _run(command: list[str], cwd: Path | None, env: dict[str, str]) -> dict[str,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=COMMAND_TIMEOUT_SECONDS,
+            timeout=timeout,
         )
     except FileNotFoundError:
         return {"returncode": 127, "stdout": "", "stderr": f"{command[0]}: command not found"}
@@ -80,7 +92,7 @@ def _run(command: list[str], cwd: Path | None, env: dict[str, str]) -> dict[str,
         return {
             "returncode": 124,
             "stdout": "",
-            "stderr": f"{command[0]} did not answer within {COMMAND_TIMEOUT_SECONDS}s",
+            "stderr": f"{command[0]} did not answer within {timeout:.0f}s",
         }
     return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
@@ -115,6 +127,7 @@ def _submit(request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(files, dict):
         raise HelperError("files must be an object")
     env = _environment(request)
+    timeout = _timeout(request)
     _make_dirs(directory)
     for name, spec in files.items():
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
@@ -125,7 +138,7 @@ def _submit(request: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(mode, int) or mode & ~0o700:
             raise HelperError(f"file {name!r}: mode must be private to the owner")
         _write(directory / name, spec["text"], mode)
-    return _run(command, directory, env)
+    return _run(command, directory, env, timeout)
 
 
 def _cancel(request: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +146,7 @@ def _cancel(request: dict[str, Any]) -> dict[str, Any]:
     command = _strings(request.get("command", []), "command")
     patterns = _strings(request.get("remove", []), "remove")
     result = (
-        _run(command, None, _environment(request))
+        _run(command, None, _environment(request), _timeout(request))
         if command
         else {"returncode": 0, "stdout": "", "stderr": ""}
     )

@@ -293,18 +293,22 @@ class BatchBackend(Backend):
 
     async def as_owner(self, account: Account, request: dict[str, Any]) -> dict[str, Any]:
         """Run one flotilla-batch-helper request as ``account``; returns its reply."""
+        request = {**request, "timeout": self.command_timeout}
         if self.submit_as == "self" or account.uid == os.geteuid():
             try:
                 return await asyncio.to_thread(batch_helper.handle, request)
             except (batch_helper.HelperError, OSError) as exc:
                 raise BackendError(f"cannot prepare the job as {account.name}: {exc}") from exc
         argv = [*self.sudo_command, "-u", account.name, "--", *self.helper_command]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise BackendError(f"the launcher cannot run {argv[0]}: {exc.strerror or exc}") from exc
         try:
             out, err = await asyncio.wait_for(
                 proc.communicate(json.dumps(request).encode()), self.command_timeout + 5
