@@ -253,8 +253,12 @@ class ClusterService:
         )
         self._active[name] = c
         self._max_workers[name] = resolved.max_workers
-        async with self._lock(name):
-            await self._commit(c)
+        try:
+            async with self._lock(name):
+                await self._commit(c)
+        except BaseException:
+            self._forget(name)  # not stored: it must not linger in memory
+            raise
         log.info("cluster %s: created for %s on %s", name, identity.user, backend)
         return _snapshot(c)
 

@@ -62,7 +62,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pgerr.InsufficientResourcesError,  # too many connections, disk full
     pgerr.TransactionRollbackError,  # serialization failure, deadlock: retry
     pgerr.ReadOnlySQLTransactionError,  # failover to a standby
-    pgerr.InterfaceError,  # connection closed under us
 )
 
 Notify = Callable[[str, int], None]
@@ -95,7 +94,9 @@ def _check_url(url: str) -> None:
 
 
 def _is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, pgerr.ClientConfigurationError)
+    if isinstance(exc, pgerr.InterfaceError):  # mostly misuse; "connection is closed" is not
+        return "closed" in str(exc)
+    return isinstance(exc, _UNAVAILABLE)
 
 
 @contextlib.contextmanager
@@ -141,36 +142,40 @@ class PostgresStore(Store):
         return self._pool
 
     async def open(self) -> None:
+        # No connection floor: the pool connects on demand, so an outage shows up as
+        # 503s on requests, not as reconnect attempts in the background.
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=self.pool_size,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+        )
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=1,
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
-                command_timeout=self.command_timeout,
-            )
+            conn = await self.pool.acquire()
         except Exception as exc:
+            await self.close()
             raise StoreSetupError(
                 f"cannot connect to the registry database {describe_url(self.url)}: "
-                f"{type(exc).__name__}: {exc}".rstrip(": ")
+                f"{type(exc).__name__}: {exc}"
             ) from None
         try:
-            async with self.pool.acquire() as conn:
-                await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-                try:
-                    await self._migrate(conn)
-                    await self._encrypt_old_rows(conn)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-        except StoreSetupError:
-            await self.close()
-            raise
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await self._migrate(conn)
+                await self._encrypt_old_rows(conn)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         except Exception as exc:
+            await self.pool.release(conn)
             await self.close()
+            if isinstance(exc, StoreSetupError):
+                raise
             raise StoreSetupError(
                 f"cannot prepare the registry database {describe_url(self.url)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        await self.pool.release(conn)
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
@@ -233,6 +238,12 @@ class PostgresStore(Store):
             async with self.pool.acquire() as conn:
                 yield conn
 
+    def _consistent_read(self, conn: asyncpg.Connection) -> Any:
+        """Several SELECTs that see one snapshot (inside a change: its transaction)."""
+        if self._tx.get() is conn:
+            return contextlib.nullcontext()
+        return conn.transaction(isolation="repeatable_read", readonly=True)
+
     # -- Store ----------------------------------------------------------------------------
 
     async def save_cluster(self, cluster: ClusterRecord, workers: Iterable[str] = ()) -> None:
@@ -275,7 +286,7 @@ class PostgresStore(Store):
         cols = ", ".join(_CLUSTER_COLUMNS)
         wcols = ", ".join(f"w.{c}" for c in _WORKER_COLUMNS)
         async with self._conn("loading clusters") as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
+            async with self._consistent_read(conn):
                 rows = await conn.fetch(
                     f"SELECT {cols} FROM clusters WHERE stop_time IS NULL ORDER BY start_time"
                 )
@@ -299,7 +310,7 @@ class PostgresStore(Store):
         cols = ", ".join(_CLUSTER_COLUMNS)
         wcols = ", ".join(_WORKER_COLUMNS)
         async with self._conn(f"reading cluster {name}") as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
+            async with self._consistent_read(conn):
                 row = await conn.fetchrow(f"SELECT {cols} FROM clusters WHERE name = $1", name)
                 wrows = await conn.fetch(
                     f"SELECT {wcols} FROM workers WHERE cluster = $1 AND stop_time IS NULL", name
