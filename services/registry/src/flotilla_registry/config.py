@@ -29,8 +29,9 @@ class Registry(Configurable):
         help=(
             "Keys that encrypt cluster tokens and TLS private keys in the database "
             "(Fernet keys: `flotilla-registry generate-key` prints one). The first key "
-            "encrypts, every key decrypts: to rotate, put a new key first, restart, and "
-            "drop the old key once every registry has restarted. Empty: taken from "
+            "encrypts, every key decrypts, and a registry re-encrypts old rows under the "
+            "first key when it starts. To rotate: add the new key last (on every replica), "
+            "then move it first, then drop the old key. Empty: taken from "
             f"${KEYS_ENV} (keys separated by ';'). Required unless db_url is in-memory; "
             "the embedded runner generates one into <state_dir>/secrets/db_encrypt_key."
         ),

@@ -18,6 +18,7 @@ reconnects on its own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -127,9 +128,10 @@ class PostgresStore(Store):
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
-        # The connection of the ``locked`` change running in this task, if any.
-        self._tx: ContextVar[asyncpg.Connection | None] = ContextVar(
-            f"pgstore-{id(self)}", default=None
+        # The ``locked`` change in progress: its task and connection. Tasks started inside
+        # it inherit the context but must not share the connection, hence the task.
+        self._change: ContextVar[tuple[asyncio.Task[Any] | None, asyncpg.Connection] | None] = (
+            ContextVar(f"pgstore-{id(self)}", default=None)
         )
 
     def __repr__(self) -> str:
@@ -226,10 +228,17 @@ class PostgresStore(Store):
             except Exception:
                 pool.terminate()
 
+    def _tx(self) -> asyncpg.Connection | None:
+        """The connection of the change this task is making, if any."""
+        change = self._change.get()
+        if change is None or change[0] is not asyncio.current_task():
+            return None
+        return change[1]
+
     @contextlib.asynccontextmanager
     async def _conn(self, what: str) -> AsyncIterator[asyncpg.Connection]:
         """The connection of the change in progress, or one from the pool."""
-        current = self._tx.get()
+        current = self._tx()
         if current is not None:
             with _unavailable_as_503(what):
                 yield current
@@ -240,7 +249,7 @@ class PostgresStore(Store):
 
     def _consistent_read(self, conn: asyncpg.Connection) -> Any:
         """Several SELECTs that see one snapshot (inside a change: its transaction)."""
-        if self._tx.get() is conn:
+        if self._tx() is conn:
             return contextlib.nullcontext()
         return conn.transaction(isolation="repeatable_read", readonly=True)
 
@@ -248,7 +257,7 @@ class PostgresStore(Store):
 
     async def save_cluster(self, cluster: ClusterRecord, workers: Iterable[str] = ()) -> None:
         async with self._conn(f"saving cluster {cluster.name}") as conn:
-            if self._tx.get() is conn:
+            if self._tx() is conn:
                 await self._save(conn, cluster, workers)
             else:
                 async with conn.transaction():
@@ -340,7 +349,7 @@ class PostgresStore(Store):
         """Hold cluster ``name``'s row lock for one change; yields its stored revision
         (None for a cluster not stored yet). Saves inside join this transaction, which
         commits when the block ends without an exception."""
-        if self._tx.get() is not None:
+        if self._tx() is not None:
             raise RuntimeError("locked() does not nest")
         with _unavailable_as_503(f"locking cluster {name}"):
             conn = await self.pool.acquire()
@@ -351,7 +360,7 @@ class PostgresStore(Store):
                 revision = await conn.fetchval(
                     "SELECT revision FROM clusters WHERE name = $1 FOR UPDATE", name
                 )
-            reset = self._tx.set(conn)
+            reset = self._change.set((asyncio.current_task(), conn))
             try:
                 yield revision
             except BaseException:
@@ -359,7 +368,7 @@ class PostgresStore(Store):
                     await tx.rollback()
                 raise
             finally:
-                self._tx.reset(reset)
+                self._change.reset(reset)
             with _unavailable_as_503(f"saving cluster {name}"):
                 await tx.commit()
         finally:
