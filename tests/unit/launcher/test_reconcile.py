@@ -70,6 +70,7 @@ class FakeStub:
     def __init__(self) -> None:
         self.cluster_reports: list[internal_pb2.ReportClusterRequest] = []
         self.worker_reports: list[internal_pb2.ReportWorkerRequest] = []
+        self.log_saves: list[internal_pb2.SaveClusterLogsRequest] = []
 
     async def ReportCluster(self, req: Any, **kwargs: Any) -> Any:
         self.cluster_reports.append(req)
@@ -78,6 +79,10 @@ class FakeStub:
     async def ReportWorker(self, req: Any, **kwargs: Any) -> Any:
         self.worker_reports.append(req)
         return internal_pb2.ReportWorkerResponse()
+
+    async def SaveClusterLogs(self, req: Any, **kwargs: Any) -> Any:
+        self.log_saves.append(req)
+        return internal_pb2.SaveClusterLogsResponse()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from traitlets.config import Config
 
 from .clusters import ClusterService, ServiceSettings
 from .config import Registry
+from .lifecycle import Housekeeping
 from .options import Options
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
@@ -69,10 +70,18 @@ class RegistryApp:
             api_url=deployment.resolved_api_url,
             default_backend=registry.default_backend,
             backends=tuple(registry.backends),
-            worker_start_failure_limit=registry.worker_start_failure_limit,
+            logs_request_timeout=registry.logs_request_timeout,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
         await self.service.start()
+        self.housekeeping = Housekeeping(
+            self.service.check_timeouts,
+            self.store.purge_finished,
+            check_period=registry.check_timeouts_period,
+            cleanup_period=registry.db_cleanup_period,
+            max_age=registry.db_cluster_max_age,
+        )
+        self.housekeeping.start()
         identity_key = deployment.secret("identity_key")
         internal_token = deployment.secret("internal_token")
 
@@ -120,6 +129,7 @@ class RegistryApp:
         )
 
     async def stop(self) -> None:
+        await self.housekeeping.stop()
         await self.grpc_server.stop(grace=2)
         await self.runner.cleanup()
         await self.scheduler_api.close()
