@@ -40,7 +40,8 @@ def decode_tail(data: bytes, omitted: int) -> str:
 
 
 def _read_tail(fd: int, size: int, tail_bytes: int) -> str:
-    start = max(0, size - tail_bytes)
+    # One byte before the tail too: if it is a newline, the tail starts with a whole line.
+    start = max(0, size - tail_bytes - 1)
     chunks: list[bytes] = []
     remaining = size - start
     offset = start
