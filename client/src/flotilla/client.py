@@ -573,6 +573,8 @@ class Gateway:
     def _channel_options(self) -> list[tuple[str, Any]]:
         options: list[tuple[str, Any]] = [
             ("grpc.primary_user_agent", f"flotilla-client/{__version__}"),
+            # Cluster logs can exceed gRPC's default 4 MiB (the gateway sends up to 16 MiB).
+            ("grpc.max_receive_message_length", 64 * 2**20),
         ]
         proxy = dask.config.get("gateway.http-client.proxy", True)
         if proxy is False:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from flotilla_common.identity import Identity
+from flotilla_registry import clusters
 from flotilla_registry.clusters import ClusterService, ServiceSettings
 from flotilla_registry.errors import ClusterNotFound, PermissionDenied
 from flotilla_registry.lifecycle import Housekeeping, Lifecycle, cluster_overdue, late_workers
@@ -302,7 +303,9 @@ async def test_housekeeping_runs_its_chores_until_stopped() -> None:
 # -- logs ---------------------------------------------------------------------------------
 
 
-async def test_logs_of_a_finished_cluster_stay_with_its_record(store: SQLiteStore) -> None:
+async def test_logs_of_a_finished_cluster_stay_with_its_record(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     service = await make_service(store)
     c = await service.create(ALICE, {})
     await service.report_cluster(c.name, Observed.STARTING, '{"pid": 1}', "")
@@ -325,6 +328,12 @@ async def test_logs_of_a_finished_cluster_stay_with_its_record(store: SQLiteStor
         await service.logs(ALICE, "nope")
     with pytest.raises(ClusterNotFound):
         await service.save_logs("nope", {"scheduler": "x"}, 0)
+    # A reply is bounded: the scheduler, then the most recently saved, until the limit.
+    await store.save_logs(c.name, {"worker-c": "newest"}, updated_time=2**50)
+    monkeypatch.setattr(clusters, "MAX_LOGS_BYTES", 40)
+    assert list(await service.logs(ALICE, c.name)) == ["scheduler", "worker-c"]
+    monkeypatch.setattr(clusters, "MAX_LOGS_BYTES", 1)
+    assert list(await service.logs(ALICE, c.name)) == ["scheduler"]  # always one
 
 
 async def test_logs_of_an_active_cluster_are_asked_of_its_launcher(store: SQLiteStore) -> None:
@@ -347,6 +356,12 @@ async def test_logs_of_an_active_cluster_are_asked_of_its_launcher(store: SQLite
     try:
         await asyncio.sleep(0)  # let it subscribe
         assert await service.logs(ALICE, c.name) == {"scheduler": "live 1"}
+        # An answer less than a second old serves the next caller too.
+        assert await service.logs(ALICE, c.name) == {"scheduler": "live 1"}
+        assert len(requests) == 1
+        record = service._active[c.name]
+        record.logs_request -= 2000  # as if that request was made 2 s ago
+        record.logs_answered -= 2000
         assert await service.logs(ALICE, c.name) == {"scheduler": "live 2"}
         assert len(requests) == 2 and requests[1] > requests[0]
     finally:

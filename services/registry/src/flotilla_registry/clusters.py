@@ -36,6 +36,10 @@ __all__ = ["ClusterService", "RouteInfo", "ServiceSettings"]
 log = logging.getLogger(__name__)
 
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
+#: Most log text one GetClusterLogs reply carries (the client accepts larger messages).
+MAX_LOGS_BYTES = 16 * 2**20
+#: How recent an answered logs request must be to serve another caller (ms).
+LOGS_FRESH_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -564,12 +568,27 @@ class ClusterService:
     # -- logs ------------------------------------------------------------------------------
 
     async def logs(self, identity: Identity, name: str) -> dict[str, str]:
-        """The output of a cluster's processes (process -> text), fresh while it is active."""
+        """The output of a cluster's processes (process -> text), fresh while it is active.
+
+        The scheduler's, then the most recent others, up to :data:`MAX_LOGS_BYTES`.
+        """
         self._require_user(identity)
         await self._find(identity, name, "view")
         if name in self._active:
             await self._request_logs(name)
-        return await self.store.get_logs(name)
+        out: dict[str, str] = {}
+        budget = MAX_LOGS_BYTES
+        for process, text in (await self.store.get_logs(name)).items():
+            budget -= len(text.encode()) + len(process)
+            if budget < 0 and out:
+                log.info(
+                    "cluster %s: older logs left out of a reply (over %d bytes)",
+                    name,
+                    MAX_LOGS_BYTES,
+                )
+                break
+            out[process] = text
+        return out
 
     async def _request_logs(self, name: str) -> None:
         """Ask the cluster's launcher for current logs (through its watch) and wait for the
@@ -579,7 +598,11 @@ class ClusterService:
         if c is None:
             return
         async with self._lock(name):
-            if c.logs_request <= c.logs_answered:  # none outstanding: ask
+            if c.logs_request <= c.logs_answered:  # none outstanding
+                # Request ids are times (ms): an answer to a request made less than
+                # LOGS_FRESH_MS ago serves this caller too.
+                if now_ms() - c.logs_answered < LOGS_FRESH_MS:
+                    return
                 c.logs_request = max(now_ms(), c.logs_request + 1)
                 await self._commit(c)
             wanted = c.logs_request

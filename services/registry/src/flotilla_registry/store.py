@@ -62,7 +62,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_logs(self, cluster: str) -> dict[str, str]:
         """Every stored log of ``cluster`` (process -> text): "scheduler" first, then the
-        others by process name. Empty for an unknown cluster."""
+        others most recently saved first (then by name). Empty for an unknown cluster."""
 
     @abc.abstractmethod
     async def purge_finished(self, stopped_before: int) -> int:
@@ -235,7 +235,7 @@ class SQLiteStore(Store):
     async def get_logs(self, cluster: str) -> dict[str, str]:
         async with self.db.execute(
             "SELECT process, text FROM cluster_logs WHERE cluster = ? "
-            "ORDER BY process != 'scheduler', process",
+            "ORDER BY process != 'scheduler', updated_time DESC, process",
             (cluster,),
         ) as cur:
             return {process: text for process, text in await cur.fetchall()}
