@@ -290,14 +290,28 @@ async def test_housekeeping_runs_its_chores_until_stopped() -> None:
         purges.append(before)
         return 0
 
-    keeper = Housekeeping(check, purge, check_period=0.01, cleanup_period=60, max_age=3600)
+    leading = False
+    keeper = Housekeeping(
+        check, purge, check_period=0.01, cleanup_period=60, max_age=3600, leads=lambda: leading
+    )
     keeper.start()
+    await asyncio.sleep(0.1)
+    assert checks == [] and purges == []  # another replica leads
+    leading = True
     await asyncio.wait_for(done.wait(), 10)
     await keeper.stop()
-    assert len(purges) == 1  # at start, then every cleanup_period
+    assert purges == []  # the purge runs at start (not leading then), then every 60 s
     n = len(checks)
     await asyncio.sleep(0.05)
     assert len(checks) == n  # stopped
+    keeper = Housekeeping(check, purge, check_period=60, cleanup_period=60, max_age=3600)
+    keeper.start()
+    for _ in range(500):  # poll: the purge runs at start
+        if purges:
+            break
+        await asyncio.sleep(0.01)
+    await keeper.stop()
+    assert len(purges) == 1
 
 
 # -- logs ---------------------------------------------------------------------------------

@@ -142,6 +142,10 @@ class Housekeeping:
         ``purge(stopped_before_ms) -> count`` deletes finished records; called every
         ``cleanup_period`` seconds with now minus ``max_age``. ``max_age`` 0 keeps
         records forever.
+    leads:
+        Whether this registry runs the chores now: with several replicas on one database
+        only the leading one does (the chores also take each cluster's lock, so a
+        failover overlap stays correct). Default: always.
     """
 
     def __init__(
@@ -152,7 +156,9 @@ class Housekeeping:
         check_period: float,
         cleanup_period: float,
         max_age: float,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._leads = leads
         self._check_timeouts = check_timeouts
         self._purge = purge
         self.check_period = check_period
@@ -190,11 +196,11 @@ class Housekeeping:
             log.info("retention: deleted %d clusters finished over %gs ago", purged, self.max_age)
         return purged
 
-    @staticmethod
-    async def _every(period: float, chore: Callable[[], Awaitable[int]], what: str) -> None:
+    async def _every(self, period: float, chore: Callable[[], Awaitable[int]], what: str) -> None:
         while True:
             try:
-                await chore()
+                if self._leads():
+                    await chore()
             except asyncio.CancelledError:
                 raise
             except Exception:
