@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -238,13 +239,16 @@ def test_a_scheduler_that_stops_heartbeating(gw: Gateway) -> None:
         f"silent scheduler: failing {decided:.1f}s, FAILED {elapsed:.1f}s after SIGSTOP "
         "(heartbeat_timeout 4 s; the stop escalates SIGINT, SIGTERM, SIGKILL 2 s apart)"
     )
-    # The last heartbeat came up to 1 s (the period) before the SIGSTOP.
     assert failing.status is ClusterStatus.STOPPING
-    assert 3 <= decided < 4 + 10
+    assert decided < 4 + 10
     assert elapsed < 4 + 30
     assert report.status is ClusterStatus.FAILED
-    assert "Cluster's scheduler stopped sending heartbeats" in report.reason
-    assert "(heartbeat_timeout 4 s)" in report.reason
+    silence = re.fullmatch(
+        r"Cluster's scheduler stopped sending heartbeats: none for ([\d.]+) s "
+        r"\(heartbeat_timeout 4 s\)",
+        report.reason,
+    )
+    assert silence is not None and float(silence.group(1)) >= 4, report.reason
     logs = assert_gone_with_logs(gw, name)
     assert "Scheduler at:" in logs["scheduler"]
     assert cluster_pids(name) == []
