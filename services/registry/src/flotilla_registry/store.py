@@ -225,8 +225,9 @@ class SQLiteStore(Store):
 
     async def save_logs(self, cluster: str, logs: Mapping[str, str], updated_time: int) -> None:
         await self.db.executemany(
-            "INSERT INTO cluster_logs (cluster, process, text, updated_time) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(cluster, process) DO UPDATE SET text=excluded.text, "
+            "INSERT INTO cluster_logs (cluster, process, output, updated_time) "
+            "VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(cluster, process) DO UPDATE SET output=excluded.output, "
             "updated_time=excluded.updated_time",
             [(cluster, process, text, updated_time) for process, text in logs.items()],
         )
@@ -234,7 +235,7 @@ class SQLiteStore(Store):
 
     async def get_logs(self, cluster: str) -> dict[str, str]:
         async with self.db.execute(
-            "SELECT process, text FROM cluster_logs WHERE cluster = ? "
+            "SELECT process, output FROM cluster_logs WHERE cluster = ? "
             "ORDER BY process != 'scheduler', updated_time DESC, process",
             (cluster,),
         ) as cur:

@@ -10,7 +10,7 @@ CREATE INDEX clusters_finished ON clusters (stop_time) WHERE stop_time IS NOT NU
 CREATE TABLE cluster_logs (
     cluster TEXT NOT NULL REFERENCES clusters (name) ON DELETE CASCADE,
     process TEXT NOT NULL,
-    text TEXT NOT NULL,
+    output TEXT NOT NULL,
     updated_time BIGINT NOT NULL,
     PRIMARY KEY (cluster, process)
 );
