@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import grpc
 import pytest
 from flotilla.registry.v1 import internal_pb2, types_pb2
 from flotilla_launcher.backends.base import (
@@ -333,3 +334,22 @@ async def test_reading_logs_may_fail_without_blocking_the_stop(
     assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED
     [req] = stub.log_saves
     assert req.answers_request == 3 and not req.logs
+
+
+async def test_a_registry_without_logs_does_not_block_the_stop(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.logs = {"scheduler": "x"}
+
+    async def unimplemented(req: Any, **kwargs: Any) -> Any:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata()
+        )
+
+    stub.SaveClusterLogs = unimplemented  # type: ignore[method-assign]
+    reconciler._apply(
+        initial(record(target=types_pb2.TARGET_STOPPED, observed=types_pb2.OBSERVED_RUNNING))
+    )
+    await reconciler._reconcile("c1")
+    assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED

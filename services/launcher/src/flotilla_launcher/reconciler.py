@@ -317,15 +317,22 @@ class Reconciler:
         assert self._stub is not None
         batches = _log_batches(logs, LOG_BATCH_BYTES)
         for i, batch in enumerate(batches):
-            await self._stub.SaveClusterLogs(
-                internal_pb2.SaveClusterLogsRequest(
-                    cluster_name=rec.name,
-                    logs=batch,
-                    answers_request=answers if i == len(batches) - 1 else 0,
-                ),
-                metadata=self._metadata,
-                timeout=self.settings.rpc_timeout,
-            )
+            try:
+                await self._stub.SaveClusterLogs(
+                    internal_pb2.SaveClusterLogsRequest(
+                        cluster_name=rec.name,
+                        logs=batch,
+                        answers_request=answers if i == len(batches) - 1 else 0,
+                    ),
+                    metadata=self._metadata,
+                    timeout=self.settings.rpc_timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                # A registry older than this launcher: logs are lost, the stop is not.
+                log.warning("cluster %s: the registry does not keep logs", rec.name)
+                return
         log.debug("cluster %s: sent %d logs", rec.name, len(logs))
 
     # -- reconcile ------------------------------------------------------------------------
