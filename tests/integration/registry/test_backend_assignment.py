@@ -15,7 +15,8 @@ from flotilla.registry.v1 import internal_pb2, internal_pb2_grpc
 from flotilla_common.config import Deployment, load_config
 from flotilla_common.grpcserver import internal_metadata
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
-from flotilla_registry.app import RegistryApp
+from flotilla_registry.app import RegistryApp, StartupError
+from flotilla_registry.crypto import generate_key
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ async def registry(tmp_path: Path) -> AsyncIterator[RegistryApp]:
     config_file.write_text(
         f"c.Deployment.state_dir = {str(tmp_path)!r}\n"
         'c.Deployment.registry_grpc_address = "127.0.0.1:0"\n'
-        'c.Deployment.registry_http_address = "127.0.0.1:0"\n' + CONFIG
+        'c.Deployment.registry_http_address = "127.0.0.1:0"\n'
+        f"c.Registry.db_encrypt_keys = [{generate_key()!r}]\n" + CONFIG
     )
     app = RegistryApp(load_config(config_file))
     await app.start()
@@ -134,5 +136,5 @@ async def test_a_mapping_to_a_backend_not_offered_stops_the_registry(tmp_path: P
         'c.Registry.backend_by_user = {"alice": "slurm"}\n'
     )
     app = RegistryApp(load_config(config_file))
-    with pytest.raises(ValueError, match="backend_by_user names backend 'slurm'"):
+    with pytest.raises(StartupError, match="backend_by_user names backend 'slurm'"):
         await app.start()
