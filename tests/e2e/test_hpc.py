@@ -273,6 +273,10 @@ def test_killed_jobs_are_replaced_or_fail_the_cluster(hpc: HPCGateway) -> None:
         assert reason.startswith(f"scheduler job {scheduler_job['id']} CANCELLED"), reason
         assert name not in [c.name for c in gw.list_clusters()]
         wait_for(lambda: not hpc.cluster_jobs(name, "alice"), 30, "the failed cluster's jobs")
+        # The registry kept every job's output, sent by the launcher once the jobs ended.
+        logs = gw.get_cluster_logs(name)
+        assert next(iter(logs)) == "scheduler" and "Scheduler at:" in logs["scheduler"]
+        assert set(logs) == {"scheduler", *(f"worker-{w}" for w in first | replaced)}
 
     # The output of every job is kept, owned by alice, where the reason says.
     scheduler_log = Path(reason.rsplit("output in ", 1)[1])

@@ -130,13 +130,14 @@ async def test_slurm_scheduler_job_lifecycle(
     assert not status.running
     assert status.reason.startswith(f"scheduler job {job_id} CANCELLED"), status.reason
     assert state["log"] in status.reason
-    assert f"job-user={alice}" in await backend.read_log(alice, state["log"])
+    logs = await backend.read_logs(spec, state, 4096, 65536)
+    assert list(logs) == ["scheduler"] and f"job-user={alice}" in logs["scheduler"]
 
     # Stopping removes the secrets (scripts hold the token) and keeps the output.
     await backend.stop_cluster(spec, state)
     assert sorted(p.name for p in directory.iterdir()) == ["logs"]
     assert Path(state["log"]).exists()
-    assert BatchBackend.log_files(state, {}) == {"scheduler": state["log"]}
+    assert f"job-user={alice}" in (await backend.read_logs(spec, state, 4096, 65536))["scheduler"]
 
 
 async def test_slurm_workers_and_one_query(
@@ -284,8 +285,9 @@ def test_service_account_with_sudoers_rule(
             [running] = await backend.check_clusters([(spec, state)])
             await backend.stop_cluster(spec, state)
             [stopped] = await backend.check_clusters([(spec, state)])
+            logs = await backend.read_logs(spec, state, 4096, 65536)
             print(json.dumps({{"state": state, "running": running.running,
-                              "after": stopped.reason}}))
+                              "after": stopped.reason, "logs": logs}}))
 
         asyncio.run(main())
         """
@@ -304,5 +306,6 @@ def test_service_account_with_sudoers_rule(
     assert result["running"] is True
     assert result["state"]["user"] == alice
     assert "CANCELLED" in result["after"]
+    assert f"job-user={alice}" in result["logs"]["scheduler"]
     log = Path(result["state"]["log"])
     assert log.stat().st_uid == ensure_user(alice).pw_uid

@@ -241,13 +241,20 @@ def test_helper_cancel_removes_matching_files_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.crt", "logs"]
 
 
-def test_helper_tail(tmp_path: Path) -> None:
-    log = tmp_path / "x.log"
-    log.write_text("a" * 100 + "END")
-    assert batch_helper.handle({"action": "tail", "path": str(log), "max_bytes": 5}) == {
-        "text": "aaEND"
-    }
-    assert batch_helper.handle({"action": "tail", "path": str(tmp_path / "none")}) == {"text": ""}
+def test_helper_logs(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "scheduler.log").write_text("started\n" * 10)
+    (tmp_path / "logs" / "worker-w1.log").write_text("connected\n")
+    (tmp_path / "logs" / "other.txt").write_text("not a log")
+    reply = batch_helper.handle(
+        {"action": "logs", "directory": str(tmp_path), "tail_bytes": 16, "total_bytes": 1000}
+    )
+    assert list(reply["logs"]) == ["scheduler", "worker-w1"]
+    assert reply["logs"]["scheduler"].endswith("started\nstarted\n")
+    assert "earlier bytes not kept" in reply["logs"]["scheduler"]
+    assert reply["logs"]["worker-w1"] == "connected\n"
+    empty = {"action": "logs", "directory": str(tmp_path / "x"), "tail_bytes": 1, "total_bytes": 1}
+    assert batch_helper.handle(empty) == {"logs": {}}
 
 
 @pytest.mark.parametrize(
@@ -270,7 +277,7 @@ def test_helper_tail(tmp_path: Path) -> None:
             },
             "private to the owner",
         ),
-        ({"action": "tail", "path": "/x", "max_bytes": 0}, "positive"),
+        ({"action": "logs", "directory": "/x", "tail_bytes": 0, "total_bytes": 1}, "positive"),
     ],
 )
 def test_helper_refuses_malformed_requests(request_: object, message: str) -> None:
@@ -280,13 +287,9 @@ def test_helper_refuses_malformed_requests(request_: object, message: str) -> No
 
 def test_helper_console_script_speaks_json(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "flotilla_launcher.batch_helper"]
-    ok = subprocess.run(
-        run,
-        input=json.dumps({"action": "tail", "path": str(tmp_path / "nothing")}),
-        capture_output=True,
-        text=True,
-    )
-    assert ok.returncode == 0 and json.loads(ok.stdout) == {"text": ""}
+    request = {"action": "logs", "directory": str(tmp_path), "tail_bytes": 9, "total_bytes": 9}
+    ok = subprocess.run(run, input=json.dumps(request), capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"logs": {}}
     bad = subprocess.run(run, input="not json", capture_output=True, text=True)
     assert bad.returncode == 1 and "error" in json.loads(bad.stdout)
     assert os.path.basename(batch_helper.__file__) == "batch_helper.py"

@@ -14,14 +14,16 @@ The helper reads one JSON request on stdin and writes one JSON reply on stdout:
 ``{"action": "cancel", "directory": D, "command": [...], "remove": [glob, ...],
 "environment": {...}}``
     Run ``command`` (may be empty), then delete the files of ``D`` matching the globs.
-``{"action": "tail", "path": P, "max_bytes": N}``
-    Reply ``{"text": the last N bytes of P}`` (``""`` if it does not exist).
+``{"action": "logs", "directory": D, "tail_bytes": N, "total_bytes": M}``
+    Reply ``{"logs": {process: text}}``: the tails of ``D/logs/*.log`` (see
+    :func:`flotilla_launcher.logtail.read_log_dir`), the scheduler first.
 
 A request may carry ``"timeout"``: seconds its command may take (default 60).
 
-It imports nothing but the standard library so it starts fast, and it never follows a
-symlink when it writes. It grants nothing the sudoers rule did not already grant: whoever
-may run it as a user may submit any job as that user.
+It imports nothing but the standard library (and the launcher's stdlib-only ``logtail``)
+so it starts fast, and it never follows a symlink when it writes or reads. It grants
+nothing the sudoers rule did not already grant: whoever may run it as a user may submit
+any job as that user.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from .logtail import read_log_dir
 
 __all__ = ["HelperError", "handle", "main"]
 
@@ -157,25 +161,17 @@ def _cancel(request: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _tail(request: dict[str, Any]) -> dict[str, Any]:
-    path = request.get("path")
-    max_bytes = request.get("max_bytes", 65536)
-    if not isinstance(path, str) or not os.path.isabs(path):
-        raise HelperError("path must be an absolute path")
-    if not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise HelperError("max_bytes must be a positive integer")
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read(max_bytes)
-    except (FileNotFoundError, NotADirectoryError):
-        return {"text": ""}
-    return {"text": data.decode(errors="replace")}
+def _logs(request: dict[str, Any]) -> dict[str, Any]:
+    directory = _directory(request)
+    sizes = [request.get("tail_bytes"), request.get("total_bytes")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+        raise HelperError("tail_bytes and total_bytes must be positive integers")
+    tail_bytes, total_bytes = sizes
+    assert isinstance(tail_bytes, int) and isinstance(total_bytes, int)
+    return {"logs": read_log_dir(directory, "logs", tail_bytes, total_bytes)}
 
 
-_ACTIONS = {"submit": _submit, "cancel": _cancel, "tail": _tail}
+_ACTIONS = {"submit": _submit, "cancel": _cancel, "logs": _logs}
 
 
 def handle(request: Any) -> dict[str, Any]:

@@ -18,8 +18,8 @@ job of every cluster, as the launcher's own account (:meth:`BatchBackend.check`)
 A subclass says how its batch system submits (:meth:`~BatchBackend.submit_command`,
 :meth:`~BatchBackend.parse_job_id`), reports (:meth:`~BatchBackend.query`) and cancels
 (:meth:`~BatchBackend.cancel_command`). Checkpoints hold the job id, the owner, the
-staging directory and the log file, so a restarted launcher finds every job again and
-the log of each job can be handed over (:meth:`~BatchBackend.log_files`).
+staging directory and the log file, so a restarted launcher finds every job again;
+:meth:`~BatchBackend.read_logs` hands the jobs' output to the registry.
 """
 
 from __future__ import annotations
@@ -539,26 +539,28 @@ class BatchBackend(Backend):
 
     # -- logs -----------------------------------------------------------------------------
 
-    @staticmethod
-    def log_files(
-        cluster_state: Mapping[str, Any], worker_states: Mapping[str, Mapping[str, Any]]
+    async def read_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
     ) -> dict[str, str]:
-        """The output file of each job: ``{"scheduler": path, "worker-<name>": path}``."""
-        files = {}
-        if cluster_state.get("log"):
-            files["scheduler"] = str(cluster_state["log"])
-        for name, state in worker_states.items():
-            if state.get("log"):
-                files[f"worker-{name}"] = str(state["log"])
-        return files
-
-    async def read_log(self, owner: str, path: str, max_bytes: int = 65536) -> str:
-        """The last ``max_bytes`` of a job's output file, read as its owner."""
-        account = self.owner_account(owner)
+        """The tails of the jobs' output files (``logs/*.log`` of the staging directory),
+        read as their owner: the scheduler first, then workers most recently written."""
+        if not state.get("directory") and not state.get("user"):
+            return {}
+        account = self._account_from_state(cluster.owner, state)
+        directory = state.get("directory") or str(self.cluster_directory(account, cluster.name))
         reply = await self.as_owner(
-            account, {"action": "tail", "path": path, "max_bytes": max_bytes}
+            account,
+            {
+                "action": "logs",
+                "directory": str(directory),
+                "tail_bytes": tail_bytes,
+                "total_bytes": total_bytes,
+            },
         )
-        return str(reply.get("text", ""))
+        logs = reply.get("logs")
+        if not isinstance(logs, dict):
+            return {}
+        return {str(k): str(v) for k, v in logs.items()}
 
     # -- helpers --------------------------------------------------------------------------
 
