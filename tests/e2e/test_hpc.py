@@ -89,6 +89,7 @@ def _config(slurm: SlurmCluster, job_python: Path, bin_dir: Path) -> str:
             if options.idle_workers:
                 # Workers that never connect: only their jobs matter to the test.
                 config["worker_cmd"] = ["/bin/sh", "-c", "exec sleep 3600", "worker"]
+                config["worker_start_timeout"] = 600
             return config
 
         c.Registry.cluster_options = Options(
