@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from flotilla_common.tls import new_keypair
 from flotilla_launcher.backends.base import BackendError, ClusterConfig, ClusterSpec, WorkerSpec
-from flotilla_launcher.backends.batch import BatchBackend
+from flotilla_launcher.backends.batch import BatchBackend, BatchCommandError
 from flotilla_launcher.backends.pbs import PBSBackend
 from flotilla_launcher.backends.slurm import SlurmBackend
 from helpers import wait_for
@@ -218,9 +218,17 @@ async def test_pbs_commands_over_slurm(
     job_id = state["job_id"]
     [job] = [j for j in slurm.jobs() if j["id"] == job_id]
     assert job["user"] == alice
-    # The one -l carried cores, memory and walltime through to Slurm.
+    # The #PBS directives carried name, queue, cores, memory and walltime to Slurm.
     shown = slurm.run("scontrol", "show", "job", "-o", job_id).stdout
-    assert "TimeLimit=01:00:00" in shown and "MinMemoryNode=256M" in shown, shown
+    for expected in (
+        f"JobName=flotilla-scheduler-{spec.name[:8]}",
+        "Partition=debug",
+        "NumCPUs=2",
+        "TimeLimit=01:00:00",
+        "MinMemoryNode=256M",
+        f"StdOut={state['log']}",
+    ):
+        assert expected in shown, (expected, shown)
     output = await wait_log(Path(state["log"]), "job-user=")
     assert f"job-user={alice}" in output
     [status] = await backend.check_clusters([(spec, state)])
@@ -231,6 +239,27 @@ async def test_pbs_commands_over_slurm(
     assert not status.running
     assert status.reason.startswith(f"scheduler job {job_id} completed"), status.reason
     assert not (Path(state["directory"]) / "dask.pem").exists()
+
+
+async def test_pbspro_select_syntax_over_slurm(
+    slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path
+) -> None:
+    """The PBS Pro flavor's directives (select=...) submit through the same wrappers;
+    only its status format (qstat -x -F json) needs a real PBS Pro (see the unit tests)."""
+    cfg = backend_config(slurm, job_python, "PBSBackend")
+    cfg.PBSBackend.flavor = "pbspro"
+    cfg.PBSBackend.walltime = "00:45:00"
+    backend = PBSBackend(config=cfg)
+    spec = cluster_spec(hpc_users[1], scheduler_cores=3)
+    state = await start(backend, spec)
+    shown = slurm.run("scontrol", "show", "job", "-o", state["job_id"]).stdout
+    for expected in ("MinCPUsNode=3", "TimeLimit=00:45:00", "MinMemoryNode=256M", "UserId=bob"):
+        assert expected in shown, (expected, shown)
+    # Its qstat -x is refused by the Torque-style wrapper: not a job state, an error.
+    with pytest.raises(BatchCommandError, match="qstat failed"):
+        await backend.check_clusters([(spec, state)])
+    await backend.stop_cluster(spec, state)  # qdel works
+    wait_for(lambda: not slurm.jobs("bob"), 30, "bob's job to end")
 
 
 @pytest.fixture

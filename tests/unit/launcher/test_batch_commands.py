@@ -70,32 +70,42 @@ def test_sbatch_defaults_leave_site_options_out() -> None:
         ("torque", "nodes=1:ppn=2,mem=1536mb,walltime=08:00:00"),
     ],
 )
-def test_qsub_command_per_flavor(flavor: str, resources: str) -> None:
+def test_pbs_directives_and_qsub_per_flavor(flavor: str, resources: str) -> None:
     cfg = Config()
     cfg.PBSBackend.flavor = flavor
     cfg.PBSBackend.queue = "workq"
     cfg.PBSBackend.account = "proj42"
     cfg.PBSBackend.walltime = "08:00:00"
     cfg.PBSBackend.extra_options = ["-W", "group_list=dask"]
-    assert PBSBackend(config=cfg).submit_command(JOB) == [
+    backend = PBSBackend(config=cfg)
+    log = "/home/alice/.flotilla/clusters/c1/logs/worker-w1.log"
+    assert backend.submit_command(JOB) == [
         "qsub",
-        "-N",
-        "flotilla-worker-0123abcd",
         "-o",
-        "/home/alice/.flotilla/clusters/c1/logs/worker-w1.log",
+        log,
         "-j",
         "oe",
-        # One -l only: Torque-style front ends keep just the last one.
-        "-l",
-        resources,
-        "-q",
-        "workq",
-        "-A",
-        "proj42",
         "-W",
         "group_list=dask",
         "/home/alice/.flotilla/clusters/c1/worker-w1.sh",
     ]
+    script = backend.job_script(cluster(), JOB, ["dask", "worker"], "w1").splitlines()
+    # The directives come right after the #! line, before any command.
+    assert script[:7] == [
+        "#!/bin/sh",
+        "#PBS -N flotilla-worker-0123abcd",
+        "#PBS -j oe",
+        f"#PBS -o {log}",
+        # One -l only: Torque-style front ends keep just the last one.
+        f"#PBS -l {resources}",
+        "#PBS -q workq",
+        "#PBS -A proj42",
+    ]
+
+
+def test_slurm_scripts_have_no_directives() -> None:
+    script = SlurmBackend().job_script(cluster(), JOB, ["dask", "worker"], "w1")
+    assert "#SBATCH" not in script and "#PBS" not in script
 
 
 @pytest.mark.parametrize(

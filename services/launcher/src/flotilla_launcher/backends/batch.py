@@ -243,6 +243,11 @@ class BatchBackend(Backend):
         """The command line that cancels ``job_ids`` (run as their owner)."""
         raise NotImplementedError
 
+    def directives(self, job: JobRequest) -> list[str]:
+        """Comment lines the batch system reads at the top of the job script (``#PBS
+        ...``); none by default (Slurm's options go on the command line)."""
+        return []
+
     async def query(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """What the batch system says of ``job_ids``, asked with one command.
 
@@ -363,9 +368,9 @@ class BatchBackend(Backend):
     ) -> str:
         """The script of a scheduler (``worker`` None) or worker job.
 
-        It changes to the staging directory, puts ``job_path`` first in PATH, runs the
-        site's ``setup_script``, exports the cluster's environment and the gateway's
-        variables, and execs the command.
+        After the batch system's :meth:`directives` it changes to the staging directory,
+        puts ``job_path`` first in PATH, runs the site's ``setup_script``, exports the
+        cluster's environment and the gateway's variables, and execs the command.
         """
         q = shlex.quote
         env = dict(cluster.config.environment)
@@ -376,6 +381,7 @@ class BatchBackend(Backend):
         )
         lines = [
             f"#!{self.job_shell}",
+            *self.directives(job),
             f"# Flotilla: the {job.role} of cluster {cluster.name}, submitted for {cluster.owner}.",
             f"cd {q(str(job.directory))} || exit 1",
         ]

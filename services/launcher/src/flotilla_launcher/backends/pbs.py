@@ -1,13 +1,15 @@
 """The PBS backend: each scheduler and worker is a ``qsub`` job of the cluster's owner.
 
-One command builder serves PBS Pro (OpenPBS) and Torque; ``flavor`` picks the resource
-syntax and the status format:
+One script and command builder serves PBS Pro (OpenPBS) and Torque; ``flavor`` picks the
+resource syntax and the status format:
 
-- submit, as the owner: ``qsub -N <name> -o <log> -j oe -l <resources> [-q queue]
-  [-A account] <extra> <script>``, where ``<resources>`` is one ``-l`` (Torque-style
-  front ends keep only the last ``-l``):
+- the job script starts with ``#PBS`` directives: ``-N <name>``, ``-j oe``, ``-o <log>``,
+  one ``-l <resources>`` (Torque-style front ends keep only the last ``-l``) with
   ``select=1:ncpus=<n>:mem=<m>mb[,walltime=...]`` (pbspro) or
-  ``nodes=1:ppn=<n>,mem=<m>mb[,walltime=...]`` (torque);
+  ``nodes=1:ppn=<n>,mem=<m>mb[,walltime=...]`` (torque), ``[-q queue]``, ``[-A account]``;
+- submit, as the owner: ``qsub -o <log> -j oe <extra> <script>`` (the output path is
+  repeated on the command line: Slurm's ``qsub`` wrapper replaces an output path given
+  only as a directive with its own default);
 - status, as the launcher, once per check period for every job:
   ``qstat -x -f -F json <ids>`` (pbspro: finished jobs included, as JSON) or
   ``qstat -f <ids>`` (torque: ``key = value`` blocks);
@@ -178,15 +180,24 @@ class PBSBackend(BatchBackend):
             spec += f",walltime={self.walltime}"
         return spec
 
-    def submit_command(self, job: JobRequest) -> list[str]:
-        """``qsub`` with the job's resources and the site's options."""
-        argv = [self.qsub, "-N", job.name, "-o", str(job.log), "-j", "oe"]
-        argv += ["-l", self.resources(job)]
+    def directives(self, job: JobRequest) -> list[str]:
+        """The ``#PBS`` lines of the job script: name, output, resources, queue, account."""
+        lines = [
+            f"#PBS -N {job.name}",
+            "#PBS -j oe",
+            f"#PBS -o {job.log}",
+            f"#PBS -l {self.resources(job)}",
+        ]
         if self.queue:
-            argv += ["-q", self.queue]
+            lines.append(f"#PBS -q {self.queue}")
         if self.account:
-            argv += ["-A", self.account]
-        return [*argv, *self.extra_options, str(job.script)]
+            lines.append(f"#PBS -A {self.account}")
+        return lines
+
+    def submit_command(self, job: JobRequest) -> list[str]:
+        """``qsub`` with the output path and the site's options (the rest is in the
+        script's directives)."""
+        return [self.qsub, "-o", str(job.log), "-j", "oe", *self.extra_options, str(job.script)]
 
     def parse_job_id(self, stdout: str) -> str:
         """qsub prints the job id (``123.server``; Slurm's wrapper: ``123``)."""
