@@ -1,11 +1,11 @@
 """Chaos: every service is SIGKILLed once while three clusters compute; nothing is lost.
 
 The real stack runs as ``flotilla-embedded`` runs it: each service a child process, and
-the runner's own restart logic (``EmbeddedStack.check_children``) brings back whatever
-dies. One step per service (auth, registry, launcher, proxy-config, Envoy): start a
-computation on every cluster, SIGKILL the service, wait until it answers again, then
-check the computation's result, that every cluster still works, and that each cluster
-still has exactly one scheduler and one process group per worker.
+the runner's own restart check (``EmbeddedStack.check_children``) brings back whatever
+dies. One step per service (auth, registry, launcher, proxy-config, Envoy): a
+computation is in flight on every cluster, the service is SIGKILLed, and once it answers
+again the computation's result is checked, then that every cluster is RUNNING, computes,
+and has exactly one scheduler and one process group per worker, with nothing else.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from distributed import Client, Future
 from flotilla import BasicAuth, Gateway, GatewayCluster
 from flotilla_common.embedded import EmbeddedStack
+from gateway_stack import Gateway as Stack
 from gateway_stack import (
     cluster_pids,
     cluster_process_groups,
@@ -36,12 +37,17 @@ from helpers import free_port, wait_for
 
 pytestmark = [pytest.mark.timeout(300)]
 
-WORKERS_PER_CLUSTER = 2
+CLUSTERS = 3
+WORKERS = 2
 IN_FLIGHT_SECONDS = 4.0
-
-
-def expected_square_sum(n: int) -> int:
-    return (n - 1) * n * (2 * n - 1) // 6
+# What Envoy does when its configuration churns; none of it may happen when only
+# proxy-config restarts.
+ENVOY_CHURN = (
+    "listener_manager.listener_modified",
+    "listener_manager.listener_removed",
+    "cluster_manager.cluster_modified",
+    "cluster_manager.cluster_removed",
+)
 
 
 @contextmanager
@@ -64,47 +70,70 @@ def supervised(stack: EmbeddedStack) -> Iterator[None]:
 
 def grpc_serving(address: str) -> bool:
     """True once the gRPC health service at ``address`` answers SERVING."""
-    with grpc.insecure_channel(address) as channel:
+    # A subchannel of its own: a shared one would carry the reconnect backoff of the
+    # attempts made while the service was down over to the next check.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(address, options=options) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=2
         )
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class Chaos:
-    """The stack, its three clusters and one dask client per cluster."""
+def square_sum(n: int) -> int:
+    return (n - 1) * n * (2 * n - 1) // 6
 
-    def __init__(self, stack: EmbeddedStack, gateway: Gateway, launcher_health: str) -> None:
+
+class Chaos:
+    """The stack, its clusters, one dask client per cluster, and how to hurt them."""
+
+    def __init__(self, stack: Stack, gateway: Gateway, launcher_health: str) -> None:
         self.stack = stack
         self.gateway = gateway
         self.launcher_health = launcher_health
         self.clusters: list[GatewayCluster] = []
         self.clients: list[Client] = []
-        self.workers = {}  # cluster name -> how many workers it should have
+        self.workers: dict[str, int] = {}  # cluster name -> how many workers it should have
 
-    def health_address(self, service: str) -> str:
-        deployment = self.stack.deployment
-        return {
+    # -- services ---------------------------------------------------------------------
+
+    def kill(self, service: str) -> int:
+        """SIGKILL ``service``; returns the pid it had."""
+        pid = self.stack.stack.pid(service)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def wait_back(self, service: str, old_pid: int) -> None:
+        """Wait until the runner has restarted ``service`` and it answers."""
+        embedded = self.stack.stack
+        wait_for(lambda: embedded.pid(service) != old_pid, 20, f"{service} to be restarted")
+        deployment = embedded.deployment
+        health = {
             "auth": deployment.auth_grpc_address,
             "registry": deployment.registry_grpc_address,
             "proxy-config": deployment.xds_address,
             "launcher-local": self.launcher_health,
-        }[service]
+        }
+        if service in health:
+            wait_for(lambda: grpc_serving(health[service]), 30, f"{service} to serve")
+        embedded.wait_healthy(30)  # /api/health through Envoy
 
-    def kill(self, service: str) -> None:
-        """SIGKILL ``service`` and wait until the runner has restarted it and it answers."""
-        old = self.stack.pid(service)
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: self.stack.pid(service) != old, 20, f"{service} to be restarted")
-        if service == "envoy":
-            self.stack.wait_healthy(30)
-        else:
-            wait_for(lambda: grpc_serving(self.health_address(service)), 30, f"{service} up")
-            self.stack.wait_healthy(30)
+    def envoy_stat(self, name: str) -> int:
+        """One counter or gauge from Envoy's admin interface."""
+        port = self.stack.stack.deployment.envoy_admin_port
+        url = f"http://127.0.0.1:{port}/stats?filter=^{name}$"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                key, _, value = line.partition(": ")
+                if key == name:
+                    return int(value)
+        return 0
+
+    # -- clusters ---------------------------------------------------------------------
 
     def start_in_flight(self) -> list[Future]:
-        """On each cluster, the sum of squares below 1000 + i, ready no sooner than a
-        sleep of IN_FLIGHT_SECONDS (stdlib functions only: workers cannot import tests)."""
+        """On cluster i, the sum of the squares below 1000 + i, ready no sooner than
+        IN_FLIGHT_SECONDS from now (stdlib functions only: workers cannot import tests)."""
         futures = []
         for i, client in enumerate(self.clients):
             n = 1000 + i
@@ -116,10 +145,10 @@ class Chaos:
 
     def check_in_flight(self, futures: list[Future]) -> None:
         for i, future in enumerate(futures):
-            assert future.result(timeout=60) == expected_square_sum(1000 + i)
+            assert future.result(timeout=60) == square_sum(1000 + i)
 
     def check_clusters(self) -> None:
-        """Every cluster RUNNING, computing, with one scheduler and its workers, once each."""
+        """Every cluster RUNNING and computing, with its processes exactly once."""
         listed = {c.name: c.status.name for c in self.gateway.list_clusters()}
         assert listed == {c.name: "RUNNING" for c in self.clusters}
         for cluster, client in zip(self.clusters, self.clients, strict=True):
@@ -148,38 +177,42 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
     config, address = write_config(
         tmp_path, extra=f"\nc.Launcher.health_address = {launcher_health!r}\n"
     )
-    stack = EmbeddedStack(str(config))
+    embedded = EmbeddedStack(str(config))
     try:
-        stack.start()
-        with supervised(stack), Gateway(address, auth=BasicAuth("chaos")) as gateway:
-            chaos = Chaos(stack, gateway, launcher_health)
+        embedded.start()
+        with supervised(embedded), Gateway(address, auth=BasicAuth("chaos")) as gateway:
+            chaos = Chaos(Stack(address, embedded, tmp_path), gateway, launcher_health)
             try:
                 yield chaos
             finally:
                 for client in chaos.clients:
                     client.close()
     finally:
-        stack.stop()
+        embedded.stop()
         leftover = leftover_cluster_pids(tmp_path)
         for pids in leftover.values():
             for pid in pids:
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
             for log in sorted((tmp_path / "logs").glob("*.log")):
                 print(f"==== {log.name}\n{log.read_text()[-8000:]}")
         assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
 
 
-def step(chaos: Chaos, service: str, during: Callable[[], Any] | None = None) -> None:
-    """One chaos step: a computation in flight on every cluster while ``service`` dies."""
+def step(
+    chaos: Chaos,
+    service: str,
+    before_kill: Callable[[], object] = lambda: None,
+    while_down: Callable[[], object] = lambda: None,
+) -> None:
+    """One service SIGKILLed while a computation is in flight on every cluster."""
     started = time.monotonic()
     futures = chaos.start_in_flight()
-    if during is not None:
-        during()
-    chaos.kill(service)
+    before_kill()
+    pid = chaos.kill(service)
+    while_down()
+    chaos.wait_back(service, pid)
     chaos.check_in_flight(futures)
     chaos.check_clusters()
     print(f"{service}: killed and recovered in {time.monotonic() - started:.1f}s")
@@ -187,52 +220,26 @@ def step(chaos: Chaos, service: str, during: Callable[[], Any] | None = None) ->
 
 def test_each_service_killed_once_loses_nothing(chaos: Chaos) -> None:
     gateway = chaos.gateway
-    for _ in range(3):
+    for _ in range(CLUSTERS):
         cluster = gateway.new_cluster(shutdown_on_close=False)
-        cluster.scale(WORKERS_PER_CLUSTER)
+        cluster.scale(WORKERS)
         chaos.clusters.append(cluster)
-        chaos.workers[cluster.name] = WORKERS_PER_CLUSTER
+        chaos.workers[cluster.name] = WORKERS
     for cluster in chaos.clusters:
         client = cluster.get_client(set_as_default=False)
-        client.wait_for_workers(WORKERS_PER_CLUSTER, timeout=120)
+        client.wait_for_workers(WORKERS, timeout=120)
         chaos.clients.append(client)
     chaos.check_clusters()
 
-    # auth: the client's session cookie and the schedulers' tokens keep working.
-    step(chaos, "auth")
-
-    # registry: in-memory state is rebuilt from SQLite; watchers reconnect.
-    step(chaos, "registry")
-
-    # launcher: killed while it starts new workers; the new one adopts them, once each.
-    def scale_up() -> None:
-        for cluster in chaos.clusters:
-            cluster.scale(WORKERS_PER_CLUSTER + 1)
-            chaos.workers[cluster.name] = WORKERS_PER_CLUSTER + 1
-        wait_for(
-            lambda: any(
-                len(cluster_process_groups(c.name).workers) > WORKERS_PER_CLUSTER
-                for c in chaos.clusters
-            ),
-            60,
-            "a new worker process",
-            interval=0.01,
-        )
-
-    step(chaos, "launcher-local", during=scale_up)
-
-    # proxy-config: Envoy keeps its routes and the clients' live connections.
-    comms = [client.scheduler_comm.comm for client in chaos.clients]
-    step(chaos, "proxy-config")
-    for client, comm in zip(chaos.clients, comms, strict=True):
-        assert client.scheduler_comm.comm is comm and not comm.closed()
-
-    # Envoy: live connections die with it; the clients reconnect and compute again.
-    step_envoy(chaos)
+    kill_auth(chaos)
+    kill_registry(chaos)
+    kill_launcher(chaos)
+    kill_proxy_config(chaos)
+    kill_envoy(chaos)
 
     for cluster in chaos.clusters:
         cluster.shutdown()
-    names = {c.name for c in chaos.clusters}
+    names = set(chaos.workers)
     wait_for(
         lambda: {c.name for c in gateway.list_clusters(status="STOPPED")} == names,
         30,
@@ -241,11 +248,80 @@ def test_each_service_killed_once_loses_nothing(chaos: Chaos) -> None:
     assert {n: pids for n in names if (pids := cluster_pids(n))} == {}
 
 
-def step_envoy(chaos: Chaos) -> None:
+def kill_auth(chaos: Chaos) -> None:
+    """A session cookie issued before the restart still logs in. (The schedulers' tokens
+    are checked by the launcher step: its new workers come from heartbeats.)"""
+    status, headers, _ = chaos.stack.request("GET", "/api/v1/clusters/", user="chaos")
+    assert status == 200
+    cookie = {k.lower(): v for k, v in headers.items()}["set-cookie"].split(";", 1)[0]
+    step(chaos, "auth")
+    status, _, body = chaos.stack.request(
+        "GET", "/api/v1/clusters/", user=None, headers={"Cookie": cookie}
+    )
+    assert status == 200 and set(body) == set(chaos.workers)
+
+
+def kill_registry(chaos: Chaos) -> None:
+    """State comes back from SQLite; the launcher, proxy-config and auth reconnect, and
+    the heartbeats missed meanwhile fail no cluster."""
+    step(chaos, "registry")
+
+
+def kill_launcher(chaos: Chaos) -> None:
+    """Killed while it starts new workers: the next launcher adopts what runs and starts
+    what is missing, each worker once."""
+
+    def scale_up() -> None:
+        for cluster in chaos.clusters:
+            chaos.workers[cluster.name] += 1
+            cluster.scale(chaos.workers[cluster.name])
+        wait_for(
+            lambda: any(
+                len(cluster_process_groups(c.name).workers) > WORKERS for c in chaos.clusters
+            ),
+            60,
+            "a new worker process",
+            interval=0.01,
+        )
+
+    step(chaos, "launcher-local", before_kill=scale_up)
+
+
+def kill_proxy_config(chaos: Chaos) -> None:
+    """Envoy reconnects to the new proxy-config and keeps its listener, its clusters and
+    the clients' live connections through them."""
+    comms = [client.scheduler_comm.comm for client in chaos.clients]
+    churn_before = {name: chaos.envoy_stat(name) for name in ENVOY_CHURN}
+
+    def envoy_notices() -> None:
+        wait_for(
+            lambda: chaos.envoy_stat("control_plane.connected_state") == 0,
+            10,
+            "Envoy to lose proxy-config",
+        )
+
+    step(chaos, "proxy-config", while_down=envoy_notices)
+    wait_for(
+        lambda: chaos.envoy_stat("control_plane.connected_state") == 1,
+        30,
+        "Envoy to reconnect to proxy-config",
+    )
+    assert {name: chaos.envoy_stat(name) for name in ENVOY_CHURN} == churn_before
+    for client, comm in zip(chaos.clients, comms, strict=True):
+        assert client.scheduler_comm.comm is comm and not comm.closed()
+
+
+def kill_envoy(chaos: Chaos) -> None:
+    """Connections through Envoy die with it (dask cancels what their clients awaited);
+    the clients reconnect through the new Envoy and compute again."""
     started = time.monotonic()
-    chaos.kill("envoy")
+    futures = chaos.start_in_flight()
+    pid = chaos.kill("envoy")
+    chaos.wait_back("envoy", pid)
     for client in chaos.clients:
         wait_for(lambda c=client: c.status == "running", 60, "the client to reconnect")
+    for i, future in enumerate(futures):
+        assert future.cancelled() or future.result(timeout=60) == square_sum(1000 + i)
     chaos.check_in_flight(chaos.start_in_flight())
     chaos.check_clusters()
     print(f"envoy: killed and recovered in {time.monotonic() - started:.1f}s")

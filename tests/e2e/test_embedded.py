@@ -4,7 +4,10 @@ restarted."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from flotilla import BasicAuth, Gateway
@@ -31,16 +34,39 @@ def test_stopping_the_gateway_stops_its_clusters(tmp_path: Path) -> None:
     assert (tmp_path / "clusters" / name / "logs" / "scheduler.log").exists()
 
 
-def test_a_crashed_service_is_restarted(tmp_path: Path) -> None:
+def test_make_run_restarts_a_crashed_service(tmp_path: Path) -> None:
+    """``flotilla-embedded`` (what ``make run`` runs) brings back a SIGKILLed service and
+    still stops everything on Ctrl-C."""
     config, address = write_config(tmp_path)
-    stack = EmbeddedStack(str(config))
+    output = tmp_path / "embedded.out"
+    exe = Path(sys.executable).parent / "flotilla-embedded"
+    with output.open("wb") as out:
+        runner = subprocess.Popen(
+            [str(exe), "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        stack.start()
-        old = stack.pid("auth")
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: stack.check_children() or stack.pid("auth") != old, 10, "a new auth")
-        stack.wait_healthy(30)
+
+        def started(service: str) -> list[int]:
+            """The pids the runner reported starting ``service`` with, in order."""
+            pattern = rf" started {re.escape(service)} \(pid (\d+)\)"
+            return [int(pid) for pid in re.findall(pattern, output.read_text())]
+
+        wait_for(lambda: "Flotilla is up" in output.read_text(), 90, "the gateway to start")
+        [auth] = started("auth")
+        os.kill(auth, signal.SIGKILL)
+        wait_for(lambda: len(started("auth")) == 2, 30, "the runner to restart auth")
         with Gateway(address, auth=BasicAuth("heidi")) as gw:
-            assert gw.list_clusters() == []
+            wait_for(lambda: gw.list_clusters() == [], 30, "the API through the new auth")
+            cluster = gw.new_cluster(shutdown_on_close=False)
+            name = cluster.name
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 0, output.read_text()[-3000:]
     finally:
-        stack.stop()
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert leftover_cluster_pids(tmp_path) == {}, output.read_text()[-3000:]
+    assert (tmp_path / "clusters" / name / "logs" / "scheduler.log").exists()

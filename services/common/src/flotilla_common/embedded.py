@@ -212,6 +212,9 @@ class EmbeddedStack:
                     ),
                     metadata=internal_metadata(self.deployment.secret("internal_token")),
                     timeout=wait + 5,
+                    # The registry may be restarting (it crashed a moment ago): wait for it
+                    # rather than leave every cluster running.
+                    wait_for_ready=True,
                 )
         except grpc.RpcError as exc:
             log.warning("could not stop clusters: %s", exc)
