@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 from flotilla.registry.v1 import internal_pb2, internal_pb2_grpc, types_pb2
-from flotilla_common.grpcserver import internal_metadata
+from flotilla_common.grpcserver import internal_channel, internal_metadata
 
 from .backends.base import Backend, BackendError, ClusterConfig, ClusterSpec, WorkerSpec
 from .config import Launcher
@@ -118,7 +118,7 @@ class Reconciler:
 
     async def start(self) -> None:
         """Open the channel and start the watch, status check and reconcile tasks."""
-        self._channel = grpc.aio.insecure_channel(self.registry_address)
+        self._channel = internal_channel(self.registry_address)
         self._stub = internal_pb2_grpc.LauncherServiceStub(self._channel)
         self._tasks = [
             asyncio.create_task(self._watch(), name="launcher-watch"),
@@ -165,6 +165,9 @@ class Reconciler:
                 call = self._stub.WatchClusters(
                     internal_pb2.WatchClustersRequest(backend=self.backend_name),
                     metadata=self._metadata,
+                    # While the registry is down, wait for it: the watch opens as soon as
+                    # the channel reconnects instead of after this loop's backoff.
+                    wait_for_ready=True,
                 )
                 async for response in call:
                     delay = 0.1
