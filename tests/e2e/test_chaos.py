@@ -38,7 +38,7 @@ from helpers import free_port, wait_for
 pytestmark = [pytest.mark.timeout(300)]
 
 CLUSTERS = 3
-WORKERS = 2
+WORKERS = 1
 IN_FLIGHT_SECONDS = 4.0
 # What Envoy does when its configuration churns; none of it may happen when only
 # proxy-config restarts.
@@ -132,11 +132,11 @@ class Chaos:
     # -- clusters ---------------------------------------------------------------------
 
     def start_in_flight(self) -> list[Future]:
-        """On cluster i, the sum of the squares below 1000 + i, ready no sooner than
+        """On cluster i, the sum of the squares below 100 + i, ready no sooner than
         IN_FLIGHT_SECONDS from now (stdlib functions only: workers cannot import tests)."""
         futures = []
         for i, client in enumerate(self.clients):
-            n = 1000 + i
+            n = 100 + i
             squares = client.map(pow, range(n), [2] * n, pure=False)
             total = client.submit(sum, squares, pure=False)
             gate = client.submit(time.sleep, IN_FLIGHT_SECONDS, pure=False)
@@ -145,7 +145,7 @@ class Chaos:
 
     def check_in_flight(self, futures: list[Future]) -> None:
         for i, future in enumerate(futures):
-            assert future.result(timeout=60) == square_sum(1000 + i)
+            assert future.result(timeout=60) == square_sum(100 + i)
 
     def check_clusters(self) -> None:
         """Every cluster RUNNING and computing, with its processes exactly once."""
@@ -178,26 +178,29 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
         tmp_path, extra=f"\nc.Launcher.health_address = {launcher_health!r}\n"
     )
     embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        with supervised(embedded), Gateway(address, auth=BasicAuth("chaos")) as gateway:
-            chaos = Chaos(Stack(address, embedded, tmp_path), gateway, launcher_health)
-            try:
-                yield chaos
-            finally:
-                for client in chaos.clients:
-                    client.close()
-    finally:
-        embedded.stop()
-        leftover = leftover_cluster_pids(tmp_path)
-        for pids in leftover.values():
-            for pid in pids:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-            for log in sorted((tmp_path / "logs").glob("*.log")):
-                print(f"==== {log.name}\n{log.read_text()[-8000:]}")
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    # A child gets SIGTERM when the *thread* that started it ends (PR_SET_PDEATHSIG), so
+    # the supervisor thread outlives the stack.
+    with supervised(embedded):
+        try:
+            embedded.start()
+            with Gateway(address, auth=BasicAuth("chaos")) as gateway:
+                chaos = Chaos(Stack(address, embedded, tmp_path), gateway, launcher_health)
+                try:
+                    yield chaos
+                finally:
+                    for client in chaos.clients:
+                        client.close()
+        finally:
+            embedded.stop()
+            leftover = leftover_cluster_pids(tmp_path)
+            for pids in leftover.values():
+                for pid in pids:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
+                for log in sorted((tmp_path / "logs").glob("*.log")):
+                    print(f"==== {log.name}\n{log.read_text()[-8000:]}")
+            assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
 
 
 def step(
@@ -220,8 +223,10 @@ def step(
 
 def test_each_service_killed_once_loses_nothing(chaos: Chaos) -> None:
     gateway = chaos.gateway
-    for _ in range(CLUSTERS):
-        cluster = gateway.new_cluster(shutdown_on_close=False)
+    # Submitted together, so their schedulers start side by side.
+    names = [gateway.submit() for _ in range(CLUSTERS)]
+    for name in names:
+        cluster = gateway.connect(name)
         cluster.scale(WORKERS)
         chaos.clusters.append(cluster)
         chaos.workers[cluster.name] = WORKERS
@@ -237,11 +242,12 @@ def test_each_service_killed_once_loses_nothing(chaos: Chaos) -> None:
     kill_proxy_config(chaos)
     kill_envoy(chaos)
 
+    for client in chaos.clients:
+        client.close()
     for cluster in chaos.clusters:
         cluster.shutdown()
-    names = set(chaos.workers)
     wait_for(
-        lambda: {c.name for c in gateway.list_clusters(status="STOPPED")} == names,
+        lambda: {c.name for c in gateway.list_clusters(status="STOPPED")} == set(names),
         30,
         "every cluster STOPPED",
     )
@@ -321,7 +327,7 @@ def kill_envoy(chaos: Chaos) -> None:
     for client in chaos.clients:
         wait_for(lambda c=client: c.status == "running", 60, "the client to reconnect")
     for i, future in enumerate(futures):
-        assert future.cancelled() or future.result(timeout=60) == square_sum(1000 + i)
+        assert future.cancelled() or future.result(timeout=60) == square_sum(100 + i)
     chaos.check_in_flight(chaos.start_in_flight())
     chaos.check_clusters()
     print(f"envoy: killed and recovered in {time.monotonic() - started:.1f}s")

@@ -179,7 +179,11 @@ class EmbeddedStack:
         return ":\n  " + "\n  ".join(text[-lines:]) if text else ""
 
     def check_children(self) -> None:
-        """Restart any child that exited while we are not stopping."""
+        """Restart any child that exited while we are not stopping.
+
+        A child gets SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG is
+        per thread): call this from a thread that lives as long as the stack.
+        """
         for child in self.children:
             proc = child.proc
             if self._stopping or proc is None or proc.poll() is None:
