@@ -322,10 +322,16 @@ def kill_envoy(chaos: Chaos) -> None:
     the clients reconnect through the new Envoy and compute again."""
     started = time.monotonic()
     futures = chaos.start_in_flight()
+    comms = [client.scheduler_comm.comm for client in chaos.clients]
     pid = chaos.kill("envoy")
     chaos.wait_back("envoy", pid)
-    for client in chaos.clients:
-        wait_for(lambda c=client: c.status == "running", 60, "the client to reconnect")
+    for client, comm in zip(chaos.clients, comms, strict=True):
+
+        def reconnected(client: Client = client, comm: object = comm) -> bool:
+            batched = client.scheduler_comm
+            return client.status == "running" and batched is not None and batched.comm is not comm
+
+        wait_for(reconnected, 60, "the client to reconnect through the new Envoy")
     for i, future in enumerate(futures):
         assert future.cancelled() or future.result(timeout=60) == square_sum(100 + i)
     chaos.check_in_flight(chaos.start_in_flight())
