@@ -344,23 +344,21 @@ class LauncherProcess:
 def launcher_process(
     registry: FakeRegistry, launcher_config: Config, tmp_path: Path
 ) -> Iterator[Callable[[], LauncherProcess]]:
-    """Start ``flotilla-launcher`` processes (config as ``launcher_config``)."""
-    config_file = tmp_path / "flotilla_config.py"
-    config_file.write_text(
-        "\n".join(
-            [
-                f"c.Deployment.state_dir = {launcher_config.Deployment.state_dir!r}",
-                f"c.Deployment.registry_grpc_address = {registry.grpc_address!r}",
-                f"c.Deployment.internal_token = {TOKEN!r}",
-                "c.LocalBackend.run_as = 'self'",
-                "c.Launcher.status_check_period = 0.2",
-                "",
-            ]
-        )
-    )
+    """Start ``flotilla-launcher`` processes (config as ``launcher_config``, then the
+    ``c.X.y = ...`` lines given)."""
     started: list[LauncherProcess] = []
 
-    def start() -> LauncherProcess:
+    def start(*extra: str) -> LauncherProcess:
+        config_file = tmp_path / f"flotilla_config-{len(started)}.py"
+        lines = [
+            f"c.Deployment.state_dir = {launcher_config.Deployment.state_dir!r}",
+            f"c.Deployment.registry_grpc_address = {registry.grpc_address!r}",
+            f"c.Deployment.internal_token = {TOKEN!r}",
+            "c.LocalBackend.run_as = 'self'",
+            "c.Launcher.status_check_period = 0.2",
+            *extra,
+        ]
+        config_file.write_text("\n".join(lines) + "\n")
         process = LauncherProcess(config_file, tmp_path / f"launcher-{len(started)}.log")
         started.append(process)
         return process

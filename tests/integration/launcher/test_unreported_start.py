@@ -9,6 +9,10 @@ to stop meanwhile, so that nothing is duplicated or orphaned.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +136,37 @@ async def test_unreported_scheduler_of_a_stopped_cluster_is_stopped(
     await make_launcher()
     await wait_for(lambda: registry.records[name].observed == STOPPED, 60, "cluster stopped")
     assert not alive(state) and leaders(name) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
+async def test_unreported_scheduler_of_another_user_is_adopted(
+    registry: FakeRegistry, launcher_process: Any, make_launcher: Any, launcher_config: Any
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    # Every directory above the cluster's must be traversable by the owner.
+    root = Path(tempfile.mkdtemp(prefix="flotilla-runas-"))
+    root.chmod(0o711)
+    try:
+        run_as = ["c.LocalBackend.run_as = 'auto'", f"c.LocalBackend.clusters_directory = '{root}'"]
+        registry.hold = scheduler_checkpoint
+        first = launcher_process(*run_as)
+        # A stand-in scheduler from the base system (see test_runs_as_the_owner_when_root).
+        name = registry.add_cluster(
+            owner="nobody", scheduler_cmd=["/bin/sh", "-c", "exec sleep 60"]
+        )
+        state = await kill_launcher_holding(registry, first, "the scheduler's checkpoint report")
+        await wait_for(lambda: procfs.read_uid(state["pid"]) == nobody.pw_uid, 10, "uid switch")
+
+        launcher_config.LocalBackend.run_as = "auto"
+        launcher_config.LocalBackend.clusters_directory = str(root)
+        await make_launcher(launcher_config)
+        await wait_for(lambda: registry.state(name).get("pid"), 30, "the adopted checkpoint")
+        assert registry.state(name)["pid"] == state["pid"]
+        assert registry.state(name)["user"] == "nobody"
+        assert leaders(name) == [state["pid"]]
+
+        registry.set_target(name, types_pb2.TARGET_STOPPED)
+        await wait_for(lambda: registry.records[name].observed == STOPPED, 60, "cluster stopped")
+        assert not alive(state) and leaders(name) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
