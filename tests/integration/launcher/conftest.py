@@ -146,7 +146,7 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
     async def ReportCluster(
         self, request: internal_pb2.ReportClusterRequest, context: Any
     ) -> internal_pb2.ReportClusterResponse:
-        await self._maybe_hold(request)
+        await self._maybe_hold(request, context)
         self.cluster_reports.append(request)
         rec = self.records.get(request.name)
         if rec is None:
@@ -165,7 +165,7 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
     async def ReportWorker(
         self, request: internal_pb2.ReportWorkerRequest, context: Any
     ) -> internal_pb2.ReportWorkerResponse:
-        await self._maybe_hold(request)
+        await self._maybe_hold(request, context)
         self.worker_reports.append(request)
         rec = self.records.get(request.cluster_name)
         if rec is None:
@@ -183,10 +183,14 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
         self.publish(request.cluster_name)
         return internal_pb2.ReportWorkerResponse()
 
-    async def _maybe_hold(self, request: Any) -> None:
-        if self.hold is not None and self.hold(request):
-            self.held.append(request)
-            await asyncio.Event().wait()  # until the caller goes away
+    async def _maybe_hold(self, request: Any, context: Any) -> None:
+        if self.hold is None or not self.hold(request):
+            return
+        self.held.append(request)
+        # No answer while the test holds reports (its launcher is killed meanwhile).
+        while self.hold is not None and not context.done():
+            await asyncio.sleep(0.05)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "report held by the test")
 
     async def SaveClusterLogs(
         self, request: internal_pb2.SaveClusterLogsRequest, context: Any
