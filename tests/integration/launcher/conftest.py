@@ -284,6 +284,8 @@ async def registry() -> AsyncIterator[FakeRegistry]:
         for rec in reg.records.values():
             for text in [rec.state_json, *(w.state_json for w in rec.workers)]:
                 kill_checkpoint(json.loads(text or "{}"))
+        for request in reg.held:  # started, but the registry never recorded them
+            kill_checkpoint(json.loads(request.state_json or "{}"))
 
 
 def kill_checkpoint(state: dict[str, Any]) -> None:
