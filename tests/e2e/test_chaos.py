@@ -271,6 +271,11 @@ def kill_registry(chaos: Chaos) -> None:
     """State comes back from SQLite; the launcher, proxy-config and auth reconnect, and
     the heartbeats missed meanwhile fail no cluster."""
     step(chaos, "registry")
+    # The launcher follows the new registry: it starts a worker asked for now.
+    cluster, client = chaos.clusters[0], chaos.clients[0]
+    chaos.workers[cluster.name] += 1
+    cluster.scale(chaos.workers[cluster.name])
+    chaos.check_processes(cluster.name, client)
 
 
 def kill_launcher(chaos: Chaos) -> None:
@@ -278,12 +283,13 @@ def kill_launcher(chaos: Chaos) -> None:
     what is missing, each worker once."""
 
     def scale_up() -> None:
+        before = dict(chaos.workers)
         for cluster in chaos.clusters:
             chaos.workers[cluster.name] += 1
             cluster.scale(chaos.workers[cluster.name])
         wait_for(
             lambda: any(
-                len(cluster_process_groups(c.name).workers) > WORKERS for c in chaos.clusters
+                len(cluster_process_groups(name).workers) > count for name, count in before.items()
             ),
             60,
             "a new worker process",

@@ -185,12 +185,12 @@ class Reconciler:
         delay = 0.1
         while True:
             try:
+                # While the registry is down, the watch opens as soon as the channel
+                # reconnects, not after this loop's backoff.
+                await self._registry_ready()
                 call = self._stub.WatchClusters(
                     internal_pb2.WatchClustersRequest(backend=self.backend_name),
                     metadata=self._metadata,
-                    # While the registry is down, wait for it: the watch opens as soon as
-                    # the channel reconnects instead of after this loop's backoff.
-                    wait_for_ready=True,
                 )
                 async for response in call:
                     delay = 0.1
@@ -208,6 +208,25 @@ class Reconciler:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.watch_backoff_max)
+
+    async def _registry_ready(self) -> None:
+        """Wait until the channel to the registry is connected, logging while it is not."""
+        assert self._channel is not None
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self._channel.channel_ready(), self.settings.watch_backoff_max
+                )
+                return
+            except TimeoutError:
+                waited += self.settings.watch_backoff_max
+                log.warning(
+                    "registry at %s unreachable for %.0fs; backend %s waits for it",
+                    self.registry_address,
+                    waited,
+                    self.backend_name,
+                )
 
     def _apply(self, response: internal_pb2.WatchClustersResponse) -> None:
         """Update the cache from one watch message and queue every name it touches."""
