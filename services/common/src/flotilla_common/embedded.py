@@ -81,13 +81,22 @@ class Embedded(Configurable):
         return [str(b) for b in backends]
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the embedded runner dies, even by SIGKILL."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Runs in each child: asks for SIGTERM when the runner dies (even by SIGKILL), then execs
+# the service. Doing this here rather than in a subprocess ``preexec_fn`` lets the child
+# be started with vfork: a fork() of a process with gRPC threads (the runner once it has
+# called the registry, or a test) runs gRPC's atfork handlers, which now and then abort
+# the child before it execs.
+_EXEC_DYING_WITH_RUNNER = (
+    "import ctypes, os, signal, sys\n"
+    "PR_SET_PDEATHSIG = 1\n"
+    "try:\n"
+    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('flotilla-embedded exited before this service started')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def _configures_db_keys(config: Config) -> bool:
@@ -154,13 +163,13 @@ class EmbeddedStack:
             env["FLOTILLA_CONFIG"] = self.config_path
         if child.name == "registry" and not _configures_db_keys(self.config):
             env.setdefault(DB_KEY_ENV, self.db_encrypt_key())
+        runner = [sys.executable, "-I", "-c", _EXEC_DYING_WITH_RUNNER, str(os.getpid())]
         child.proc = subprocess.Popen(
-            child.argv,
+            [*runner, *child.argv],
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             env=env,
             start_new_session=True,  # Ctrl-C reaches us, not the children directly
-            preexec_fn=_die_with_parent,
         )
         child.started = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.proc.pid)
@@ -221,7 +230,11 @@ class EmbeddedStack:
         return ":\n  " + "\n  ".join(text[-lines:]) if text else ""
 
     def check_children(self) -> None:
-        """Restart any child that exited while we are not stopping."""
+        """Restart any child that exited while we are not stopping.
+
+        A child gets SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG is
+        per thread): call this from a thread that lives as long as the stack.
+        """
         for child in self.children:
             proc = child.proc
             if self._stopping or proc is None or proc.poll() is None:
@@ -254,6 +267,9 @@ class EmbeddedStack:
                     ),
                     metadata=internal_metadata(self.deployment.secret("internal_token")),
                     timeout=wait + 5,
+                    # The registry may be restarting (it crashed a moment ago): wait for it
+                    # rather than leave every cluster running.
+                    wait_for_ready=True,
                 )
         except grpc.RpcError as exc:
             log.warning("could not stop clusters: %s", exc)

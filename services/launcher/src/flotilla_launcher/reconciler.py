@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 from flotilla.registry.v1 import internal_pb2, internal_pb2_grpc, types_pb2
-from flotilla_common.grpcserver import internal_metadata
+from flotilla_common.grpcserver import internal_channel, internal_metadata
 
 from .backends.base import Backend, BackendError, ClusterConfig, ClusterSpec, WorkerSpec
 from .config import Launcher
@@ -141,7 +141,7 @@ class Reconciler:
 
     async def start(self) -> None:
         """Open the channel and start the watch, status check and reconcile tasks."""
-        self._channel = grpc.aio.insecure_channel(self.registry_address)
+        self._channel = internal_channel(self.registry_address)
         self._stub = internal_pb2_grpc.LauncherServiceStub(self._channel)
         self._tasks = [
             asyncio.create_task(self._watch(), name="launcher-watch"),
@@ -185,6 +185,9 @@ class Reconciler:
         delay = 0.1
         while True:
             try:
+                # While the registry is down, the watch opens as soon as the channel
+                # reconnects, not after this loop's backoff.
+                await self._registry_ready()
                 call = self._stub.WatchClusters(
                     internal_pb2.WatchClustersRequest(backend=self.backend_name),
                     metadata=self._metadata,
@@ -205,6 +208,25 @@ class Reconciler:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.watch_backoff_max)
+
+    async def _registry_ready(self) -> None:
+        """Wait until the channel to the registry is connected, logging while it is not."""
+        assert self._channel is not None
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self._channel.channel_ready(), self.settings.watch_backoff_max
+                )
+                return
+            except TimeoutError:
+                waited += self.settings.watch_backoff_max
+                log.warning(
+                    "registry at %s unreachable for %.0fs; backend %s waits for it",
+                    self.registry_address,
+                    waited,
+                    self.backend_name,
+                )
 
     def _apply(self, response: internal_pb2.WatchClustersResponse) -> None:
         """Update the cache from one watch message and queue every name it touches."""

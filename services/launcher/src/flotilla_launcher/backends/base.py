@@ -153,9 +153,12 @@ class Backend(Configurable):
         """Start the scheduler, yielding checkpoint state as it progresses.
 
         The last yielded state must be enough for :meth:`check_clusters` and
-        :meth:`stop_cluster`, even from a new launcher process. If a checkpoint shows the
-        scheduler already runs (a previous launcher started it), yield that instead of
-        starting a second one.
+        :meth:`stop_cluster`, even from a new launcher process. A launcher can die after
+        starting the scheduler but before its checkpoint reached the registry; the next
+        one calls this again, so find a scheduler a previous launcher started for this
+        cluster and yield its checkpoint instead of starting a second one. Likewise,
+        :meth:`stop_cluster` must stop such a scheduler (and such workers) even when the
+        state it gets does not name them.
         """
         raise NotImplementedError
 
@@ -170,7 +173,8 @@ class Backend(Configurable):
         raise NotImplementedError
 
     def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
-        """Start one worker, yielding checkpoint state (like :meth:`start_cluster`)."""
+        """Start one worker, yielding checkpoint state; like :meth:`start_cluster`, adopt
+        the worker a previous launcher started but did not report."""
         raise NotImplementedError
 
     async def stop_worker(self, worker: WorkerSpec, state: Mapping[str, Any]) -> None:

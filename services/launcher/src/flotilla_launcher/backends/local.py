@@ -10,6 +10,11 @@ stderr appended to a log file in the cluster's working directory::
 When the launcher runs as root, processes run as the cluster owner's Unix account.
 Checkpoints hold the pid and its start time (from ``/proc``), so a restarted launcher
 adopts processes that are still alive and never signals a reused pid.
+
+A launcher can die between starting a process and reporting its checkpoint. Every
+process carries its cluster's (and worker's) name in its environment, so the next
+launcher finds it in ``/proc``: a start adopts such a process instead of starting a
+second one, and stopping a cluster stops every process group that carries its name.
 """
 
 from __future__ import annotations
@@ -261,6 +266,10 @@ class LocalBackend(Backend):
         super().__init__(**kwargs)
         # Processes this launcher process spawned: their exit codes can be collected.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # Per cluster, the process groups found in /proc when this launcher process first
+        # started something for it, by worker name (None: the scheduler). Anything a
+        # previous launcher left unreported is among them; nobody else starts any later.
+        self._found: dict[str, dict[str | None, list[procfs.ProcStat]]] = {}
 
     # -- paths and accounts -------------------------------------------------------------
 
@@ -299,16 +308,20 @@ class LocalBackend(Backend):
     # -- cluster hooks --------------------------------------------------------------------
 
     async def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
-        """Prepare the working directory, then spawn the scheduler."""
+        """Prepare the working directory and spawn the scheduler, or adopt the scheduler a
+        previous launcher spawned but did not report."""
         run_as = self.resolve_run_as(cluster.owner)
+        workdir = self.workdir(cluster.name)
+        log_path = workdir / "logs" / "scheduler.log"
+        what = f"the scheduler of {cluster.name}"
+        adopted = await self._adopt(cluster.name, None, run_as, log_path, what)
+        if adopted is not None:
+            yield {"workdir": str(workdir), **adopted}
+            return
         workdir = await asyncio.to_thread(self._prepare_workdir, cluster, run_as)
-        yield {"workdir": str(workdir)}
         cmd = scheduler_command(cluster.config)
         env = self._environment(cluster, workdir, None, run_as)
-        log_path = workdir / "logs" / "scheduler.log"
-        proc = await asyncio.to_thread(
-            self._spawn, cmd, env, workdir, log_path, run_as, f"the scheduler of {cluster.name}"
-        )
+        proc = await asyncio.to_thread(self._spawn, cmd, env, workdir, log_path, run_as, what)
         log.info(
             "cluster %s: started scheduler pid %s as %s, log %s",
             cluster.name,
@@ -316,11 +329,29 @@ class LocalBackend(Backend):
             run_as.user if run_as else "self",
             log_path,
         )
+        # One checkpoint, once the process exists: a record still CREATED after a
+        # launcher restart means "start it or adopt it", never "it may be half started".
         yield {"workdir": str(workdir), **proc}
 
     async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
-        """Stop the scheduler's process group, then delete the TLS files (logs are kept)."""
+        """Stop the scheduler's process group, then any other group carrying the cluster's
+        name (started but never reported), then delete the TLS files (logs are kept)."""
         await self._terminate(state, f"scheduler of cluster {cluster.name}")
+        self._found.pop(cluster.name, None)
+        uid = self._uid_of(cluster.owner)
+        for st, worker in await asyncio.to_thread(self._find_groups, cluster.name, uid):
+            role = f"worker {worker}" if worker is not None else "scheduler"
+            log.warning(
+                "cluster %s: stopping %s pid %d, which no checkpoint named",
+                cluster.name,
+                role,
+                st.pid,
+            )
+            await self._terminate(
+                {"pid": st.pid, "start_time": st.start_time},
+                f"{role} of cluster {cluster.name}",
+                graceful=False,
+            )
         workdir = Path(state.get("workdir") or self.workdir(cluster.name))
         await asyncio.to_thread(shutil.rmtree, workdir / ".certs", True)
         log.info("cluster %s: scheduler stopped, logs kept in %s", cluster.name, workdir / "logs")
@@ -334,19 +365,23 @@ class LocalBackend(Backend):
     # -- worker hooks ---------------------------------------------------------------------
 
     async def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
-        """Spawn a worker in its cluster's working directory."""
+        """Spawn a worker in its cluster's working directory, or adopt the one a previous
+        launcher spawned but did not report."""
         cluster = worker.cluster
         name = check_name("worker", worker.name)
         run_as = self.resolve_run_as(cluster.owner)
         workdir = self.workdir(cluster.name)
+        log_path = workdir / "logs" / f"worker-{name}.log"
+        what = f"worker {name} of {cluster.name}"
+        adopted = await self._adopt(cluster.name, name, run_as, log_path, what)
+        if adopted is not None:
+            yield adopted
+            return
         if not (workdir / ".certs" / CERT_FILE).exists():
             raise BackendError(f"cluster {cluster.name} has no working directory")
         cmd = worker_command(cluster.config, name, worker.scheduler_address)
         env = self._environment(cluster, workdir, name, run_as)
-        log_path = workdir / "logs" / f"worker-{name}.log"
-        proc = await asyncio.to_thread(
-            self._spawn, cmd, env, workdir, log_path, run_as, f"worker {name} of {cluster.name}"
-        )
+        proc = await asyncio.to_thread(self._spawn, cmd, env, workdir, log_path, run_as, what)
         log.info("cluster %s: started worker %s pid %s", cluster.name, name, proc["pid"])
         yield proc
 
@@ -357,9 +392,17 @@ class LocalBackend(Backend):
         cluster is going away, so a graceful SIGINT buys nothing; and a retired worker
         can linger for seconds in its own shutdown (the nanny kills it after 8 s).
         """
-        await self._terminate(
-            state, f"worker {worker.name} of cluster {worker.cluster.name}", graceful=False
-        )
+        what = f"worker {worker.name} of cluster {worker.cluster.name}"
+        if state.get("pid"):
+            await self._terminate(state, what, graceful=False)
+            return
+        # No checkpoint: its start may have been interrupted after the spawn.
+        uid = self._uid_of(worker.cluster.owner)
+        for st, name in await asyncio.to_thread(self._find_groups, worker.cluster.name, uid):
+            if name == worker.name:
+                await self._terminate(
+                    {"pid": st.pid, "start_time": st.start_time}, what, graceful=False
+                )
 
     async def check_workers(
         self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
@@ -379,6 +422,72 @@ class LocalBackend(Backend):
     async def close(self) -> None:
         """Forget spawned children; they keep running (the launcher may restart)."""
         self._children.clear()
+        self._found.clear()
+
+    # -- processes without a checkpoint ---------------------------------------------------
+
+    def _uid_of(self, owner: str) -> int | None:
+        """The uid ``owner``'s processes run as; None if that account does not exist."""
+        try:
+            run_as = self.resolve_run_as(owner)
+        except BackendError:
+            return None
+        return run_as.uid if run_as is not None else os.geteuid()
+
+    @staticmethod
+    def _find_groups(
+        cluster_name: str, uid: int | None
+    ) -> list[tuple[procfs.ProcStat, str | None]]:
+        """The live process groups started for ``cluster_name``, oldest first, each with
+        its worker name (None for the scheduler).
+
+        Found by the environment every process is started with; only group leaders (each
+        process is started in its own session) running as the cluster's account ``uid``
+        count, so a process someone else gave the same variables is never touched.
+        """
+        if uid is None:
+            return []
+        groups = [
+            (st, env.get("DASK_GATEWAY_WORKER_NAME"))
+            for st, env in procfs.find_by_environment({"DASK_GATEWAY_CLUSTER_NAME": cluster_name})
+            if st.pid == st.pgid and procfs.read_uid(st.pid) == uid
+        ]
+        return sorted(groups, key=lambda group: group[0].start_time)
+
+    async def _adopt(
+        self,
+        cluster_name: str,
+        worker_name: str | None,
+        run_as: RunAs | None,
+        log_path: Path,
+        what: str,
+    ) -> dict[str, Any] | None:
+        """The checkpoint of a live, unreported process for this scheduler or worker, if a
+        previous launcher left one; extra copies are stopped."""
+        found = self._found.get(cluster_name)
+        if found is None:
+            found = {}
+            uid = run_as.uid if run_as is not None else os.geteuid()
+            for st, name in await asyncio.to_thread(self._find_groups, cluster_name, uid):
+                found.setdefault(name, []).append(st)
+            self._found[cluster_name] = found
+        alive = [
+            st for st in found.pop(worker_name, []) if procfs.same_process(st.pid, st.start_time)
+        ]
+        if not alive:
+            return None
+        keep, *extra = alive
+        for st in extra:
+            log.warning("%s: stopping a second copy, pid %d", what, st.pid)
+            await self._terminate(
+                {"pid": st.pid, "start_time": st.start_time}, what, graceful=False
+            )
+        log.info(
+            "%s: adopted pid %d, started by a previous launcher that did not report it",
+            what,
+            keep.pid,
+        )
+        return self._checkpoint(keep.pid, keep.start_time, run_as, log_path)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -463,9 +572,15 @@ class LocalBackend(Backend):
             os.close(fd)
         self._children[popen.pid] = popen
         st = procfs.read_stat(popen.pid)
+        return self._checkpoint(popen.pid, st.start_time if st else 0, run_as, log_path)
+
+    @staticmethod
+    def _checkpoint(
+        pid: int, start_time: int, run_as: RunAs | None, log_path: Path
+    ) -> dict[str, Any]:
         return {
-            "pid": popen.pid,
-            "start_time": st.start_time if st else 0,
+            "pid": pid,
+            "start_time": start_time,
             "user": run_as.user if run_as else getpass.getuser(),
             "log": str(log_path),
         }
