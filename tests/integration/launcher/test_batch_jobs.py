@@ -190,6 +190,36 @@ async def test_slurm_workers_and_one_query(
     wait_for(lambda: not slurm.jobs(bob), 30, "bob's jobs to end")
 
 
+async def test_jobs_a_dead_launcher_never_reported(
+    slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path
+) -> None:
+    """A launcher died after submitting but before its checkpoint reached the registry:
+    the next one adopts the live jobs instead of submitting them again, and a stop with
+    no checkpoint at all still cancels every job of the cluster."""
+    alice = hpc_users[0]
+    cfg = backend_config(slurm, job_python, "SlurmBackend")
+    first = SlurmBackend(config=cfg)
+    spec = cluster_spec(alice)
+    state = await start(first, spec)
+    worker = WorkerSpec(spec, uuid.uuid4().hex, "127.0.0.1:1")
+    wstate = await start_worker(first, worker)
+
+    second = SlurmBackend(config=cfg)  # a new launcher process, with no checkpoints
+    assert (await start(second, spec))["job_id"] == state["job_id"]
+    assert (await start_worker(second, worker))["job_id"] == wstate["job_id"]
+    assert len(slurm.jobs(alice)) == 2
+
+    # The scheduler job ends; starting again submits a new one.
+    slurm.run("scancel", state["job_id"])
+    wait_for(lambda: len(slurm.jobs(alice)) == 1, 30, "the scheduler job to end")
+    again = await start(second, spec)
+    assert again["job_id"] != state["job_id"]
+
+    await SlurmBackend(config=cfg).stop_cluster(spec, {})
+    wait_for(lambda: not slurm.jobs(alice), 30, "every job of the cluster to end")
+    assert sorted(p.name for p in Path(again["directory"]).iterdir()) == ["logs"]
+
+
 async def test_slurm_refusal_is_reported(
     slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path
 ) -> None:

@@ -234,6 +234,32 @@ def test_helper_writes_private_files_then_submits(tmp_path: Path) -> None:
     assert (directory / "dask.pem").read_text() == "KEY"
 
 
+def test_helper_records_the_job_and_never_submits_twice(tmp_path: Path) -> None:
+    counter = tmp_path / "submitted"
+    request = {
+        "action": "submit",
+        "directory": str(tmp_path / "c1"),
+        "command": ["sh", "-c", f'echo x >> {counter}; echo "42;cluster"'],
+        "record": "scheduler.jobid",
+    }
+    assert batch_helper.handle(request)["stdout"] == "42;cluster\n"
+    record = tmp_path / "c1" / "scheduler.jobid"
+    assert record.read_text() == "42;cluster\n"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    # A second submit (a launcher that died before reporting) finds the record instead.
+    assert batch_helper.handle(request) == {"recorded": "42;cluster\n"}
+    assert counter.read_text() == "x\n"
+    assert batch_helper.handle({**request, "replace": True})["returncode"] == 0
+    assert counter.read_text() == "x\nx\n"
+    assert batch_helper.handle(
+        {"action": "recorded", "directory": str(tmp_path / "c1"), "names": ["*.jobid"]}
+    ) == {"recorded": {"scheduler.jobid": "42;cluster\n"}}
+    # A failed submission records nothing.
+    failing = {**request, "record": "worker-w.jobid", "command": ["sh", "-c", "exit 1"]}
+    assert batch_helper.handle(failing)["returncode"] == 1
+    assert not (tmp_path / "c1" / "worker-w.jobid").exists()
+
+
 def test_helper_cancel_removes_matching_files_only(tmp_path: Path) -> None:
     for name in ("scheduler.sh", "worker-a.sh", "dask.pem", "dask.crt"):
         (tmp_path / name).write_text("x")

@@ -8,9 +8,14 @@ Either way the files it writes belong to the owner and the jobs are the owner's.
 The helper reads one JSON request on stdin and writes one JSON reply on stdout:
 
 ``{"action": "submit", "directory": D, "files": {name: {"text": T, "mode": M}},
-"command": [...], "environment": {...}}``
+"command": [...], "environment": {...}, "record": R, "replace": false}``
     Create ``D`` (0700) and ``D/logs``, write each file (``mode`` 0o600 by default), then
-    run ``command`` in ``D``. Reply ``{"returncode", "stdout", "stderr"}``.
+    run ``command`` in ``D``. Reply ``{"returncode", "stdout", "stderr"}``. With
+    ``record``, a successful command's output (the job id) is kept in ``D/R``, and if
+    ``D/R`` already exists (a launcher died before reporting that job) nothing is run
+    unless ``replace``: the reply is ``{"recorded": its text}``.
+``{"action": "recorded", "directory": D, "names": [glob, ...]}``
+    Reply ``{"recorded": {name: text}}`` for the files of ``D`` matching the globs.
 ``{"action": "cancel", "directory": D, "command": [...], "remove": [glob, ...],
 "environment": {...}}``
     Run ``command`` (may be empty), then delete the files of ``D`` matching the globs.
@@ -132,17 +137,64 @@ def _submit(request: dict[str, Any]) -> dict[str, Any]:
         raise HelperError("files must be an object")
     env = _environment(request)
     timeout = _timeout(request)
+    record = request.get("record")
+    if record is not None:
+        _check_name(record)
+        recorded = _read_small(directory / record)
+        if recorded is not None and not request.get("replace"):
+            return {"recorded": recorded}
     _make_dirs(directory)
     for name, spec in files.items():
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise HelperError(f"invalid file name {name!r}")
+        _check_name(name)
         if not isinstance(spec, dict) or not isinstance(spec.get("text"), str):
             raise HelperError(f"file {name!r} needs a text")
         mode = spec.get("mode", 0o600)
         if not isinstance(mode, int) or mode & ~0o700:
             raise HelperError(f"file {name!r}: mode must be private to the owner")
         _write(directory / name, spec["text"], mode)
-    return _run(command, directory, env, timeout)
+    result = _run(command, directory, env, timeout)
+    if record is not None and result["returncode"] == 0:
+        _write(directory / record, result["stdout"], 0o600)
+    return result
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise HelperError(f"invalid file name {name!r}")
+    return name
+
+
+def _read_small(path: Path, limit: int = 4096) -> str | None:
+    """The text of a small regular file of ours, None if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _matching(directory: Path, patterns: list[str]) -> list[Path]:
+    if not patterns or not directory.is_dir():
+        return []
+    return sorted(
+        entry
+        for entry in directory.iterdir()
+        if any(fnmatch.fnmatchcase(entry.name, p) for p in patterns) and not entry.is_dir()
+    )
+
+
+def _recorded(request: dict[str, Any]) -> dict[str, Any]:
+    directory = _directory(request)
+    patterns = _strings(request.get("names", []), "names")
+    found = {}
+    for path in _matching(directory, patterns):
+        text = _read_small(path)
+        if text is not None:
+            found[path.name] = text
+    return {"recorded": found}
 
 
 def _cancel(request: dict[str, Any]) -> dict[str, Any]:
@@ -154,10 +206,8 @@ def _cancel(request: dict[str, Any]) -> dict[str, Any]:
         if command
         else {"returncode": 0, "stdout": "", "stderr": ""}
     )
-    if patterns and directory.is_dir():
-        for entry in directory.iterdir():
-            if any(fnmatch.fnmatchcase(entry.name, p) for p in patterns) and not entry.is_dir():
-                entry.unlink(missing_ok=True)
+    for path in _matching(directory, patterns):
+        path.unlink(missing_ok=True)
     return result
 
 
@@ -171,7 +221,7 @@ def _logs(request: dict[str, Any]) -> dict[str, Any]:
     return {"logs": read_log_dir(directory, "logs", tail_bytes, total_bytes)}
 
 
-_ACTIONS = {"submit": _submit, "cancel": _cancel, "logs": _logs}
+_ACTIONS = {"submit": _submit, "recorded": _recorded, "cancel": _cancel, "logs": _logs}
 
 
 def handle(request: Any) -> dict[str, Any]:

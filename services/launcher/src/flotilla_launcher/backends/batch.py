@@ -7,6 +7,8 @@ staging directory on a filesystem the compute nodes share, as the owner::
     <staging_directory>/<cluster>/dask.crt, dask.pem        (0600; removed on stop)
     <staging_directory>/<cluster>/scheduler.sh, worker-*.sh  (0700, they hold the cluster
                                                               token; removed on stop)
+    <staging_directory>/<cluster>/scheduler.jobid, worker-*.jobid  (each job's id, written
+                                                              the moment it exists)
     <staging_directory>/<cluster>/logs/scheduler.log         (the jobs' output; kept)
     <staging_directory>/<cluster>/logs/worker-<worker>.log
 
@@ -18,8 +20,10 @@ job of every cluster, as the launcher's own account (:meth:`BatchBackend.check`)
 A subclass says how its batch system submits (:meth:`~BatchBackend.submit_command`,
 :meth:`~BatchBackend.parse_job_id`), reports (:meth:`~BatchBackend.query`) and cancels
 (:meth:`~BatchBackend.cancel_command`). Checkpoints hold the job id, the owner, the
-staging directory and the log file, so a restarted launcher finds every job again;
-:meth:`~BatchBackend.read_logs` hands the jobs' output to the registry.
+staging directory and the log file, so a restarted launcher finds every job again; a job
+whose launcher died before reporting it is found through its ``.jobid`` record (a start
+adopts it while it is alive, a stop cancels it). :meth:`~BatchBackend.read_logs` hands the
+jobs' output to the registry.
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEDULER_SCRIPT = "scheduler.sh"
+#: Files in which the helper keeps each job's id as soon as it exists (``scheduler.jobid``,
+#: ``worker-<name>.jobid``), so a job whose launcher died before reporting it is found.
+RECORD = ".jobid"
+SCHEDULER_RECORD = f"scheduler{RECORD}"
+RECORDS = f"*{RECORD}"
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Files of a cluster's staging directory that hold secrets; removed when it stops.
 _SECRET_FILES = ("*.sh", CERT_FILE, KEY_FILE)
@@ -285,6 +294,14 @@ class BatchBackend(Backend):
         """``flotilla-<role>-<first 8 characters of the cluster name>``."""
         return f"flotilla-{role}-{cluster_name[:8]}"
 
+    def _stop_account(self, owner: str, state: Mapping[str, Any]) -> Account | None:
+        """The account to stop jobs as; None when it does not exist (a start that failed
+        on it left nothing behind)."""
+        try:
+            return self._account_from_state(owner, state)
+        except BackendError:
+            return None
+
     def _account_from_state(self, owner: str, state: Mapping[str, Any]) -> Account:
         user = state.get("user")
         if isinstance(user, str) and user:
@@ -397,17 +414,42 @@ class BatchBackend(Backend):
         return "\n".join(lines) + "\n"
 
     async def _submit(
-        self, account: Account, cluster: ClusterSpec, job: JobRequest, files: dict[str, Any]
+        self,
+        account: Account,
+        cluster: ClusterSpec,
+        job: JobRequest,
+        files: dict[str, Any],
+        record: str,
     ) -> str:
-        request = {
+        """Submit ``job`` as the owner; returns its id.
+
+        The helper keeps the id in ``record`` (in the staging directory) the moment the job
+        exists. A record left by a launcher that died before reporting the job means that
+        job is ours: while it is alive it is adopted, not submitted a second time.
+        """
+        request: dict[str, Any] = {
             "action": "submit",
             "directory": str(job.directory),
             "files": files,
             "command": self.submit_command(job),
             "environment": dict(self.command_environment),
+            "record": record,
         }
         async with self._commands:
             reply = await self.as_owner(account, request)
+            if "recorded" in reply:
+                job_id = self._recorded_id(reply["recorded"])
+                jobs = await self.query([job_id]) if job_id else {}
+                if job_id in jobs and jobs[job_id].alive:
+                    log.warning(
+                        "cluster %s (user %s): adopted %s job %s, which no checkpoint named",
+                        cluster.name,
+                        account.name,
+                        job.role,
+                        job_id,
+                    )
+                    return job_id
+                reply = await self.as_owner(account, {**request, "replace": True})
         if reply.get("returncode") != 0:
             reason = _last_line(reply.get("stderr", "")) or f"exit code {reply.get('returncode')}"
             log.warning(
@@ -422,14 +464,19 @@ class BatchBackend(Backend):
             )
         return self.parse_job_id(reply.get("stdout", ""))
 
+    def _recorded_id(self, text: object) -> str:
+        """The job id in a record file ("" if it holds none)."""
+        try:
+            return self.parse_job_id(str(text))
+        except BackendError:
+            return ""
+
     # -- cluster hooks --------------------------------------------------------------------
 
     async def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
         """Stage the TLS files and the script as the owner, then submit the scheduler."""
         account = self.owner_account(cluster.owner)
         directory = self.cluster_directory(account, cluster.name)
-        checkpoint: dict[str, Any] = {"directory": str(directory), "user": account.name}
-        yield checkpoint
         config = cluster.config
         job = JobRequest(
             name=self.job_name("scheduler", cluster.name),
@@ -446,7 +493,7 @@ class BatchBackend(Backend):
             KEY_FILE: {"text": cluster.tls_key, "mode": 0o600},
             SCHEDULER_SCRIPT: {"text": script, "mode": 0o700},
         }
-        job_id = await self._submit(account, cluster, job, files)
+        job_id = await self._submit(account, cluster, job, files, SCHEDULER_RECORD)
         log.info(
             "cluster %s (user %s): scheduler is %s job %s, output %s",
             cluster.name,
@@ -455,19 +502,39 @@ class BatchBackend(Backend):
             job_id,
             job.log,
         )
-        yield {**checkpoint, "job_id": job_id, "log": str(job.log)}
+        # One checkpoint, once the job exists: a record still CREATED after a launcher
+        # restart means "submit it or adopt it", never "it may be half submitted".
+        yield {
+            "directory": str(directory),
+            "user": account.name,
+            "job_id": job_id,
+            "log": str(job.log),
+        }
 
     async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
-        """Cancel the scheduler job, delete the cluster's secrets (logs stay), and wait
-        (up to ``cancel_timeout``) for the job to leave the queue."""
-        job_id = str(state.get("job_id") or "")
-        if not job_id and not state.get("directory"):
-            return  # nothing was staged
-        account = self._account_from_state(cluster.owner, state)
-        directory = state.get("directory") or str(self.cluster_directory(account, cluster.name))
-        await self._cancel(account, job_id, str(directory), list(_SECRET_FILES), cluster.name)
-        if job_id:
-            await self._wait_gone(job_id, cluster.name)
+        """Cancel the scheduler's job and every job recorded in the staging directory
+        (workers, and jobs a launcher died before reporting), delete the cluster's secrets
+        (logs stay), and wait (up to ``cancel_timeout``) for the scheduler's job to leave
+        the queue."""
+        account = self._stop_account(cluster.owner, state)
+        if account is None:
+            return  # no such account: nothing can have been staged or submitted
+        directory = str(state.get("directory") or self.cluster_directory(account, cluster.name))
+        reply = await self.as_owner(
+            account, {"action": "recorded", "directory": directory, "names": [RECORDS]}
+        )
+        recorded = reply.get("recorded") or {}
+        scheduler = str(state.get("job_id") or "") or self._recorded_id(
+            recorded.get(SCHEDULER_RECORD, "")
+        )
+        ids = [scheduler] if scheduler else []
+        for text in recorded.values():
+            job_id = self._recorded_id(text)
+            if job_id and job_id not in ids:
+                ids.append(job_id)
+        await self._cancel(account, ids, directory, [*_SECRET_FILES, RECORDS], cluster.name)
+        if scheduler:
+            await self._wait_gone(scheduler, cluster.name)
 
     async def check_clusters(
         self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
@@ -496,7 +563,7 @@ class BatchBackend(Backend):
         command = worker_command(config, name, worker.scheduler_address, self.bind_host)
         script = self.job_script(cluster, job, command, name)
         files = {job.script.name: {"text": script, "mode": 0o700}}
-        job_id = await self._submit(account, cluster, job, files)
+        job_id = await self._submit(account, cluster, job, files, f"worker-{name}{RECORD}")
         log.info(
             "cluster %s (user %s): worker %s is %s job %s",
             cluster.name,
@@ -513,16 +580,26 @@ class BatchBackend(Backend):
         }
 
     async def stop_worker(self, worker: WorkerSpec, state: Mapping[str, Any]) -> None:
-        """Cancel the worker's job (if it still runs) and delete its script."""
-        job_id = str(state.get("job_id") or "")
-        directory = state.get("directory")
-        if not job_id and not directory:
+        """Cancel the worker's job (if it still runs; found by its record when no
+        checkpoint names it) and delete its script."""
+        account = self._stop_account(worker.cluster.owner, state)
+        if account is None:
             return
-        account = self._account_from_state(worker.cluster.owner, state)
-        if not directory:
-            directory = str(self.cluster_directory(account, worker.cluster.name))
-        script = f"worker-{check_name('worker', worker.name)}.sh"
-        await self._cancel(account, job_id, str(directory), [script], worker.cluster.name)
+        name = check_name("worker", worker.name)
+        record = f"worker-{name}{RECORD}"
+        directory = str(
+            state.get("directory") or self.cluster_directory(account, worker.cluster.name)
+        )
+        job_id = str(state.get("job_id") or "")
+        if not job_id:
+            reply = await self.as_owner(
+                account, {"action": "recorded", "directory": directory, "names": [record]}
+            )
+            job_id = self._recorded_id((reply.get("recorded") or {}).get(record, ""))
+        remove = [f"worker-{name}.sh", record]
+        await self._cancel(
+            account, [job_id] if job_id else [], directory, remove, worker.cluster.name
+        )
 
     async def check_workers(
         self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
@@ -550,9 +627,9 @@ class BatchBackend(Backend):
     ) -> dict[str, str]:
         """The tails of the jobs' output files (``logs/*.log`` of the staging directory),
         read as their owner: the scheduler first, then workers most recently written."""
-        if not state.get("directory") and not state.get("user"):
+        account = self._stop_account(cluster.owner, state)
+        if account is None:
             return {}
-        account = self._account_from_state(cluster.owner, state)
         directory = state.get("directory") or str(self.cluster_directory(account, cluster.name))
         reply = await self.as_owner(
             account,
@@ -588,12 +665,12 @@ class BatchBackend(Backend):
         return ProcessStatus(False, f"{role} job {job_id} {job.state}{detail}{output}")
 
     async def _cancel(
-        self, account: Account, job_id: str, directory: str, remove: list[str], cluster: str
+        self, account: Account, job_ids: list[str], directory: str, remove: list[str], cluster: str
     ) -> None:
         request = {
             "action": "cancel",
             "directory": directory,
-            "command": self.cancel_command([job_id]) if job_id else [],
+            "command": self.cancel_command(job_ids) if job_ids else [],
             "remove": remove,
             "environment": dict(self.command_environment),
         }
@@ -602,13 +679,14 @@ class BatchBackend(Backend):
         if reply.get("returncode", 0) == 0:
             return
         # Cancelling a job that has already ended fails; anything else must be retried.
-        jobs = await self.query([job_id])
-        if job_id in jobs and jobs[job_id].alive:
+        jobs = await self.query(job_ids)
+        alive = [j for j in job_ids if j in jobs and jobs[j].alive]
+        if alive:
             raise BackendError(
-                f"cannot cancel {self.system_name} job {job_id} of cluster {cluster}: "
+                f"cannot cancel {self.system_name} jobs {', '.join(alive)} of cluster {cluster}: "
                 f"{_last_line(reply.get('stderr', ''))}"
             )
-        log.debug("cluster %s: job %s had already ended", cluster, job_id)
+        log.debug("cluster %s: jobs %s had already ended", cluster, ", ".join(job_ids))
 
     async def _wait_gone(self, job_id: str, cluster: str) -> None:
         loop = asyncio.get_running_loop()
