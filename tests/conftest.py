@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import pytest
 from postgres import PostgresServer, postgres_server
 
+# A private Slurm and its users (tests/slurm_fixtures.py), started once per session by
+# whichever tier asks first.
+pytest_plugins = ["slurm_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:

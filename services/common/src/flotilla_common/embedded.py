@@ -1,4 +1,4 @@
-"""Run the whole gateway on one machine: every service, the local launcher and Envoy.
+"""Run the whole gateway on one machine: every service, a launcher per backend and Envoy.
 
 ``flotilla-embedded [--config FILE]`` starts each service as a child process, waits until
 ``GET <public_url>/api/health`` answers through Envoy, restarts a child that crashes, and
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from cryptography.fernet import Fernet
-from traitlets import Bool, Float
+from traitlets import Bool, Float, List, Unicode
 from traitlets.config import Config, Configurable
 
 from .config import Deployment, add_config_argument, load_config
@@ -62,6 +62,23 @@ class Embedded(Configurable):
     start_timeout_seconds = Float(
         60.0, help="How long to wait for the gateway to answer /api/health.", config=True
     )
+    launchers = List(
+        Unicode(),
+        help=(
+            "Backends to run a launcher for (`flotilla-launcher --backend NAME` each). "
+            "Empty: every backend of c.Registry.backends."
+        ),
+        config=True,
+    )
+
+    def launcher_backends(self) -> list[str]:
+        """The backends to start a launcher for."""
+        if self.launchers:
+            return list(self.launchers)
+        # Read from the raw configuration: services never import each other's settings.
+        registry = self.config.get("Registry", {})
+        backends = registry.get("backends", ["local"]) if hasattr(registry, "get") else ["local"]
+        return [str(b) for b in backends]
 
 
 # Runs in each child: asks for SIGTERM when the runner dies (even by SIGKILL), then execs
@@ -120,11 +137,15 @@ class EmbeddedStack:
 
     def _argv(self) -> list[tuple[str, list[str]]]:
         cfg = ["--config", self.config_path] if self.config_path else []
+        launchers = [
+            (f"launcher-{name}", [_bin("flotilla-launcher"), "--backend", name, *cfg])
+            for name in self.settings.launcher_backends()
+        ]
         return [
             ("registry", [_bin("flotilla-registry"), *cfg]),
             ("auth", [_bin("flotilla-auth"), *cfg]),
             ("proxy-config", [_bin("flotilla-proxy-config"), "serve", *cfg]),
-            ("launcher-local", [_bin("flotilla-launcher"), "--backend", "local", *cfg]),
+            *launchers,
             # Envoy: proxy-config writes its bootstrap and execs it (same PID).
             ("envoy", [_bin("flotilla-proxy-config"), "envoy", *cfg]),
         ]
@@ -262,12 +283,14 @@ class EmbeddedStack:
         """Stop the clusters (if configured), then SIGTERM every child (launcher first,
         Envoy last), then SIGKILL stragglers."""
         alive = {c.name for c in self.children if c.proc is not None and c.proc.poll() is None}
-        if self.settings.stop_clusters_on_exit and {"registry", "launcher-local"} <= alive:
+        launchers_alive = any(name.startswith("launcher-") for name in alive)
+        if self.settings.stop_clusters_on_exit and "registry" in alive and launchers_alive:
             self.stop_clusters()
         self._stopping = True
-        order = ["launcher-local", "proxy-config", "auth", "registry", "envoy"]
+        # Launchers first (they may be mid-report), Envoy last.
+        order = ["proxy-config", "auth", "registry", "envoy"]
         children = sorted(
-            self.children, key=lambda c: order.index(c.name) if c.name in order else 0
+            self.children, key=lambda c: order.index(c.name) + 1 if c.name in order else 0
         )
         for child in children:
             if child.proc is not None and child.proc.poll() is None:

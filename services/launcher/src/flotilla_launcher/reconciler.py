@@ -656,21 +656,22 @@ class Reconciler:
                 workers.append(
                     (name, w.name, WorkerSpec(spec, w.name, rec.scheduler_address), tw.state)
                 )
-        if clusters:
-            statuses = await self.backend.check_clusters([(s, st) for _, s, st in clusters])
-            for (name, _, _), status in zip(clusters, statuses, strict=True):
-                tr = self._tracked.get(name)
-                if not status.running and tr is not None and not tr.exit_reason:
-                    tr.exit_reason = status.reason
-                    self._queue.put(name)
-        if workers:
-            wstatuses = await self.backend.check_workers([(ws, st) for _, _, ws, st in workers])
-            for (name, wname, _, _), status in zip(workers, wstatuses, strict=True):
-                tr = self._tracked.get(name)
-                tw = tr.workers.get(wname) if tr else None
-                if not status.running and tw is not None and not tw.exit_reason:
-                    tw.exit_reason = status.reason
-                    self._queue.put(name)
+        if not clusters and not workers:
+            return
+        statuses, wstatuses = await self.backend.check(
+            [(s, st) for _, s, st in clusters], [(ws, st) for _, _, ws, st in workers]
+        )
+        for (name, _, _), status in zip(clusters, statuses, strict=True):
+            tr = self._tracked.get(name)
+            if not status.running and tr is not None and not tr.exit_reason:
+                tr.exit_reason = status.reason
+                self._queue.put(name)
+        for (name, wname, _, _), status in zip(workers, wstatuses, strict=True):
+            tr = self._tracked.get(name)
+            tw = tr.workers.get(wname) if tr else None
+            if not status.running and tw is not None and not tw.exit_reason:
+                tw.exit_reason = status.reason
+                self._queue.put(name)
 
     # -- introspection (tests, health) ----------------------------------------------------
 

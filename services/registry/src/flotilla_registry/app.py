@@ -20,6 +20,7 @@ from flotilla_common.grpcserver import (
 from flotilla_common.logs import setup_logging
 from traitlets.config import Config
 
+from .backends import BackendChoice
 from .clusters import ClusterService, ServiceSettings
 from .config import KEYS_ENV, Registry
 from .crypto import FieldCipher, KeyConfigError, generate_key
@@ -88,6 +89,17 @@ class RegistryApp:
     async def start(self) -> None:
         deployment = Deployment(config=self.config)
         registry = Registry(config=self.config)
+        # Checked before anything is opened: a mapping to a backend not offered is fatal.
+        try:
+            backends = BackendChoice(
+                backends=tuple(registry.backends),
+                default_backend=registry.default_backend,
+                by_user=dict(registry.backend_by_user),
+                by_group=dict(registry.backend_by_group),
+                option=registry.backend_option,
+            )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         url = registry.db_url or f"sqlite:///{deployment.state_path / 'registry.sqlite'}"
         self.store = make_store(registry, url)
         try:
@@ -99,8 +111,7 @@ class RegistryApp:
             options=registry.cluster_options if registry.cluster_options is not None else Options(),
             cluster_config=self.config,
             api_url=deployment.resolved_api_url,
-            default_backend=registry.default_backend,
-            backends=tuple(registry.backends),
+            backends=backends,
             logs_request_timeout=registry.logs_request_timeout,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)

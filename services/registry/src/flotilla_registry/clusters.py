@@ -11,13 +11,14 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla_common.identity import Identity
 from flotilla_common.tls import new_keypair
 from traitlets.config import Config
 
+from .backends import BackendChoice
 from .clusterconfig import clamp_adapt, clamp_scale, resolve_cluster_config
 from .errors import (
     ClusterNotFound,
@@ -50,8 +51,7 @@ class ServiceSettings:
     options: Any  # Options, or a callable (user) -> Options, sync or async
     cluster_config: Config
     api_url: str
-    default_backend: str = "local"
-    backends: tuple[str, ...] = ("local",)
+    backends: BackendChoice = field(default_factory=BackendChoice)
     # How long GetClusterLogs waits for an active cluster's launcher to send current logs.
     logs_request_timeout: float = 5.0
 
@@ -233,7 +233,8 @@ class ClusterService:
     # -- user operations -------------------------------------------------------------------
 
     async def options_spec(self, identity: Identity) -> Options:
-        return await resolve_options(self.settings.options, identity)
+        spec = await resolve_options(self.settings.options, identity)
+        return self.settings.backends.offer(spec, identity)
 
     async def create(self, identity: Identity, requested: Any) -> ClusterRecord:
         self._require_user(identity)
@@ -241,15 +242,11 @@ class ClusterService:
         try:
             options = spec.parse_options({} if requested is None else requested)
             overrides = dict(await spec.get_configuration(options, identity))
-            # A handler may choose the backend; everything else configures the cluster.
-            backend = overrides.pop("backend", None) or self.settings.default_backend
+            # The backend is chosen (and popped) first; the rest configures the cluster.
+            backend = self.settings.backends.choose(overrides, options, identity)
             resolved = resolve_cluster_config(self.settings.cluster_config, overrides)
         except (OptionsError, ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
-        if not isinstance(backend, str) or backend not in self.settings.backends:
-            raise InvalidRequest(
-                f"Backend {backend!r} is not offered; choose from {list(self.settings.backends)}"
-            )
         config = json.loads(resolved.to_json())
         config["max_workers"] = resolved.max_workers
         name = uuid.uuid4().hex

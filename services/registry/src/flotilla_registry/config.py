@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Any, Float, Integer, List, Unicode
+from traitlets import Any, Dict, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
 __all__ = ["KEYS_ENV", "Registry"]
@@ -67,8 +67,33 @@ class Registry(Configurable):
     default_backend = Unicode(
         "local",
         help=(
-            "Backend of clusters whose options do not choose one (an options handler may "
+            "Backend of clusters whose options do not choose one and whose owner no "
+            "backend_by_user/backend_by_group entry maps (an options handler may also "
             "return {'backend': name})."
+        ),
+        config=True,
+    )
+    backend_by_user = Dict(
+        value_trait=Unicode(),
+        help="User name -> backend: the backend of that user's clusters unless they choose.",
+        config=True,
+    )
+    backend_by_group = Dict(
+        value_trait=Unicode(),
+        help=(
+            "Group -> backend, for users backend_by_user does not name: the first group "
+            "of this mapping (in its order) the user belongs to decides."
+        ),
+        config=True,
+    )
+    backend_option = Unicode(
+        "backend",
+        help=(
+            "Name of the cluster option (e.g. Select('backend', ['local', 'slurm'])) that "
+            "lets users choose the backend. Its default is shown to each user as their "
+            "mapped backend. Precedence: an options handler's {'backend': ...}, then this "
+            "option, then backend_by_user, backend_by_group, default_backend. Empty: no "
+            "option chooses."
         ),
         config=True,
     )

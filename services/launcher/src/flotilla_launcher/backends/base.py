@@ -187,6 +187,21 @@ class Backend(Configurable):
         """Status of many workers at once (one result per input, same order)."""
         raise NotImplementedError
 
+    async def check(
+        self,
+        clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]],
+        workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]],
+    ) -> tuple[list[ProcessStatus], list[ProcessStatus]]:
+        """Status of many schedulers and workers at once: the launcher's periodic check.
+
+        The default asks :meth:`check_clusters`, then :meth:`check_workers`. A backend whose
+        status query is expensive (a batch system's) overrides it to ask once for both.
+        """
+        return (
+            await self.check_clusters(clusters) if clusters else [],
+            await self.check_workers(workers) if workers else [],
+        )
+
     async def read_logs(
         self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
     ) -> dict[str, str]:

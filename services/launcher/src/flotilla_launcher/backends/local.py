@@ -51,6 +51,7 @@ __all__ = [
     "LocalBackend",
     "RunAs",
     "build_environment",
+    "gateway_environment",
     "scheduler_command",
     "worker_command",
 ]
@@ -93,8 +94,12 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
-def scheduler_command(config: ClusterConfig) -> list[str]:
-    """The scheduler's command line (internals.md, "Launcher contract")."""
+def scheduler_command(config: ClusterConfig, host: str = "127.0.0.1") -> list[str]:
+    """The scheduler's command line (internals.md, "Launcher contract").
+
+    ``host`` is the interface it listens on (batch jobs: ``0.0.0.0``, every interface of
+    their node; the address it advertises is then the node's own).
+    """
     return [
         *config.scheduler_cmd,
         "--protocol",
@@ -102,13 +107,13 @@ def scheduler_command(config: ClusterConfig) -> list[str]:
         "--port",
         "0",
         "--host",
-        "127.0.0.1",
+        host,
         "--dashboard-address",
-        "127.0.0.1:0",
+        f"{host}:0",
         "--preload",
         config.scheduler_preload,
         "--dg-api-address",
-        "127.0.0.1:0",
+        f"{host}:0",
         "--dg-heartbeat-period",
         _fmt(config.heartbeat_period),
         "--dg-adaptive-period",
@@ -118,14 +123,19 @@ def scheduler_command(config: ClusterConfig) -> list[str]:
     ]
 
 
-def worker_command(config: ClusterConfig, worker_name: str, scheduler_address: str) -> list[str]:
-    """A worker's command line; ``scheduler_address`` is ``host:port`` (or a full URL)."""
+def worker_command(
+    config: ClusterConfig, worker_name: str, scheduler_address: str, host: str = "127.0.0.1"
+) -> list[str]:
+    """A worker's command line; ``scheduler_address`` is ``host:port`` (or a full URL).
+
+    ``host`` is the interface its dashboard listens on.
+    """
     address = scheduler_address if "://" in scheduler_address else f"tls://{scheduler_address}"
     return [
         *config.worker_cmd,
         address,
         "--dashboard-address",
-        "127.0.0.1:0",
+        f"{host}:0",
         "--name",
         worker_name,
         "--nthreads",
@@ -164,20 +174,31 @@ def build_environment(
     # Scratch space in the cluster's own directory, not a /tmp path shared by every user.
     env["DASK_TEMPORARY_DIRECTORY"] = str(certs_dir.parent)
     env.update(cluster.config.environment)
-    cert = str(certs_dir / CERT_FILE)
-    key = str(certs_dir / KEY_FILE)
-    role = "SCHEDULER" if worker_name is None else "WORKER"
     env.update(
-        {
-            "DASK_GATEWAY_API_URL": cluster.api_url,
-            "DASK_GATEWAY_API_TOKEN": cluster.token,
-            "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
-            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY": key,
-        }
+        gateway_environment(
+            cluster, str(certs_dir / CERT_FILE), str(certs_dir / KEY_FILE), worker_name
+        )
     )
+    return env
+
+
+def gateway_environment(
+    cluster: ClusterSpec, cert: str, key: str, worker_name: str | None
+) -> dict[str, str]:
+    """The variables every backend sets for a scheduler (``worker_name`` None) or worker.
+
+    They come after the cluster configuration's ``environment``, which cannot override them.
+    """
+    role = "SCHEDULER" if worker_name is None else "WORKER"
+    env = {
+        "DASK_GATEWAY_API_URL": cluster.api_url,
+        "DASK_GATEWAY_API_TOKEN": cluster.token,
+        "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+        f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT": cert,
+        f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY": key,
+    }
     if worker_name is not None:
         env["DASK_GATEWAY_WORKER_NAME"] = worker_name
     return env
