@@ -219,7 +219,6 @@ def start_flotilla(
             c.Deployment.xds_address = "127.0.0.1:{xds}"
             c.Deployment.envoy_admin_port = {admin}
             c.Embedded.log_to_files = True
-            c.Embedded.launcher_backends = [{backend!r}]
             c.Registry.backends = [{backend!r}]
             c.Registry.default_backend = {backend!r}
             # As the reference's UnsafeLocalBackend: clusters run as the gateway's user.

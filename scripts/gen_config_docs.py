@@ -16,6 +16,9 @@ MODULES = [
     "flotilla_launcher.config",
     "flotilla_launcher.backends.local",
     "flotilla_launcher.backends.sim",
+    "flotilla_launcher.backends.batch",
+    "flotilla_launcher.backends.slurm",
+    "flotilla_launcher.backends.pbs",
     "flotilla_proxy_config.config",
 ]
 
@@ -35,13 +38,17 @@ def main() -> None:
             if not issubclass(cls, Configurable) or cls.__module__ != module_name or cls in seen:
                 continue
             seen.add(cls)
-            traits = cls.class_traits(config=True)
+            # A subclass of a class documented above lists only its own options.
+            bases = [b for b in cls.__mro__[1:] if b in seen and b.class_traits(config=True)]
+            traits = cls.class_own_traits(config=True) if bases else cls.class_traits(config=True)
             if not traits:
                 continue
             print(f"## `c.{cls.__name__}`\n")
             doc = (cls.__doc__ or "").strip().splitlines()
             if doc:
                 print(doc[0] + "\n")
+            if bases:
+                print(f"Every option of `c.{bases[0].__name__}` applies too.\n")
             for name in sorted(traits):
                 trait = traits[name]
                 default = trait.default_value_repr()

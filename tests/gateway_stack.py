@@ -6,7 +6,7 @@ import json
 import textwrap
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,50 @@ def cluster_pids(name: str) -> list[int]:
         if marker in env.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+@dataclass
+class ProcessGroups:
+    """A cluster's processes by process group (each scheduler and worker leads its own)."""
+
+    schedulers: list[int] = field(default_factory=list)
+    workers: dict[str, list[int]] = field(default_factory=dict)  # worker name -> leaders
+    strays: list[int] = field(default_factory=list)  # in no scheduler's or worker's group
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(
+        item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item
+    )
+
+
+def cluster_process_groups(name: str) -> ProcessGroups:
+    """The live processes of cluster ``name``, grouped by their process group leader."""
+    groups = ProcessGroups()
+    members: dict[int, int] = {}  # pid -> pgid
+    for pid in cluster_pids(name):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):
+            continue
+        members[pid] = int(fields[2])
+    for pid, pgid in sorted(members.items()):
+        if pid != pgid:
+            continue
+        worker = _environ(pid).get("DASK_GATEWAY_WORKER_NAME")
+        if worker is None:
+            groups.schedulers.append(pid)
+        else:
+            groups.workers.setdefault(worker, []).append(pid)
+    groups.strays = [pid for pid, pgid in sorted(members.items()) if pgid not in members]
+    return groups
 
 
 def leftover_cluster_pids(state_dir: Path) -> dict[str, list[int]]:

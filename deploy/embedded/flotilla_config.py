@@ -32,3 +32,8 @@ c.ClusterConfig.scheduler_memory = "1 G"
 # Schedulers and workers run as the requesting Unix user when the launcher runs as root;
 # "self" runs them as the launcher's own user.
 c.LocalBackend.run_as = "auto"
+
+# HPC sites: offer Slurm (or PBS) too, one launcher each; see docs/hpc.md.
+# c.Registry.backends = ["local", "slurm"]
+# c.SlurmBackend.partition = "dask"
+# c.BatchBackend.setup_script = "module load python"

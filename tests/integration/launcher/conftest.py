@@ -11,8 +11,10 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,12 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
         self.worker_reports: list[internal_pb2.ReportWorkerRequest] = []
         self.heartbeats: list[tuple[str, dict[str, Any]]] = []
         self.deletes: list[str] = []
+        # Reports for which this returns True get no answer (their launcher is to die
+        # waiting for it); they are kept in ``held``, not applied.
+        self.hold: Callable[[Any], bool] | None = None
+        self.held: list[Any] = []
+        self.logs: dict[str, dict[str, str]] = {}
+        self.logs_answered: dict[str, int] = {}
         self.api_url = ""
         self.grpc_address = ""
 
@@ -138,6 +146,7 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
     async def ReportCluster(
         self, request: internal_pb2.ReportClusterRequest, context: Any
     ) -> internal_pb2.ReportClusterResponse:
+        await self._maybe_hold(request, context)
         self.cluster_reports.append(request)
         rec = self.records.get(request.name)
         if rec is None:
@@ -156,6 +165,7 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
     async def ReportWorker(
         self, request: internal_pb2.ReportWorkerRequest, context: Any
     ) -> internal_pb2.ReportWorkerResponse:
+        await self._maybe_hold(request, context)
         self.worker_reports.append(request)
         rec = self.records.get(request.cluster_name)
         if rec is None:
@@ -172,6 +182,33 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
             )
         self.publish(request.cluster_name)
         return internal_pb2.ReportWorkerResponse()
+
+    async def _maybe_hold(self, request: Any, context: Any) -> None:
+        if self.hold is None or not self.hold(request):
+            return
+        self.held.append(request)
+        # No answer while the test holds reports (its launcher is killed meanwhile).
+        while self.hold is not None and not context.done():
+            await asyncio.sleep(0.05)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "report held by the test")
+
+    async def SaveClusterLogs(
+        self, request: internal_pb2.SaveClusterLogsRequest, context: Any
+    ) -> internal_pb2.SaveClusterLogsResponse:
+        if request.cluster_name not in self.records:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such cluster")
+        saved = self.logs.setdefault(request.cluster_name, {})
+        saved.update({log.process: log.text for log in request.logs})
+        if request.answers_request:
+            self.logs_answered[request.cluster_name] = request.answers_request
+        return internal_pb2.SaveClusterLogsResponse()
+
+    def request_logs(self, name: str) -> int:
+        """Ask the launcher for the current logs, as the registry does; returns the id."""
+        rec = self.records[name]
+        rec.logs_request += 1
+        self.publish(name)
+        return rec.logs_request
 
     # -- REST (what schedulers call) ----------------------------------------------------
 
@@ -247,6 +284,8 @@ async def registry() -> AsyncIterator[FakeRegistry]:
         for rec in reg.records.values():
             for text in [rec.state_json, *(w.state_json for w in rec.workers)]:
                 kill_checkpoint(json.loads(text or "{}"))
+        for request in reg.held:  # started, but the registry never recorded them
+            kill_checkpoint(json.loads(request.state_json or "{}"))
 
 
 def kill_checkpoint(state: dict[str, Any]) -> None:
@@ -305,3 +344,58 @@ async def make_launcher(
     finally:
         for reconciler in started:
             await reconciler.stop()
+
+
+class LauncherProcess:
+    """A real ``flotilla-launcher`` process against the registry double; stopped by PID."""
+
+    def __init__(self, config_file: Path, log_path: Path) -> None:
+        exe = Path(sys.executable).parent / "flotilla-launcher"
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(exe), "--backend", "local", "--config", str(config_file)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when the machine's OOM killer strikes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def launcher_process(
+    registry: FakeRegistry, launcher_config: Config, tmp_path: Path
+) -> Iterator[Callable[[], LauncherProcess]]:
+    """Start ``flotilla-launcher`` processes (config as ``launcher_config``, then the
+    ``c.X.y = ...`` lines given)."""
+    started: list[LauncherProcess] = []
+
+    def start(*extra: str) -> LauncherProcess:
+        config_file = tmp_path / f"flotilla_config-{len(started)}.py"
+        lines = [
+            f"c.Deployment.state_dir = {launcher_config.Deployment.state_dir!r}",
+            f"c.Deployment.registry_grpc_address = {registry.grpc_address!r}",
+            f"c.Deployment.internal_token = {TOKEN!r}",
+            "c.LocalBackend.run_as = 'self'",
+            "c.Launcher.status_check_period = 0.2",
+            *extra,
+        ]
+        config_file.write_text("\n".join(lines) + "\n")
+        process = LauncherProcess(config_file, tmp_path / f"launcher-{len(started)}.log")
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.close()

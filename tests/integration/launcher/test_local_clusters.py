@@ -22,7 +22,7 @@ from flotilla_launcher.backends.base import ClusterConfig, ClusterSpec
 from flotilla_launcher.backends.local import LocalBackend
 from traitlets.config import Config
 
-from .conftest import TOKEN, FakeRegistry, alive, wait_for
+from .conftest import FakeRegistry, alive, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -265,42 +265,16 @@ async def test_stop_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
 
 
 async def test_launcher_process_exits_on_sigterm_and_leaves_clusters_running(
-    registry: FakeRegistry, make_launcher: Any, launcher_config: Config, tmp_path: Path
+    registry: FakeRegistry, make_launcher: Any, launcher_process: Any
 ) -> None:
-    config_file = tmp_path / "flotilla_config.py"
-    config_file.write_text(
-        "\n".join(
-            [
-                f"c.Deployment.state_dir = {launcher_config.Deployment.state_dir!r}",
-                f"c.Deployment.registry_grpc_address = {registry.grpc_address!r}",
-                f"c.Deployment.internal_token = {TOKEN!r}",
-                "c.LocalBackend.run_as = 'self'",
-                "c.Launcher.status_check_period = 0.2",
-                "",
-            ]
-        )
-    )
-    exe = Path(sys.executable).parent / "flotilla-launcher"
-    log = (tmp_path / "launcher.log").open("wb")
-    proc = subprocess.Popen(
-        [str(exe), "--backend", "local", "--config", str(config_file)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        name = registry.add_cluster()
-        await wait_running(registry, name)
-        state = registry.state(name)
-        proc.send_signal(signal.SIGTERM)
-        await wait_for(lambda: proc.poll() is not None, 30, "the launcher to exit")
-        assert proc.returncode == 0, (tmp_path / "launcher.log").read_text()
-        assert alive(state)  # the cluster outlives its launcher
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    process = launcher_process()
+    name = registry.add_cluster()
+    await wait_running(registry, name)
+    state = registry.state(name)
+    process.proc.send_signal(signal.SIGTERM)
+    await wait_for(lambda: process.proc.poll() is not None, 30, "the launcher to exit")
+    assert process.proc.returncode == 0, process.log_path.read_text()
+    assert alive(state)  # the cluster outlives its launcher
     # A new launcher takes over and stops it when the registry says so.
     await make_launcher()
     registry.set_target(name, types_pb2.TARGET_STOPPED)

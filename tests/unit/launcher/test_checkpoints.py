@@ -72,3 +72,27 @@ async def test_stop_never_signals_a_reused_pid() -> None:
     assert not backend._group_present(os.getpid(), st.start_time - 1)
     # Would deliver SIGINT to this test process if it did not check the start time.
     await backend._terminate(reused, "test")
+
+
+def test_find_by_environment_matches_every_pair_and_skips_zombies(tmp_path: Path) -> None:
+    def environ(pid: int, **env: str) -> None:
+        raw = b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0"
+        (tmp_path / str(pid) / "environ").write_bytes(raw)
+
+    write_stat(tmp_path, 10, "scheduler", "S", 10, 1)
+    environ(10, DASK_GATEWAY_CLUSTER_NAME="c1", PATH="/bin")
+    write_stat(tmp_path, 11, "worker", "S", 11, 2)
+    environ(11, DASK_GATEWAY_CLUSTER_NAME="c1", DASK_GATEWAY_WORKER_NAME="w1")
+    write_stat(tmp_path, 12, "other", "S", 12, 3)
+    environ(12, DASK_GATEWAY_CLUSTER_NAME="c10")  # a prefix is no match
+    write_stat(tmp_path, 13, "exited", "Z", 13, 4)
+    environ(13, DASK_GATEWAY_CLUSTER_NAME="c1")
+    write_stat(tmp_path, 14, "kthread", "S", 14, 5)  # no environ file
+
+    def pids(**marker: str) -> list[int]:
+        return sorted(st.pid for st, _ in procfs.find_by_environment(marker, proc=str(tmp_path)))
+
+    assert pids(DASK_GATEWAY_CLUSTER_NAME="c1") == [10, 11]
+    assert pids(DASK_GATEWAY_CLUSTER_NAME="c1", DASK_GATEWAY_WORKER_NAME="w1") == [11]
+    [(_, env)] = procfs.find_by_environment({"DASK_GATEWAY_WORKER_NAME": "w1"}, str(tmp_path))
+    assert env == {"DASK_GATEWAY_CLUSTER_NAME": "c1", "DASK_GATEWAY_WORKER_NAME": "w1"}

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from flotilla_common.config import Deployment, add_config_argument, load_config
-from flotilla_common.grpcserver import run_until_signalled, start_server
+from flotilla_common.grpcserver import internal_channel, run_until_signalled, start_server
 from flotilla_common.logs import setup_logging
 from flotilla_common.sessions import SessionCookies
 from traitlets.config import Config
@@ -58,7 +58,7 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
     deployment = Deployment(config=config)
     settings = Auth(config=config)
     authenticator = load_authenticator(settings.authenticator_class, config)
-    channel = grpc.aio.insecure_channel(deployment.registry_grpc_address)
+    channel = internal_channel(deployment.registry_grpc_address)
     verifier = CachingTokenVerifier(
         RegistryTokenVerifier(
             channel, deployment.secret("internal_token"), settings.registry_timeout_seconds

@@ -1,4 +1,4 @@
-"""Run the whole gateway on one machine: every service, the local launcher and Envoy.
+"""Run the whole gateway on one machine: every service, a launcher per backend and Envoy.
 
 ``flotilla-embedded [--config FILE]`` starts each service as a child process, waits until
 ``GET <public_url>/api/health`` answers through Envoy, restarts a child that crashes, and
@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cryptography.fernet import Fernet
 from traitlets import Bool, Float, List, Unicode
-from traitlets.config import Configurable
+from traitlets.config import Config, Configurable
 
 from .config import Deployment, add_config_argument, load_config
 from .logs import setup_logging
 
-__all__ = ["Embedded", "EmbeddedStack", "main"]
+__all__ = ["DB_KEY_ENV", "Embedded", "EmbeddedStack", "main"]
 
 log = logging.getLogger(__name__)
+
+# The registry reads its database encryption keys from here when its config sets none.
+DB_KEY_ENV = "FLOTILLA_DB_ENCRYPT_KEYS"
 
 
 class Embedded(Configurable):
@@ -58,24 +62,45 @@ class Embedded(Configurable):
     start_timeout_seconds = Float(
         60.0, help="How long to wait for the gateway to answer /api/health.", config=True
     )
-    launcher_backends = List(
+    launchers = List(
         Unicode(),
-        default_value=["local"],
         help=(
-            "The launchers to run, one per backend (entry point names, e.g. 'local', or "
-            "'sim' for the control-plane simulation). Match c.Registry.backends."
+            "Backends to run a launcher for (`flotilla-launcher --backend NAME` each). "
+            "Empty: every backend of c.Registry.backends."
         ),
         config=True,
     )
 
+    def launcher_backends(self) -> list[str]:
+        """The backends to start a launcher for."""
+        if self.launchers:
+            return list(self.launchers)
+        # Read from the raw configuration: services never import each other's settings.
+        registry = self.config.get("Registry", {})
+        backends = registry.get("backends", ["local"]) if hasattr(registry, "get") else ["local"]
+        return [str(b) for b in backends]
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the embedded runner dies, even by SIGKILL."""
-    import ctypes
 
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Runs in each child: asks for SIGTERM when the runner dies (even by SIGKILL), then execs
+# the service. Doing this here rather than in a subprocess ``preexec_fn`` lets the child
+# be started with vfork: a fork() of a process with gRPC threads (the runner once it has
+# called the registry, or a test) runs gRPC's atfork handlers, which now and then abort
+# the child before it execs.
+_EXEC_DYING_WITH_RUNNER = (
+    "import ctypes, os, signal, sys\n"
+    "PR_SET_PDEATHSIG = 1\n"
+    "try:\n"
+    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('flotilla-embedded exited before this service started')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _configures_db_keys(config: Config) -> bool:
+    return "Registry" in config and bool(config.Registry.get("db_encrypt_keys"))
 
 
 def _bin(name: str) -> str:
@@ -113,8 +138,8 @@ class EmbeddedStack:
     def _argv(self) -> list[tuple[str, list[str]]]:
         cfg = ["--config", self.config_path] if self.config_path else []
         launchers = [
-            (f"launcher-{backend}", [_bin("flotilla-launcher"), "--backend", backend, *cfg])
-            for backend in self.settings.launcher_backends
+            (f"launcher-{name}", [_bin("flotilla-launcher"), "--backend", name, *cfg])
+            for name in self.settings.launcher_backends()
         ]
         return [
             ("registry", [_bin("flotilla-registry"), *cfg]),
@@ -136,13 +161,15 @@ class EmbeddedStack:
         env = dict(os.environ)
         if self.config_path:
             env["FLOTILLA_CONFIG"] = self.config_path
+        if child.name == "registry" and not _configures_db_keys(self.config):
+            env.setdefault(DB_KEY_ENV, self.db_encrypt_key())
+        runner = [sys.executable, "-I", "-c", _EXEC_DYING_WITH_RUNNER, str(os.getpid())]
         child.proc = subprocess.Popen(
-            child.argv,
+            [*runner, *child.argv],
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             env=env,
             start_new_session=True,  # Ctrl-C reaches us, not the children directly
-            preexec_fn=_die_with_parent,
         )
         child.started = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.proc.pid)
@@ -155,11 +182,22 @@ class EmbeddedStack:
         # Secrets are created once, here, before the services read them.
         for name in ("identity_key", "internal_token", "cookie_key"):
             self.deployment.secret(name)
+        self.db_encrypt_key()
         for name, argv in self._argv():
             child = _Child(name, argv)
             self.children.append(child)
             self._spawn(child)
         self.wait_healthy(self.settings.start_timeout_seconds)
+
+    def db_encrypt_key(self) -> str:
+        """The key the registry encrypts tokens and TLS keys with, generated once.
+
+        A state directory from before encryption existed gets a key on its first start;
+        the registry then encrypts the plaintext rows it finds.
+        """
+        return self.deployment.generated_secret(
+            "db_encrypt_key", lambda: Fernet.generate_key().decode()
+        )
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -192,7 +230,11 @@ class EmbeddedStack:
         return ":\n  " + "\n  ".join(text[-lines:]) if text else ""
 
     def check_children(self) -> None:
-        """Restart any child that exited while we are not stopping."""
+        """Restart any child that exited while we are not stopping.
+
+        A child gets SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG is
+        per thread): call this from a thread that lives as long as the stack.
+        """
         for child in self.children:
             proc = child.proc
             if self._stopping or proc is None or proc.poll() is None:
@@ -225,6 +267,9 @@ class EmbeddedStack:
                     ),
                     metadata=internal_metadata(self.deployment.secret("internal_token")),
                     timeout=wait + 5,
+                    # The registry may be restarting (it crashed a moment ago): wait for it
+                    # rather than leave every cluster running.
+                    wait_for_ready=True,
                 )
         except grpc.RpcError as exc:
             log.warning("could not stop clusters: %s", exc)
@@ -238,18 +283,14 @@ class EmbeddedStack:
         """Stop the clusters (if configured), then SIGTERM every child (launcher first,
         Envoy last), then SIGKILL stragglers."""
         alive = {c.name for c in self.children if c.proc is not None and c.proc.poll() is None}
-        launchers = [c.name for c in self.children if c.name.startswith("launcher-")]
-        if (
-            self.settings.stop_clusters_on_exit
-            and "registry" in alive
-            and launchers
-            and set(launchers) <= alive
-        ):
+        launchers_alive = any(name.startswith("launcher-") for name in alive)
+        if self.settings.stop_clusters_on_exit and "registry" in alive and launchers_alive:
             self.stop_clusters()
         self._stopping = True
-        order = [*launchers, "proxy-config", "auth", "registry", "envoy"]
+        # Launchers first (they may be mid-report), Envoy last.
+        order = ["proxy-config", "auth", "registry", "envoy"]
         children = sorted(
-            self.children, key=lambda c: order.index(c.name) if c.name in order else 0
+            self.children, key=lambda c: order.index(c.name) + 1 if c.name in order else 0
         )
         for child in children:
             if child.proc is not None and child.proc.poll() is None:

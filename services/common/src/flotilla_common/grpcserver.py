@@ -1,4 +1,5 @@
-"""Start a grpc.aio server with health, error mapping and optional internal-token check."""
+"""gRPC between services: grpc.aio servers with health, error mapping and an optional
+internal-token check, and the channels services open to each other."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .errors import ErrorInterceptor
 __all__ = [
     "INTERNAL_TOKEN_METADATA",
     "InternalTokenInterceptor",
+    "internal_channel",
     "internal_metadata",
     "run_until_signalled",
     "start_server",
@@ -27,8 +29,33 @@ log = logging.getLogger(__name__)
 INTERNAL_TOKEN_METADATA = "x-flotilla-internal-token"
 
 
+#: Longest wait between reconnection attempts of an internal channel, in seconds.
+RECONNECT_BACKOFF_MAX = 1.0
+
+
 def internal_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((INTERNAL_TOKEN_METADATA, token),)
+
+
+def internal_channel(address: str) -> grpc.aio.Channel:
+    """A channel to another service (the registry) that reconnects within about a second
+    of it coming back.
+
+    gRPC's default reconnect backoff grows to two minutes, and calls fail at once while it
+    waits: after a registry outage of a minute, auth would refuse every scheduler's
+    heartbeat (and the launcher see no changes) for up to another minute.
+    """
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_MAX * 1000)),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
 
 
 class InternalTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -3,15 +3,24 @@
 A pid alone does not identify a process across a launcher restart: the kernel reuses
 pids. A checkpoint therefore stores the pid *and* its start time (field 22 of
 ``/proc/<pid>/stat``, clock ticks since boot), and a process is "ours" only when both
-match.
+match. A process whose checkpoint never reached the registry (its launcher died right
+after starting it) is found by the environment it was started with instead.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["ProcStat", "group_members", "read_stat", "read_uid", "same_process"]
+__all__ = [
+    "ProcStat",
+    "find_by_environment",
+    "group_members",
+    "read_stat",
+    "read_uid",
+    "same_process",
+]
 
 
 @dataclass(frozen=True)
@@ -92,3 +101,43 @@ def group_members(pgid: int, proc: str = "/proc") -> list[int]:
         if st is not None and st.pgid == pgid and st.alive:
             members.append(st.pid)
     return members
+
+
+def _parse_environ(raw: bytes) -> dict[str, str]:
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def find_by_environment(
+    marker: Mapping[str, str], proc: str = "/proc"
+) -> list[tuple[ProcStat, dict[str, str]]]:
+    """Live processes whose environment holds every ``marker`` pair, with that environment.
+
+    Reads the environment of every process this one may inspect (all of them as root),
+    so it is for rare recoveries, not for every status check.
+    """
+    wanted = [f"{k}={v}".encode() for k, v in marker.items()]
+    found = []
+    try:
+        entries = os.listdir(proc)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/environ", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue  # gone, a kernel thread, or not ours to read
+        items = set(raw.split(b"\0"))
+        if not all(w in items for w in wanted):
+            continue
+        st = read_stat(int(entry), proc)
+        if st is not None and st.alive:
+            found.append((st, _parse_environ(raw)))
+    return found

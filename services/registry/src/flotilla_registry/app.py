@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -20,8 +21,11 @@ from flotilla_common.logs import setup_logging
 from flotilla_common.sessions import session_cookies
 from traitlets.config import Config
 
+from .backends import BackendChoice
 from .clusters import ClusterService, ServiceSettings
-from .config import Registry
+from .config import KEYS_ENV, Registry
+from .crypto import FieldCipher, KeyConfigError, generate_key
+from .lifecycle import Housekeeping
 from .options import Options
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
@@ -32,9 +36,9 @@ from .servicer import (
     RegistryServicer,
     RouteServicer,
 )
-from .store import open_store
+from .store import Store, StoreSetupError, is_persistent, open_store
 
-__all__ = ["RegistryApp", "main"]
+__all__ = ["RegistryApp", "StartupError", "main", "make_store"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,32 @@ _INTERNAL = (
     "/flotilla.registry.v1.ClusterTokenService/",
     "/flotilla.registry.v1.ControlService/",
 )
+
+
+class StartupError(RuntimeError):
+    """The registry cannot start as configured: one line for the operator."""
+
+
+def make_store(registry: Registry, url: str) -> Store:
+    """The store for ``url``, encrypting with the configured keys.
+
+    Refuses a persistent store without keys: tokens and TLS keys must not sit in a
+    database file or server in plaintext.
+    """
+    keys = registry.encryption_keys()
+    if not keys and is_persistent(url):
+        raise StartupError(
+            "refusing to keep cluster tokens and TLS keys unencrypted: set "
+            f"c.Registry.db_encrypt_keys (or ${KEYS_ENV}); `flotilla-registry generate-key` "
+            "prints a new key"
+        )
+    try:
+        cipher = FieldCipher(keys) if keys else None
+        return open_store(url, cipher, pool_size=registry.db_pool_size)
+    except KeyConfigError as exc:
+        raise StartupError(f"c.Registry.db_encrypt_keys: {exc}") from None
+    except StoreSetupError as exc:
+        raise StartupError(f"c.Registry.db_url: {exc}") from None
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -60,20 +90,51 @@ class RegistryApp:
     async def start(self) -> None:
         deployment = Deployment(config=self.config)
         registry = Registry(config=self.config)
+        # Checked before anything is opened: a mapping to a backend not offered is fatal.
+        try:
+            backends = BackendChoice(
+                backends=tuple(registry.backends),
+                default_backend=registry.default_backend,
+                by_user=dict(registry.backend_by_user),
+                by_group=dict(registry.backend_by_group),
+                option=registry.backend_option,
+            )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         url = registry.db_url or f"sqlite:///{deployment.state_path / 'registry.sqlite'}"
-        self.store = open_store(url)
-        await self.store.open()
+        self.store = make_store(registry, url)
+        try:
+            await self.store.open()
+        except StoreSetupError as exc:
+            raise StartupError(str(exc)) from None
         self.scheduler_api = SchedulerAPI()
         settings = ServiceSettings(
             options=registry.cluster_options if registry.cluster_options is not None else Options(),
             cluster_config=self.config,
             api_url=deployment.resolved_api_url,
-            default_backend=registry.default_backend,
-            backends=tuple(registry.backends),
-            worker_start_failure_limit=registry.worker_start_failure_limit,
+            backends=backends,
+            logs_request_timeout=registry.logs_request_timeout,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
         await self.service.start()
+        from .pgstore import PostgresStore
+
+        if isinstance(self.store, PostgresStore):
+            from .replication import PostgresReplica
+
+            self.service.replica = PostgresReplica(
+                self.service, self.store, resync_period=registry.db_resync_seconds
+            )
+        await self.service.replica.start()
+        self.housekeeping = Housekeeping(
+            self.service.check_timeouts,
+            self.store.purge_finished,
+            check_period=registry.check_timeouts_period,
+            cleanup_period=registry.db_cleanup_period,
+            max_age=registry.db_cluster_max_age,
+            leads=lambda: self.service.replica.leads,
+        )
+        self.housekeeping.start()
         identity_key = deployment.secret("identity_key")
         internal_token = deployment.secret("internal_token")
 
@@ -119,12 +180,14 @@ class RegistryApp:
             deployment.registry_grpc_address,
             host,
             self.http_port,
-            url.split("?")[0],
+            self.store,
         )
 
     async def stop(self) -> None:
+        await self.housekeeping.stop()
         await self.grpc_server.stop(grace=2)
         await self.runner.cleanup()
+        await self.service.replica.stop()
         await self.scheduler_api.close()
         await self.store.close()
 
@@ -138,6 +201,17 @@ async def _amain(config: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flotilla-registry", description=__doc__)
     add_config_argument(parser)
+    commands = parser.add_subparsers(dest="command", metavar="{serve,generate-key}")
+    add_config_argument(commands.add_parser("serve", help="run the registry (the default)"))
+    commands.add_parser(
+        "generate-key", help="print a new key for c.Registry.db_encrypt_keys and exit"
+    )
     args = parser.parse_args(argv)
+    if args.command == "generate-key":
+        print(generate_key())
+        return
     setup_logging("registry")
-    asyncio.run(_amain(load_config(args.config)))
+    try:
+        asyncio.run(_amain(load_config(args.config)))
+    except StartupError as exc:
+        sys.exit(f"flotilla-registry: {exc}")

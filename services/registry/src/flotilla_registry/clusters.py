@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla_common.identity import Identity
 from flotilla_common.tls import new_keypair
 from traitlets.config import Config
 
+from .backends import BackendChoice
 from .clusterconfig import clamp_adapt, clamp_scale, resolve_cluster_config
 from .errors import (
     ClusterNotFound,
@@ -24,8 +27,10 @@ from .errors import (
     PermissionDenied,
     RegistryError,
 )
+from .lifecycle import Lifecycle, cluster_overdue, late_workers
 from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
 from .options import Options, OptionsError, resolve_options
+from .replication import LocalReplica, Replica
 from .scheduler_api import SchedulerAPI, SchedulerUnreachable
 from .store import Store
 from .watch import Hub
@@ -35,6 +40,10 @@ __all__ = ["ClusterService", "RouteInfo", "ServiceSettings"]
 log = logging.getLogger(__name__)
 
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
+#: Most log text one GetClusterLogs reply carries (the client accepts larger messages).
+MAX_LOGS_BYTES = 16 * 2**20
+#: How recent an answered logs request must be to serve another caller (ms).
+LOGS_FRESH_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -42,9 +51,9 @@ class ServiceSettings:
     options: Any  # Options, or a callable (user) -> Options, sync or async
     cluster_config: Config
     api_url: str
-    default_backend: str = "local"
-    backends: tuple[str, ...] = ("local",)
-    worker_start_failure_limit: int = 3
+    backends: BackendChoice = field(default_factory=BackendChoice)
+    # How long GetClusterLogs waits for an active cluster's launcher to send current logs.
+    logs_request_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,13 +97,22 @@ class ClusterService:
         self._changed: dict[str, asyncio.Event] = {}
         self._max_workers: dict[str, int | None] = {}
         self._worker_failures: dict[str, int] = {}
+        self._lifecycle: dict[str, Lifecycle] = {}
+        #: When this service started (ms): no timeout deadline falls before it plus the
+        #: timeout (see :mod:`.lifecycle`).
+        self.started = now_ms()
         self.launch_hub: Hub[str, ClusterRecord] = Hub()
         self.route_hub: Hub[str, RouteInfo | None] = Hub()
+        # How this process coordinates with other registries on the same store; its
+        # ``leads`` says whether this one runs periodic jobs.
+        self.replica: Replica = LocalReplica()
 
     async def start(self) -> None:
+        self.started = now_ms()
         for c in await self.store.load_unfinished():
             self._add_active(c)
             self._max_workers[c.name] = json.loads(c.config).get("max_workers")
+            self._lifecycle[c.name] = Lifecycle.from_config_json(c.config)
         log.info("loaded %d unfinished clusters", len(self._active))
 
     # -- queries used by watchers ---------------------------------------------------------
@@ -117,19 +135,29 @@ class ClusterService:
         self._active[c.name] = c
         self._by_owner.setdefault(c.owner, set()).add(c.name)
 
-    def _drop_active(self, c: ClusterRecord) -> None:
-        self._active.pop(c.name, None)
+    def _drop_active(self, name: str) -> None:
+        c = self._active.pop(name, None)
+        if c is None:
+            return
         names = self._by_owner.get(c.owner)
         if names is not None:
-            names.discard(c.name)
+            names.discard(name)
             if not names:
                 del self._by_owner[c.owner]
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def local_lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
         return lock
+
+    def _lock(self, name: str) -> AbstractAsyncContextManager[object]:
+        """Held while changing ``name``; with replicas, also its row in the database."""
+        return self.replica.guard(name, self.local_lock(name))
+
+    async def _current(self, name: str) -> ClusterRecord | None:
+        """The unfinished cluster ``name``, also one another replica just created."""
+        return self._active.get(name) or await self.replica.fetch(name)
 
     async def _commit(self, c: ClusterRecord, workers: Iterable[str] = ()) -> None:
         """Persist a change, then tell watchers and waiters."""
@@ -147,15 +175,54 @@ class ClusterService:
             if w is not None and w.finished:
                 del c.workers[n]
         if c.finished:
-            self._drop_active(c)
-            self._locks.pop(c.name, None)
-            self._max_workers.pop(c.name, None)
-            self._worker_failures.pop(c.name, None)
+            self._forget(c.name)
+        self._announce(c)
+
+    def _forget(self, name: str) -> None:
+        self._drop_active(name)
+        self._locks.pop(name, None)
+        self._max_workers.pop(name, None)
+        self._worker_failures.pop(name, None)
+        self._lifecycle.pop(name, None)
+
+    def _announce(self, c: ClusterRecord) -> None:
+        """Tell watchers and waiters about a change of ``c``."""
         self.launch_hub.publish(c.name, _snapshot(c))
         self.route_hub.publish(c.name, self._route(c))
         event = self._changed.pop(c.name, None)
         if event is not None:
             event.set()
+
+    # -- replicas --------------------------------------------------------------------------
+
+    def peek(self, name: str) -> ClusterRecord | None:
+        return self._active.get(name)
+
+    def active_revisions(self) -> dict[str, int]:
+        return {name: c.revision for name, c in self._active.items()}
+
+    def apply_stored(self, name: str, stored: ClusterRecord | None) -> None:
+        """Take the stored record of ``name``, written by another replica, as the truth.
+
+        The record in memory is updated in place (callers holding it see the change) and
+        watchers and waiters are told, as for a change made here.
+        """
+        c = self._active.get(name)
+        if stored is None:  # gone from the store: nothing left to watch
+            if c is not None:
+                self._forget(name)
+                self.route_hub.publish(name, None)
+            return
+        if c is None:
+            c = stored
+            self._add_active(c)
+            self._max_workers[name] = json.loads(stored.config).get("max_workers")
+        else:
+            for f in dataclasses.fields(stored):
+                setattr(c, f.name, getattr(stored, f.name))
+        if c.finished:
+            self._forget(name)
+        self._announce(c)
 
     def _check_access(self, identity: Identity, c: ClusterRecord, verb: str) -> None:
         if identity.cluster:
@@ -171,7 +238,7 @@ class ClusterService:
             )
 
     async def _find(self, identity: Identity, name: str, verb: str) -> ClusterRecord:
-        c = self._active.get(name) or await self.store.get_cluster(name)
+        c = await self._current(name) or await self.store.get_cluster(name)
         if c is None:
             raise ClusterNotFound(name)
         self._check_access(identity, c, verb)
@@ -184,7 +251,8 @@ class ClusterService:
     # -- user operations -------------------------------------------------------------------
 
     async def options_spec(self, identity: Identity) -> Options:
-        return await resolve_options(self.settings.options, identity)
+        spec = await resolve_options(self.settings.options, identity)
+        return self.settings.backends.offer(spec, identity)
 
     async def create(self, identity: Identity, requested: Any) -> ClusterRecord:
         self._require_user(identity)
@@ -192,15 +260,11 @@ class ClusterService:
         try:
             options = spec.parse_options({} if requested is None else requested)
             overrides = dict(await spec.get_configuration(options, identity))
-            # A handler may choose the backend; everything else configures the cluster.
-            backend = overrides.pop("backend", None) or self.settings.default_backend
+            # The backend is chosen (and popped) first; the rest configures the cluster.
+            backend = self.settings.backends.choose(overrides, options, identity)
             resolved = resolve_cluster_config(self.settings.cluster_config, overrides)
         except (OptionsError, ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
-        if not isinstance(backend, str) or backend not in self.settings.backends:
-            raise InvalidRequest(
-                f"Backend {backend!r} is not offered; choose from {list(self.settings.backends)}"
-            )
         config = json.loads(resolved.to_json())
         config["max_workers"] = resolved.max_workers
         name = uuid.uuid4().hex
@@ -217,8 +281,13 @@ class ClusterService:
         )
         self._add_active(c)
         self._max_workers[name] = resolved.max_workers
-        async with self._lock(name):
-            await self._commit(c)
+        self._lifecycle[name] = Lifecycle.from_config(config)
+        try:
+            async with self._lock(name):
+                await self._commit(c)
+        except BaseException:
+            self._forget(name)  # not stored: it must not linger in memory
+            raise
         log.info("cluster %s: created for %s on %s", name, identity.user, backend)
         return _snapshot(c)
 
@@ -256,7 +325,7 @@ class ClusterService:
         return out
 
     async def stop(self, identity: Identity, name: str) -> None:
-        c = self._active.get(name)
+        c = await self._current(name)
         if c is None:
             finished = await self.store.get_cluster(name)
             if finished is not None:
@@ -365,10 +434,12 @@ class ClusterService:
         }
         if not all(isinstance(v, str) for v in addresses.values()):
             raise InvalidRequest("addresses must be strings")
-        c = self._active.get(name)
+        c = await self._current(name)
         if c is None or c.target != Target.RUNNING:
             return  # stopping or gone: nothing to do (the reference answers 200 too)
         async with self._lock(name):
+            if c.target != Target.RUNNING:
+                return  # stopped while we waited for the lock
             c.last_heartbeat = now_ms()
             if c.observed != Observed.RUNNING:
                 if not addresses["scheduler_address"] or not addresses["api_address"]:
@@ -381,7 +452,9 @@ class ClusterService:
             limit = self._max_workers.get(name)
             c.count = min(count, limit) if limit is not None else count
             changed = self._apply_worker_report(c, active, closing, closed)
-            changed |= self._match_count(c)
+            changed |= self._fail_late_workers(c)
+            if c.target == Target.RUNNING:
+                changed |= self._match_count(c)
             await self._commit(c, changed)
 
     def _apply_worker_report(
@@ -509,7 +582,7 @@ class ClusterService:
     def _count_start_failure(self, c: ClusterRecord, reason: str) -> set[str]:
         failures = self._worker_failures.get(c.name, 0) + 1
         self._worker_failures[c.name] = failures
-        limit = self.settings.worker_start_failure_limit
+        limit = self._limits(c).worker_start_failure_limit
         if limit and failures >= limit and c.target == Target.RUNNING:
             c.target = Target.FAILED
             c.reason = f"{failures} consecutive workers failed to start (last: {reason})"
@@ -517,8 +590,130 @@ class ClusterService:
             return self._stop_workers(c)
         return set()
 
+    # -- timeouts (see lifecycle.py) -------------------------------------------------------
+
+    def _limits(self, c: ClusterRecord) -> Lifecycle:
+        limits = self._lifecycle.get(c.name)
+        if limits is None:
+            limits = Lifecycle.from_config_json(c.config)
+            if c.name in self._active:
+                self._lifecycle[c.name] = limits
+        return limits
+
+    def _fail_late_workers(self, c: ClusterRecord) -> set[str]:
+        """Fail the workers the latest heartbeat shows late; each counts as a failed start."""
+        limits = self._limits(c)
+        changed: set[str] = set()
+        for n in late_workers(c, limits, self.started):
+            w = c.workers[n]
+            if w.target != Target.RUNNING:
+                continue  # the failure limit already stopped it
+            w.target = Target.FAILED
+            w.reason = (
+                f"worker did not connect within worker_start_timeout "
+                f"({limits.worker_start_timeout:g} s)"
+            )
+            changed.add(n)
+            log.warning("cluster %s: worker %s: %s", c.name, n, w.reason)
+            changed |= self._count_start_failure(c, w.reason)
+        return changed
+
+    async def check_timeouts(self, now: int | None = None) -> int:
+        """Fail every cluster past its start or heartbeat deadline; returns how many."""
+        now = now_ms() if now is None else now
+        failed = 0
+        for c in list(self._active.values()):
+            if cluster_overdue(c, self._limits(c), now, self.started) is None:
+                continue
+            async with self._lock(c.name):
+                # Checked again under the lock: a heartbeat may have come in meanwhile.
+                reason = cluster_overdue(c, self._limits(c), now, self.started)
+                if reason is None or c.name not in self._active:
+                    continue
+                c.target = Target.FAILED
+                c.reason = reason
+                await self._commit(c, self._stop_workers(c))
+            log.warning("cluster %s (user %s): failed: %s", c.name, c.owner, reason)
+            failed += 1
+        return failed
+
+    # -- logs ------------------------------------------------------------------------------
+
+    async def logs(self, identity: Identity, name: str) -> dict[str, str]:
+        """The output of a cluster's processes (process -> text), fresh while it is active.
+
+        The scheduler's, then the most recent others, up to :data:`MAX_LOGS_BYTES`.
+        """
+        self._require_user(identity)
+        await self._find(identity, name, "view")
+        if name in self._active:
+            await self._request_logs(name)
+        out: dict[str, str] = {}
+        budget = MAX_LOGS_BYTES
+        for process, text in (await self.store.get_logs(name)).items():
+            budget -= len(text.encode()) + len(process)
+            if budget < 0 and out:
+                log.info(
+                    "cluster %s: older logs left out of a reply (over %d bytes)",
+                    name,
+                    MAX_LOGS_BYTES,
+                )
+                break
+            out[process] = text
+        return out
+
+    async def _request_logs(self, name: str) -> None:
+        """Ask the cluster's launcher for current logs (through its watch) and wait for the
+        answer, at most ``logs_request_timeout`` seconds; a launcher that does not answer
+        leaves what was stored before."""
+        c = await self._current(name)
+        if c is None:
+            return
+        async with self._lock(name):
+            if c.logs_request <= c.logs_answered:  # none outstanding
+                # Request ids are times (ms): an answer to a request made less than
+                # LOGS_FRESH_MS ago serves this caller too.
+                if now_ms() - c.logs_answered < LOGS_FRESH_MS:
+                    return
+                c.logs_request = max(now_ms(), c.logs_request + 1)
+                await self._commit(c)
+            wanted = c.logs_request
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.logs_request_timeout
+        while True:
+            current = self._active.get(name)
+            if current is None or current.logs_answered >= wanted:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.info("cluster %s: no current logs from its launcher in time", name)
+                return
+            event = self._changed.setdefault(name, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def save_logs(self, name: str, logs: Mapping[str, str], answers_request: int) -> None:
+        """Store a launcher's log tails; ``answers_request`` > 0 marks a logs request done."""
+        c = await self._current(name) or await self.store.get_cluster(name)
+        if c is None:
+            raise ClusterNotFound(name)
+        if any(not process or len(process) > 256 for process in logs):
+            raise InvalidRequest("process names must have 1 to 256 characters")
+        if logs:
+            # PostgreSQL text cannot hold NUL characters.
+            clean = {p: text.replace("\x00", "\ufffd") for p, text in logs.items()}
+            await self.store.save_logs(name, clean, now_ms())
+        active = self._active.get(name)
+        if answers_request > 0 and active is not None:
+            async with self._lock(name):
+                if answers_request > active.logs_answered:
+                    active.logs_answered = answers_request
+                    await self._commit(active)
+
     async def verify_token(self, name: str, token: str) -> str | None:
-        c = self._active.get(name)
+        c = await self._current(name)
         if c is None or not secrets.compare_digest(c.token.encode(), token.encode()):
             return None
         return c.owner

@@ -142,7 +142,8 @@ class Backend(Configurable):
     Checkpoints are JSON-serialisable dicts; the reconciler stores them verbatim and passes
     the latest one back. Hooks raise :class:`BackendError` for failures the owner should
     see; anything else is logged and retried by the reconciler with backoff (start hooks:
-    fail the cluster/worker). Every hook except :meth:`start` and :meth:`close` must be overridden.
+    fail the cluster/worker). Every hook except :meth:`start`, :meth:`read_logs` and
+    :meth:`close` must be overridden.
     """
 
     #: The name the registry assigns clusters to (``LaunchCluster.backend``).
@@ -152,9 +153,12 @@ class Backend(Configurable):
         """Start the scheduler, yielding checkpoint state as it progresses.
 
         The last yielded state must be enough for :meth:`check_clusters` and
-        :meth:`stop_cluster`, even from a new launcher process. If a checkpoint shows the
-        scheduler already runs (a previous launcher started it), yield that instead of
-        starting a second one.
+        :meth:`stop_cluster`, even from a new launcher process. A launcher can die after
+        starting the scheduler but before its checkpoint reached the registry; the next
+        one calls this again, so find a scheduler a previous launcher started for this
+        cluster and yield its checkpoint instead of starting a second one. Likewise,
+        :meth:`stop_cluster` must stop such a scheduler (and such workers) even when the
+        state it gets does not name them.
         """
         raise NotImplementedError
 
@@ -169,7 +173,8 @@ class Backend(Configurable):
         raise NotImplementedError
 
     def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
-        """Start one worker, yielding checkpoint state (like :meth:`start_cluster`)."""
+        """Start one worker, yielding checkpoint state; like :meth:`start_cluster`, adopt
+        the worker a previous launcher started but did not report."""
         raise NotImplementedError
 
     async def stop_worker(self, worker: WorkerSpec, state: Mapping[str, Any]) -> None:
@@ -181,6 +186,34 @@ class Backend(Configurable):
     ) -> list[ProcessStatus]:
         """Status of many workers at once (one result per input, same order)."""
         raise NotImplementedError
+
+    async def check(
+        self,
+        clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]],
+        workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]],
+    ) -> tuple[list[ProcessStatus], list[ProcessStatus]]:
+        """Status of many schedulers and workers at once: the launcher's periodic check.
+
+        The default asks :meth:`check_clusters`, then :meth:`check_workers`. A backend whose
+        status query is expensive (a batch system's) overrides it to ask once for both.
+        """
+        return (
+            await self.check_clusters(clusters) if clusters else [],
+            await self.check_workers(workers) if workers else [],
+        )
+
+    async def read_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
+    ) -> dict[str, str]:
+        """The output of the cluster's processes, exited ones included: process name
+        (``"scheduler"``, ``"worker-<name>"``) -> the last ``tail_bytes`` bytes as text.
+
+        The scheduler first, then workers most recently active first, until
+        ``total_bytes`` are used. Called once the cluster has stopped (the registry keeps
+        the result with the cluster's record) and when someone asks for an active
+        cluster's logs. Optional: the default has no logs.
+        """
+        return {}
 
     async def start(self) -> None:
         """Called once when the launcher starts, before any other hook (optional)."""

@@ -11,10 +11,16 @@ When the launcher runs as root, processes run as the cluster owner's Unix accoun
 Checkpoints hold the pid and its start time (from ``/proc``), so a restarted launcher
 adopts processes that are still alive and never signals a reused pid.
 
+A launcher can die between starting a process and reporting its checkpoint. Every
+process carries its cluster's (and worker's) name in its environment, so the next
+launcher finds it in ``/proc``: a start adopts such a process instead of starting a
+second one, and stopping a cluster stops every process group that carries its name.
+
 With ``fork_server`` (the default), schedulers and workers whose command is a script of
 the launcher's own Python are forked from a server that has already imported
 ``distributed`` (see ``flotilla_launcher.forkserver``) instead of starting a new
-interpreter; everything above (sessions, logs, accounts, checkpoints) is the same.
+interpreter; everything above (sessions, logs, accounts, checkpoints, the environment
+``/proc`` shows) is the same.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 from flotilla_common.config import Deployment
 from traitlets import Bool, Enum, Float, List, Unicode
 
-from .. import procfs
+from .. import logtail, procfs
 from ..forkserver import (
     DEFAULT_PRELOAD,
     ForkServer,
@@ -59,6 +65,7 @@ __all__ = [
     "LocalBackend",
     "RunAs",
     "build_environment",
+    "gateway_environment",
     "scheduler_command",
     "worker_command",
 ]
@@ -101,8 +108,12 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
-def scheduler_command(config: ClusterConfig) -> list[str]:
-    """The scheduler's command line (internals.md, "Launcher contract")."""
+def scheduler_command(config: ClusterConfig, host: str = "127.0.0.1") -> list[str]:
+    """The scheduler's command line (internals.md, "Launcher contract").
+
+    ``host`` is the interface it listens on (batch jobs: ``0.0.0.0``, every interface of
+    their node; the address it advertises is then the node's own).
+    """
     return [
         *config.scheduler_cmd,
         "--protocol",
@@ -110,13 +121,13 @@ def scheduler_command(config: ClusterConfig) -> list[str]:
         "--port",
         "0",
         "--host",
-        "127.0.0.1",
+        host,
         "--dashboard-address",
-        "127.0.0.1:0",
+        f"{host}:0",
         "--preload",
         config.scheduler_preload,
         "--dg-api-address",
-        "127.0.0.1:0",
+        f"{host}:0",
         "--dg-heartbeat-period",
         _fmt(config.heartbeat_period),
         "--dg-adaptive-period",
@@ -126,14 +137,19 @@ def scheduler_command(config: ClusterConfig) -> list[str]:
     ]
 
 
-def worker_command(config: ClusterConfig, worker_name: str, scheduler_address: str) -> list[str]:
-    """A worker's command line; ``scheduler_address`` is ``host:port`` (or a full URL)."""
+def worker_command(
+    config: ClusterConfig, worker_name: str, scheduler_address: str, host: str = "127.0.0.1"
+) -> list[str]:
+    """A worker's command line; ``scheduler_address`` is ``host:port`` (or a full URL).
+
+    ``host`` is the interface its dashboard listens on.
+    """
     address = scheduler_address if "://" in scheduler_address else f"tls://{scheduler_address}"
     return [
         *config.worker_cmd,
         address,
         "--dashboard-address",
-        "127.0.0.1:0",
+        f"{host}:0",
         "--name",
         worker_name,
         "--nthreads",
@@ -172,20 +188,31 @@ def build_environment(
     # Scratch space in the cluster's own directory, not a /tmp path shared by every user.
     env["DASK_TEMPORARY_DIRECTORY"] = str(certs_dir.parent)
     env.update(cluster.config.environment)
-    cert = str(certs_dir / CERT_FILE)
-    key = str(certs_dir / KEY_FILE)
-    role = "SCHEDULER" if worker_name is None else "WORKER"
     env.update(
-        {
-            "DASK_GATEWAY_API_URL": cluster.api_url,
-            "DASK_GATEWAY_API_TOKEN": cluster.token,
-            "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
-            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY": key,
-        }
+        gateway_environment(
+            cluster, str(certs_dir / CERT_FILE), str(certs_dir / KEY_FILE), worker_name
+        )
     )
+    return env
+
+
+def gateway_environment(
+    cluster: ClusterSpec, cert: str, key: str, worker_name: str | None
+) -> dict[str, str]:
+    """The variables every backend sets for a scheduler (``worker_name`` None) or worker.
+
+    They come after the cluster configuration's ``environment``, which cannot override them.
+    """
+    role = "SCHEDULER" if worker_name is None else "WORKER"
+    env = {
+        "DASK_GATEWAY_API_URL": cluster.api_url,
+        "DASK_GATEWAY_API_TOKEN": cluster.token,
+        "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+        f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT": cert,
+        f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY": key,
+    }
     if worker_name is not None:
         env["DASK_GATEWAY_WORKER_NAME"] = worker_name
     return env
@@ -271,6 +298,10 @@ class LocalBackend(Backend):
         super().__init__(**kwargs)
         # Processes this launcher process spawned: their exit codes can be collected.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # Per cluster, the process groups found in /proc when this launcher process first
+        # started something for it, by worker name (None: the scheduler). Anything a
+        # previous launcher left unreported is among them; nobody else starts any later.
+        self._found: dict[str, dict[str | None, list[procfs.ProcStat]]] = {}
         self._forkserver: ForkServer | None = None
 
     @property
@@ -321,22 +352,21 @@ class LocalBackend(Backend):
     # -- cluster hooks --------------------------------------------------------------------
 
     async def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
-        """Prepare the working directory, then spawn the scheduler."""
+        """Prepare the working directory and spawn the scheduler, or adopt the scheduler a
+        previous launcher spawned but did not report."""
         run_as = self.resolve_run_as(cluster.owner)
+        workdir = self.workdir(cluster.name)
+        log_path = workdir / "logs" / "scheduler.log"
+        what = f"the scheduler of {cluster.name}"
+        adopted = await self._adopt(cluster.name, None, run_as, log_path, what)
+        if adopted is not None:
+            yield {"workdir": str(workdir), **adopted}
+            return
         workdir = await asyncio.to_thread(self._prepare_workdir, cluster, run_as)
-        yield {"workdir": str(workdir)}
         cmd = scheduler_command(cluster.config)
         env = self._environment(cluster, workdir, None, run_as)
-        log_path = workdir / "logs" / "scheduler.log"
         proc = await asyncio.to_thread(
-            self._spawn,
-            cmd,
-            env,
-            workdir,
-            log_path,
-            run_as,
-            f"the scheduler of {cluster.name}",
-            "scheduler",
+            self._spawn, cmd, env, workdir, log_path, run_as, what, "scheduler"
         )
         log.info(
             "cluster %s: started scheduler pid %s as %s, log %s",
@@ -345,11 +375,29 @@ class LocalBackend(Backend):
             run_as.user if run_as else "self",
             log_path,
         )
+        # One checkpoint, once the process exists: a record still CREATED after a
+        # launcher restart means "start it or adopt it", never "it may be half started".
         yield {"workdir": str(workdir), **proc}
 
     async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
-        """Stop the scheduler's process group, then delete the TLS files (logs are kept)."""
+        """Stop the scheduler's process group, then any other group carrying the cluster's
+        name (started but never reported), then delete the TLS files (logs are kept)."""
         await self._terminate(state, f"scheduler of cluster {cluster.name}")
+        self._found.pop(cluster.name, None)
+        uid = self._uid_of(cluster.owner)
+        for st, worker in await asyncio.to_thread(self._find_groups, cluster.name, uid):
+            role = f"worker {worker}" if worker is not None else "scheduler"
+            log.warning(
+                "cluster %s: stopping %s pid %d, which no checkpoint named",
+                cluster.name,
+                role,
+                st.pid,
+            )
+            await self._terminate(
+                {"pid": st.pid, "start_time": st.start_time},
+                f"{role} of cluster {cluster.name}",
+                graceful=False,
+            )
         workdir = Path(state.get("workdir") or self.workdir(cluster.name))
         await asyncio.to_thread(shutil.rmtree, workdir / ".certs", True)
         log.info("cluster %s: scheduler stopped, logs kept in %s", cluster.name, workdir / "logs")
@@ -363,25 +411,24 @@ class LocalBackend(Backend):
     # -- worker hooks ---------------------------------------------------------------------
 
     async def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
-        """Spawn a worker in its cluster's working directory."""
+        """Spawn a worker in its cluster's working directory, or adopt the one a previous
+        launcher spawned but did not report."""
         cluster = worker.cluster
         name = check_name("worker", worker.name)
         run_as = self.resolve_run_as(cluster.owner)
         workdir = self.workdir(cluster.name)
+        log_path = workdir / "logs" / f"worker-{name}.log"
+        what = f"worker {name} of {cluster.name}"
+        adopted = await self._adopt(cluster.name, name, run_as, log_path, what)
+        if adopted is not None:
+            yield adopted
+            return
         if not (workdir / ".certs" / CERT_FILE).exists():
             raise BackendError(f"cluster {cluster.name} has no working directory")
         cmd = worker_command(cluster.config, name, worker.scheduler_address)
         env = self._environment(cluster, workdir, name, run_as)
-        log_path = workdir / "logs" / f"worker-{name}.log"
         proc = await asyncio.to_thread(
-            self._spawn,
-            cmd,
-            env,
-            workdir,
-            log_path,
-            run_as,
-            f"worker {name} of {cluster.name}",
-            "worker",
+            self._spawn, cmd, env, workdir, log_path, run_as, what, "worker"
         )
         log.info("cluster %s: started worker %s pid %s", cluster.name, name, proc["pid"])
         yield proc
@@ -393,9 +440,17 @@ class LocalBackend(Backend):
         cluster is going away, so a graceful SIGINT buys nothing; and a retired worker
         can linger for seconds in its own shutdown (the nanny kills it after 8 s).
         """
-        await self._terminate(
-            state, f"worker {worker.name} of cluster {worker.cluster.name}", graceful=False
-        )
+        what = f"worker {worker.name} of cluster {worker.cluster.name}"
+        if state.get("pid"):
+            await self._terminate(state, what, graceful=False)
+            return
+        # No checkpoint: its start may have been interrupted after the spawn.
+        uid = self._uid_of(worker.cluster.owner)
+        for st, name in await asyncio.to_thread(self._find_groups, worker.cluster.name, uid):
+            if name == worker.name:
+                await self._terminate(
+                    {"pid": st.pid, "start_time": st.start_time}, what, graceful=False
+                )
 
     async def check_workers(
         self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
@@ -403,12 +458,87 @@ class LocalBackend(Backend):
         """One /proc lookup per worker."""
         return [self._status(state, "worker") for _, state in workers]
 
+    async def read_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
+    ) -> dict[str, str]:
+        """The tails of ``logs/*.log`` in the cluster's working directory."""
+        workdir = Path(state.get("workdir") or self.workdir(cluster.name))
+        return await asyncio.to_thread(
+            logtail.read_log_dir, workdir, "logs", tail_bytes, total_bytes
+        )
+
     async def close(self) -> None:
         """Forget spawned children; they keep running (the launcher may restart)."""
         self._children.clear()
+        self._found.clear()
         if self._forkserver is not None:
             await asyncio.to_thread(self._forkserver.close)
             self._forkserver = None
+
+    # -- processes without a checkpoint ---------------------------------------------------
+
+    def _uid_of(self, owner: str) -> int | None:
+        """The uid ``owner``'s processes run as; None if that account does not exist."""
+        try:
+            run_as = self.resolve_run_as(owner)
+        except BackendError:
+            return None
+        return run_as.uid if run_as is not None else os.geteuid()
+
+    @staticmethod
+    def _find_groups(
+        cluster_name: str, uid: int | None
+    ) -> list[tuple[procfs.ProcStat, str | None]]:
+        """The live process groups started for ``cluster_name``, oldest first, each with
+        its worker name (None for the scheduler).
+
+        Found by the environment every process is started with; only group leaders (each
+        process is started in its own session) running as the cluster's account ``uid``
+        count, so a process someone else gave the same variables is never touched.
+        """
+        if uid is None:
+            return []
+        groups = [
+            (st, env.get("DASK_GATEWAY_WORKER_NAME"))
+            for st, env in procfs.find_by_environment({"DASK_GATEWAY_CLUSTER_NAME": cluster_name})
+            if st.pid == st.pgid and procfs.read_uid(st.pid) == uid
+        ]
+        return sorted(groups, key=lambda group: group[0].start_time)
+
+    async def _adopt(
+        self,
+        cluster_name: str,
+        worker_name: str | None,
+        run_as: RunAs | None,
+        log_path: Path,
+        what: str,
+    ) -> dict[str, Any] | None:
+        """The checkpoint of a live, unreported process for this scheduler or worker, if a
+        previous launcher left one; extra copies are stopped."""
+        found = self._found.get(cluster_name)
+        if found is None:
+            found = {}
+            uid = run_as.uid if run_as is not None else os.geteuid()
+            for st, name in await asyncio.to_thread(self._find_groups, cluster_name, uid):
+                found.setdefault(name, []).append(st)
+            self._found[cluster_name] = found
+        alive = [
+            st for st in found.pop(worker_name, []) if procfs.same_process(st.pid, st.start_time)
+        ]
+        if not alive:
+            return None
+        keep, *extra = alive
+        for st in extra:
+            log.warning("%s: stopping a second copy, pid %d", what, st.pid)
+            await self._terminate(
+                {"pid": st.pid, "start_time": st.start_time}, what, graceful=False
+            )
+        log.info(
+            "%s: adopted pid %d, started by a previous launcher that did not report it",
+            what,
+            keep.pid,
+        )
+        return self._checkpoint(keep.pid, keep.start_time, run_as, log_path)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -473,9 +603,15 @@ class LocalBackend(Backend):
         finally:
             os.close(fd)
         st = procfs.read_stat(pid)
+        return self._checkpoint(pid, st.start_time if st else 0, run_as, log_path)
+
+    @staticmethod
+    def _checkpoint(
+        pid: int, start_time: int, run_as: RunAs | None, log_path: Path
+    ) -> dict[str, Any]:
         return {
             "pid": pid,
-            "start_time": st.start_time if st else 0,
+            "start_time": start_time,
             "user": run_as.user if run_as else getpass.getuser(),
             "log": str(log_path),
         }

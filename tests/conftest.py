@@ -1,0 +1,19 @@
+"""Fixtures every test tier may use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from postgres import PostgresServer, postgres_server
+
+# A private Slurm and its users (tests/slurm_fixtures.py), started once per session by
+# whichever tier asks first.
+pytest_plugins = ["slurm_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run; ``postgres.new_database()`` per test."""
+    with postgres_server() as server:
+        yield server
