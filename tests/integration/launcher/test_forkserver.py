@@ -265,3 +265,21 @@ def test_a_crashed_server_is_replaced(probe: Path, tmp_path: Path) -> None:
             _stop(pid)
     finally:
         fs.close()
+
+
+def test_no_forking_where_proc_cannot_show_the_environment(tmp_path: Path) -> None:
+    # A server that finds the kernel refuses PR_SET_MM_MAP says so and exits: forked
+    # processes must show their environment (a restarted launcher finds unreported
+    # processes by it), so everything is exec'd and the server is not restarted.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho unsupported\n")
+    fake.chmod(0o755)
+    fs = ForkServer([], python=str(fake))
+    fs.start()
+    try:
+        wait_for(lambda: fs.unsupported and fs.pid is None, 30, "the server to give up")
+        assert not fs.ready
+        with pytest.raises(ForkServerUnavailable):
+            fs.spawn(SpawnRequest(["/bin/true"], {}, str(tmp_path)), 1)
+    finally:
+        fs.close()

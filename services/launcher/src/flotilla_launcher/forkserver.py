@@ -95,6 +95,10 @@ _STARTUP_KEYS = frozenset(_SERVER_ENVIRONMENT) | {"VIRTUAL_ENV"}
 MULTIPROCESSING_METHOD_KEY = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 
 _READY = b"ready\n"
+# The kernel would not let a child show its own command and environment in /proc: the
+# launcher (and a restarted one, which finds unreported processes by their environment)
+# must then see exec'd processes only.
+_UNSUPPORTED = b"unsupported\n"
 _GO = b"g"
 _MAX_REQUEST = 4 * 2**20
 
@@ -215,6 +219,8 @@ class ForkServer:
         self._closed = False
         self._exits: dict[int, int] = {}
         self._restarts = 0
+        #: The kernel refuses what forked processes need (``PR_SET_MM_MAP``): no forking.
+        self.unsupported = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -283,7 +289,13 @@ class ForkServer:
         assert proc.stdout is not None
         started = time.monotonic()
         for line in proc.stdout:
-            if line == _READY:
+            if line == _UNSUPPORTED:
+                self.unsupported = True
+                log.warning(
+                    "fork server: this kernel does not let a forked process show its own "
+                    "environment in /proc (prctl PR_SET_MM_MAP); processes are exec'd"
+                )
+            elif line == _READY:
                 self._ready.set()
                 log.info(
                     "fork server pid %d ready after %.1fs", proc.pid, time.monotonic() - started
@@ -304,7 +316,7 @@ class ForkServer:
                 self._control.close()
                 self._control = None
             closed = self._closed
-        if closed:
+        if closed or self.unsupported:
             return
         self._restarts += 1
         delay = min(30.0, 0.5 * 2 ** min(self._restarts, 6))
@@ -349,6 +361,8 @@ class ForkServer:
             socket.send_fds(ours, [struct.pack("!I", len(payload))], [log_fd])
             ours.sendall(payload)
             data = json.loads(_read_message(ours))
+            if data.get("fallback"):
+                raise ForkServerUnavailable(data.get("error", "the child cannot be forked"))
             if "error" in data:
                 raise OSError(data.get("errno") or 0, data["error"])
             # The child runs its command only after this: a child whose launcher gave
@@ -541,8 +555,10 @@ def _child(conn_fd: int, inherited: Sequence[int]) -> None:
         os.closerange(3, conn_fd)
         os.closerange(conn_fd + 1, _max_fd())
         os.chdir(request["cwd"])
-        with contextlib.suppress(Exception):  # cosmetic: ps shows the server otherwise
-            _show_command(argv, env)
+        if not _show_command(argv, env):
+            # Without it a restarted launcher could not find this process: exec instead.
+            _send_message(conn, {"error": "cannot set /proc environment", "fallback": True})
+            os._exit(127)
         if request.get("name"):
             _libc().prctl(_PR_SET_NAME, request["name"].encode()[:15], 0, 0, 0)
         _become(request)
@@ -626,13 +642,22 @@ def serve(control_fd: int, preload: Sequence[str]) -> None:
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         print(f"fork server: {threads} threads after preloading", file=sys.stderr)
+    out = sys.stdout.buffer
+    try:
+        # The server shows what it already is: only a check that children can.
+        supported = _show_command(sys.argv, dict(os.environ))
+    except (OSError, ValueError, AttributeError):
+        supported = False
+    if not supported:
+        out.write(_UNSUPPORTED)
+        out.flush()
+        return
     control = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when we stop
-    out = sys.stdout.buffer
     out.write(_READY)
     out.flush()
     inherited = [control_fd, wake_r, wake_w, sys.stdout.fileno()]
