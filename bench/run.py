@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -506,6 +507,9 @@ def _write(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started in the background by a shell, SIGINT is ignored, and so it would be in
+    # every gateway started from here (which stop their clusters on it): undo that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = _parser()
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "full"

@@ -15,7 +15,9 @@ which behaves like each cluster's scheduler as far as the gateway can see:
 So a thousand clusters cost the registry, auth, proxy-config and Envoy what a thousand
 real ones do, and the machine almost nothing else. ``GET /sim/clusters/<name>`` on the
 stub tells when the cluster's first heartbeat was accepted (``time.monotonic()``), which
-the benchmark uses to time route propagation. Heartbeats are sent on changes only.
+the benchmark uses to time route propagation. Heartbeats go at once, after every change,
+and every ``heartbeat_period`` (the first periodic one at a random point of the period,
+so thousands of clusters do not beat in step).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import random
 import ssl
 import tempfile
 import time
@@ -208,6 +211,8 @@ class SimBackend(Backend):
         url = f"{spec.api_url.rstrip('/')}/v1/clusters/{spec.name}/heartbeat"
         headers = {"Authorization": f"token {spec.token}"}
         delay = 0.25
+        period = spec.config.heartbeat_period
+        wait = random.uniform(0, period) if period > 0 else None
         while True:
             cluster.wake.clear()
             try:
@@ -224,7 +229,9 @@ class SimBackend(Backend):
                 cluster.closed |= cluster.closing
                 cluster.closing.clear()
                 delay = 0.25
-                await cluster.wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cluster.wake.wait(), wait)
+                wait = period if period > 0 else None
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
