@@ -6,17 +6,12 @@ test of the suite against the SQLite stack, stops it, then against the PostgreSQ
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compat.harness import CompatGateway, compat_config
-from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import leftover_cluster_pids, write_config
+from compat.harness import CompatGateway, running_gateway
 
 _ENVOY = (
     Path(__file__).resolve().parents[2]
@@ -57,20 +52,5 @@ def compat(
     """The whole gateway on free ports, with the suite's options, on one store."""
     store_settings = _store_settings(request)
     state_dir = tmp_path_factory.mktemp(f"compat-{request.param}")
-    password = secrets.token_urlsafe(12)
-    config, address = write_config(state_dir, compat_config(password, store_settings))
-    stack = EmbeddedStack(str(config))
-    try:
-        stack.start()
-        yield CompatGateway(address, stack, state_dir, store=request.param, password=password)
-    finally:
-        stack.stop()
-        leftover = leftover_cluster_pids(state_dir)
-        for pids in leftover.values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-            for log in sorted((state_dir / "logs").glob("*.log")):
-                print(f"==== {log.name}\n{log.read_text()[-5000:]}")
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(state_dir, request.param, store_settings) as gateway:
+        yield gateway

@@ -9,22 +9,28 @@ upstream virtualenv (only ``dask-gateway``), a scheduler that hangs, one that ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import signal
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_stack import Gateway
+from flotilla_common.embedded import EmbeddedStack
+from gateway_stack import Gateway, leftover_cluster_pids, write_config
 
 __all__ = [
     "ALICE",
     "BOB",
     "CAROL",
     "CLUSTER_ERROR",
+    "COOKIE_NAME",
     "DAVE",
     "RESPONSE_ERROR",
     "VALUE_ERROR",
@@ -32,6 +38,7 @@ __all__ = [
     "StepResult",
     "compat_config",
     "raised",
+    "running_gateway",
     "step",
     "upstream_python",
 ]
@@ -134,6 +141,7 @@ c.Registry.cluster_options = _options_for
 SETTINGS = """
 c.BasicAuthenticator.password = {password!r}
 c.BasicAuthenticator.user_groups = {{"alice": ["physics", "staff"]}}
+c.Auth.cookie_name = {cookie_name!r}
 c.ClusterConfig.cluster_max_workers = None
 c.ClusterConfig.cluster_max_memory = "32 G"
 c.ClusterConfig.cluster_max_cores = 16
@@ -152,13 +160,17 @@ def upstream_python() -> str:
     return python
 
 
-def compat_config(password: str, store_settings: str) -> str:
+COOKIE_NAME = "compat-session"
+
+
+def compat_config(password: str, store_settings: str, extra: str = "") -> str:
     """The configuration appended to gateway_stack.write_config's (later lines win)."""
     upstream_bin = str(Path(upstream_python()).parent)
     return (
-        textwrap.dedent(SETTINGS.format(password=password))
+        textwrap.dedent(SETTINGS.format(password=password, cookie_name=COOKIE_NAME))
         + OPTIONS.format(upstream_bin=upstream_bin)
         + store_settings
+        + extra
     )
 
 
@@ -252,3 +264,27 @@ def step(step_id: str, kind: str, user: str = ALICE, /, **args: Any) -> dict[str
 VALUE_ERROR = "builtins.ValueError"
 CLUSTER_ERROR = "dask_gateway.client.GatewayClusterError"
 RESPONSE_ERROR = "aiohttp.client_exceptions.ClientResponseError"
+
+
+@contextlib.contextmanager
+def running_gateway(
+    state_dir: Path, store: str, store_settings: str = "", extra: str = ""
+) -> Iterator[CompatGateway]:
+    """A whole gateway with the suite's configuration; stopped (and checked) on exit."""
+    password = secrets.token_urlsafe(12)
+    config, address = write_config(state_dir, compat_config(password, store_settings, extra))
+    stack = EmbeddedStack(str(config))
+    try:
+        stack.start()
+        yield CompatGateway(address, stack, state_dir, store=store, password=password)
+    finally:
+        stack.stop()
+        leftover = leftover_cluster_pids(state_dir)
+        for pids in leftover.values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
+            for log in sorted((state_dir / "logs").glob("*.log")):
+                print(f"==== {log.name}\n{log.read_text()[-5000:]}")
+        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
