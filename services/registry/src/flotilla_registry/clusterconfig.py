@@ -94,6 +94,29 @@ class _Memory(TraitType[int | None, int | float | str | None]):
         return parsed
 
 
+class _Environment(Dict):
+    """Environment variables: names and values a process environment can hold.
+
+    Checked here so a bad name is a 422 when the cluster is requested, rather than a
+    cluster that fails when its launcher cannot spawn the scheduler.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(value_trait=Unicode(), key_trait=Unicode(), **kwargs)
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        value = super().validate(obj, value)
+        for name, text in value.items():
+            if not name or "=" in name or "\0" in name:
+                raise TraitError(
+                    f"environment variable names must be non-empty, without '=' or NUL; "
+                    f"got {name!r}"
+                )
+            if "\0" in text:
+                raise TraitError(f"environment variable {name} must not contain NUL")
+        return value
+
+
 class _Command(List[str]):
     """A command as a list of arguments; a single string is one argument (not shell-split)."""
 
@@ -143,9 +166,7 @@ class ClusterConfig(LoggingConfigurable):
         ),
         config=True,
     )
-    environment = Dict(
-        value_trait=Unicode(),
-        key_trait=Unicode(),
+    environment = _Environment(
         help="Environment variables (name -> string value) for the scheduler and the workers.",
         config=True,
     )
@@ -389,6 +410,9 @@ def resolve_cluster_config(
         except TraitError as exc:
             # traitlets' messages name the field ("The 'worker_cores' trait of ...").
             raise OptionsError(str(exc)) from None
+        except (ArithmeticError, ValueError) as exc:
+            # e.g. an int too large for a float trait: still the request's fault.
+            raise OptionsError(f"Invalid value for {key}: {exc}") from None
 
     values = {name: getattr(cluster_config, name) for name in allowed}
     if values["worker_threads"] == 0:
