@@ -32,6 +32,7 @@ __all__ = [
     "CLUSTER_ERROR",
     "COOKIE_NAME",
     "DAVE",
+    "FUZZER",
     "RESPONSE_ERROR",
     "VALUE_ERROR",
     "CompatGateway",
@@ -50,6 +51,7 @@ ALICE = "alice"  # handler(options, user); groups physics, staff
 BOB = "bob"  # the other user: never sees alice's clusters
 CAROL = "carol"  # options without a handler: the transformed options are the overrides
 DAVE = "dave"  # handler(options), without the user
+FUZZER = "fuzzer"  # the fuzz test's user: new clusters default to the cheap "hang" runtime
 
 OPTIONS = """
 import json as _json
@@ -73,7 +75,7 @@ _RUNTIMES = [
 ]
 
 
-def _fields():
+def _fields(runtime="flotilla"):
     return [
         Integer("worker_cores", default=1, min=1, max=2, label="Worker cores"),
         Float(
@@ -82,7 +84,7 @@ def _fields():
         ),
         String("label", default="compat", label="Label"),
         Bool("pin", default=False, label="Pin"),
-        Select("runtime", _RUNTIMES, default="flotilla", label="Runtime", target="commands"),
+        Select("runtime", _RUNTIMES, default=runtime, label="Runtime", target="commands"),
         Mapping("environment", default={{}}, label="Environment"),
         Integer("max_workers", default=6, min=0, max=8, target="cluster_max_workers"),
         Float("idle_timeout", default=0, min=0, max=600, label="Idle timeout (s)"),
@@ -131,6 +133,8 @@ def _options_for(user):
                 target="environment",
             ),
         )
+    if user.name == "fuzzer":
+        return Options(*_fields(runtime="hang"), handler=_with_user)
     handler = _without_user if user.name == "dave" else _with_user
     return Options(*_fields(), handler=handler)
 

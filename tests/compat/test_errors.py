@@ -275,6 +275,11 @@ def test_status_filter_must_name_statuses(compat: CompatGateway) -> None:
         ("POST", "/api/v1/clusters/", b"\xff\xfe", 400),
         ("POST", "/api/v1/clusters/", b"[1, 2]", 422),
         ("POST", f"/api/v1/clusters/{UNKNOWN}/scale", b"nope", 400),
+        ("POST", "/api/v1/clusters/", b"[" * 100_000, 400),  # deeper than the parser goes
+        # Refused by Envoy before any service: still JSON errors.
+        ("GET", "/api/v1/clusters/%00", None, 400),
+        ("GET", "/api/v1/clusters/" + "a" * 70_000, None, 431),
+        ("GET", "/not-an-api-path", None, 404),
     ],
 )
 def test_malformed_requests_are_json_4xx(

@@ -212,6 +212,26 @@ def test_rejected_bodies(compat: CompatGateway, body: bytes, message: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("user", "options", "fragment"),
+    [
+        # Beyond a float's range: a 422, not a 500.
+        (ALICE, {"worker_memory_gib": 10**400}, "worker_memory_gib must be a finite float"),
+        (CAROL, {"memory": "9" * 400 + ".5 G"}, "expected a finite number of bytes"),
+        # Environments a process cannot have are refused up front, not at spawn time.
+        (ALICE, {"environment": {"A=B": "x"}}, "environment variable names"),
+        (ALICE, {"environment": {"": "x"}}, "environment variable names"),
+        (ALICE, {"environment": {"A": "x\0y"}}, "environment variable A must not contain NUL"),
+    ],
+)
+def test_values_no_cluster_could_use(
+    compat: CompatGateway, user: str, options: dict[str, Any], fragment: str
+) -> None:
+    status, reply = compat.post_json("/api/v1/clusters/", {"cluster_options": options}, user)
+    assert status == 422, reply
+    assert fragment in reply["error"]
+
+
+@pytest.mark.parametrize(
     "body", [b"", b"{}", b'{"cluster_options": null}', b'{"cluster_options": {}}']
 )
 def test_missing_options_mean_defaults(compat: CompatGateway, body: bytes) -> None:

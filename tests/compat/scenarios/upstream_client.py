@@ -352,9 +352,29 @@ async def running_cluster(gateway: Gateway, workers: int, kwargs: dict[str, Any]
         await wait_workers(cluster, exactly=workers)
     client = await cluster.get_client(set_as_default=False)
     view = await client.run_on_scheduler(scheduler_view)
+    workers = (await client.scheduler.identity(n_workers=-1))["workers"]
     await client.close()
     await cluster.close()
-    return {"name": cluster.name, "token": view["token"]}
+    return {
+        "name": cluster.name,
+        "token": view["token"],
+        "workers": sorted(w["name"] for w in workers.values()),
+    }
+
+
+@step
+async def cluster_state(gateway: Gateway, name: str) -> dict[str, Any]:
+    """A cluster's status and, when it runs, its workers' names (from its scheduler)."""
+    report = await gateway.get_cluster(name)
+    r: dict[str, Any] = {"status": report.status.name, "workers": None}
+    if report.status.name == "RUNNING":
+        cluster = await gateway.connect(name)
+        client = await cluster.get_client(set_as_default=False)
+        workers = (await client.scheduler.identity(n_workers=-1))["workers"]
+        r["workers"] = sorted(w["name"] for w in workers.values())
+        await client.close()
+        await cluster.close()
+    return r
 
 
 @step
