@@ -21,18 +21,29 @@ from flotilla_common.config import load_config
 from flotilla_common.grpcserver import internal_metadata
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
 from flotilla_registry.app import RegistryApp
+from flotilla_registry.crypto import generate_key
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test runs against the embedded default and against PostgreSQL."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres").new_database())
+    return f"sqlite:///{tmp_path / 'registry.sqlite'}"
+
+
 @pytest.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[RegistryApp]:
+async def registry(tmp_path: Path, db_url: str) -> AsyncIterator[RegistryApp]:
     config_file = tmp_path / "config.py"
     config_file.write_text(
         f"c.Deployment.state_dir = {str(tmp_path)!r}\n"
         'c.Deployment.registry_grpc_address = "127.0.0.1:0"\n'
         'c.Deployment.registry_http_address = "127.0.0.1:0"\n'
         "c.ClusterConfig.cluster_max_workers = 3\n"
+        f"c.Registry.db_url = {db_url!r}\n"
+        f"c.Registry.db_encrypt_keys = [{generate_key()!r}]\n"
     )
     app = RegistryApp(load_config(config_file))
     await app.start()

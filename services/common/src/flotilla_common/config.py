@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from traitlets import Integer, Unicode
@@ -110,13 +111,19 @@ class Deployment(Configurable):
         value: str = getattr(self, name)
         if value:
             return value
+        return self.generated_secret(name)
+
+    def generated_secret(
+        self, name: str, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    ) -> str:
+        """``<state_dir>/secrets/<name>`` (0600), made with ``make()`` the first time."""
         path = self.state_path / "secrets" / name
         try:
             return path.read_text().strip()
         except FileNotFoundError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = secrets.token_urlsafe(32)
+        token = make()
         # O_EXCL: when two services start at once, exactly one writes the secret.
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cryptography.fernet import Fernet
 from traitlets import Bool, Float
-from traitlets.config import Configurable
+from traitlets.config import Config, Configurable
 
 from .config import Deployment, add_config_argument, load_config
 from .logs import setup_logging
 
-__all__ = ["Embedded", "EmbeddedStack", "main"]
+__all__ = ["DB_KEY_ENV", "Embedded", "EmbeddedStack", "main"]
 
 log = logging.getLogger(__name__)
+
+# The registry reads its database encryption keys from here when its config sets none.
+DB_KEY_ENV = "FLOTILLA_DB_ENCRYPT_KEYS"
 
 
 class Embedded(Configurable):
@@ -67,6 +71,10 @@ def _die_with_parent() -> None:
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _configures_db_keys(config: Config) -> bool:
+    return "Registry" in config and bool(config.Registry.get("db_encrypt_keys"))
 
 
 def _bin(name: str) -> str:
@@ -123,6 +131,8 @@ class EmbeddedStack:
         env = dict(os.environ)
         if self.config_path:
             env["FLOTILLA_CONFIG"] = self.config_path
+        if child.name == "registry" and not _configures_db_keys(self.config):
+            env.setdefault(DB_KEY_ENV, self.db_encrypt_key())
         child.proc = subprocess.Popen(
             child.argv,
             stdout=out,
@@ -142,11 +152,22 @@ class EmbeddedStack:
         # Secrets are created once, here, before the services read them.
         for name in ("identity_key", "internal_token", "cookie_key"):
             self.deployment.secret(name)
+        self.db_encrypt_key()
         for name, argv in self._argv():
             child = _Child(name, argv)
             self.children.append(child)
             self._spawn(child)
         self.wait_healthy(self.settings.start_timeout_seconds)
+
+    def db_encrypt_key(self) -> str:
+        """The key the registry encrypts tokens and TLS keys with, generated once.
+
+        A state directory from before encryption existed gets a key on its first start;
+        the registry then encrypts the plaintext rows it finds.
+        """
+        return self.deployment.generated_secret(
+            "db_encrypt_key", lambda: Fernet.generate_key().decode()
+        )
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

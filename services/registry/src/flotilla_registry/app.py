@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -20,7 +21,8 @@ from flotilla_common.logs import setup_logging
 from traitlets.config import Config
 
 from .clusters import ClusterService, ServiceSettings
-from .config import Registry
+from .config import KEYS_ENV, Registry
+from .crypto import FieldCipher, KeyConfigError, generate_key
 from .options import Options
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
@@ -31,9 +33,9 @@ from .servicer import (
     RegistryServicer,
     RouteServicer,
 )
-from .store import open_store
+from .store import Store, StoreSetupError, is_persistent, open_store
 
-__all__ = ["RegistryApp", "main"]
+__all__ = ["RegistryApp", "StartupError", "main", "make_store"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,32 @@ _INTERNAL = (
     "/flotilla.registry.v1.ClusterTokenService/",
     "/flotilla.registry.v1.ControlService/",
 )
+
+
+class StartupError(RuntimeError):
+    """The registry cannot start as configured: one line for the operator."""
+
+
+def make_store(registry: Registry, url: str) -> Store:
+    """The store for ``url``, encrypting with the configured keys.
+
+    Refuses a persistent store without keys: tokens and TLS keys must not sit in a
+    database file or server in plaintext.
+    """
+    keys = registry.encryption_keys()
+    if not keys and is_persistent(url):
+        raise StartupError(
+            "refusing to keep cluster tokens and TLS keys unencrypted: set "
+            f"c.Registry.db_encrypt_keys (or ${KEYS_ENV}); `flotilla-registry generate-key` "
+            "prints a new key"
+        )
+    try:
+        cipher = FieldCipher(keys) if keys else None
+        return open_store(url, cipher, pool_size=registry.db_pool_size)
+    except KeyConfigError as exc:
+        raise StartupError(f"c.Registry.db_encrypt_keys: {exc}") from None
+    except StoreSetupError as exc:
+        raise StartupError(f"c.Registry.db_url: {exc}") from None
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -60,8 +88,11 @@ class RegistryApp:
         deployment = Deployment(config=self.config)
         registry = Registry(config=self.config)
         url = registry.db_url or f"sqlite:///{deployment.state_path / 'registry.sqlite'}"
-        self.store = open_store(url)
-        await self.store.open()
+        self.store = make_store(registry, url)
+        try:
+            await self.store.open()
+        except StoreSetupError as exc:
+            raise StartupError(str(exc)) from None
         self.scheduler_api = SchedulerAPI()
         settings = ServiceSettings(
             options=registry.cluster_options if registry.cluster_options is not None else Options(),
@@ -73,6 +104,15 @@ class RegistryApp:
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
         await self.service.start()
+        from .pgstore import PostgresStore
+
+        if isinstance(self.store, PostgresStore):
+            from .replication import PostgresReplica
+
+            self.service.replica = PostgresReplica(
+                self.service, self.store, resync_period=registry.db_resync_seconds
+            )
+        await self.service.replica.start()
         identity_key = deployment.secret("identity_key")
         internal_token = deployment.secret("internal_token")
 
@@ -116,12 +156,13 @@ class RegistryApp:
             deployment.registry_grpc_address,
             host,
             self.http_port,
-            url.split("?")[0],
+            self.store,
         )
 
     async def stop(self) -> None:
         await self.grpc_server.stop(grace=2)
         await self.runner.cleanup()
+        await self.service.replica.stop()
         await self.scheduler_api.close()
         await self.store.close()
 
@@ -135,6 +176,17 @@ async def _amain(config: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flotilla-registry", description=__doc__)
     add_config_argument(parser)
+    commands = parser.add_subparsers(dest="command", metavar="{serve,generate-key}")
+    add_config_argument(commands.add_parser("serve", help="run the registry (the default)"))
+    commands.add_parser(
+        "generate-key", help="print a new key for c.Registry.db_encrypt_keys and exit"
+    )
     args = parser.parse_args(argv)
+    if args.command == "generate-key":
+        print(generate_key())
+        return
     setup_logging("registry")
-    asyncio.run(_amain(load_config(args.config)))
+    try:
+        asyncio.run(_amain(load_config(args.config)))
+    except StartupError as exc:
+        sys.exit(f"flotilla-registry: {exc}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
 import secrets
 import uuid
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from .errors import (
 )
 from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
 from .options import Options, OptionsError, resolve_options
+from .replication import LocalReplica, Replica
 from .scheduler_api import SchedulerAPI, SchedulerUnreachable
 from .store import Store
 from .watch import Hub
@@ -87,6 +90,9 @@ class ClusterService:
         self._worker_failures: dict[str, int] = {}
         self.launch_hub: Hub[str, ClusterRecord] = Hub()
         self.route_hub: Hub[str, RouteInfo | None] = Hub()
+        # How this process coordinates with other registries on the same store; its
+        # ``leads`` says whether this one runs periodic jobs.
+        self.replica: Replica = LocalReplica()
 
     async def start(self) -> None:
         for c in await self.store.load_unfinished():
@@ -110,11 +116,19 @@ class ClusterService:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def local_lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
         return lock
+
+    def _lock(self, name: str) -> AbstractAsyncContextManager[object]:
+        """Held while changing ``name``; with replicas, also its row in the database."""
+        return self.replica.guard(name, self.local_lock(name))
+
+    async def _current(self, name: str) -> ClusterRecord | None:
+        """The unfinished cluster ``name``, also one another replica just created."""
+        return self._active.get(name) or await self.replica.fetch(name)
 
     async def _commit(self, c: ClusterRecord, workers: Iterable[str] = ()) -> None:
         """Persist a change, then tell watchers and waiters."""
@@ -132,15 +146,52 @@ class ClusterService:
             if w is not None and w.finished:
                 del c.workers[n]
         if c.finished:
-            self._active.pop(c.name, None)
-            self._locks.pop(c.name, None)
-            self._max_workers.pop(c.name, None)
-            self._worker_failures.pop(c.name, None)
+            self._forget(c.name)
+        self._announce(c)
+
+    def _forget(self, name: str) -> None:
+        self._active.pop(name, None)
+        self._locks.pop(name, None)
+        self._max_workers.pop(name, None)
+        self._worker_failures.pop(name, None)
+
+    def _announce(self, c: ClusterRecord) -> None:
+        """Tell watchers and waiters about a change of ``c``."""
         self.launch_hub.publish(c.name, _snapshot(c))
         self.route_hub.publish(c.name, self._route(c))
         event = self._changed.pop(c.name, None)
         if event is not None:
             event.set()
+
+    # -- replicas --------------------------------------------------------------------------
+
+    def peek(self, name: str) -> ClusterRecord | None:
+        return self._active.get(name)
+
+    def active_revisions(self) -> dict[str, int]:
+        return {name: c.revision for name, c in self._active.items()}
+
+    def apply_stored(self, name: str, stored: ClusterRecord | None) -> None:
+        """Take the stored record of ``name``, written by another replica, as the truth.
+
+        The record in memory is updated in place (callers holding it see the change) and
+        watchers and waiters are told, as for a change made here.
+        """
+        c = self._active.get(name)
+        if stored is None:  # gone from the store: nothing left to watch
+            if c is not None:
+                self._forget(name)
+                self.route_hub.publish(name, None)
+            return
+        if c is None:
+            c = self._active[name] = stored
+            self._max_workers[name] = json.loads(stored.config).get("max_workers")
+        else:
+            for f in dataclasses.fields(stored):
+                setattr(c, f.name, getattr(stored, f.name))
+        if c.finished:
+            self._forget(name)
+        self._announce(c)
 
     def _check_access(self, identity: Identity, c: ClusterRecord, verb: str) -> None:
         if identity.cluster:
@@ -156,7 +207,7 @@ class ClusterService:
             )
 
     async def _find(self, identity: Identity, name: str, verb: str) -> ClusterRecord:
-        c = self._active.get(name) or await self.store.get_cluster(name)
+        c = await self._current(name) or await self.store.get_cluster(name)
         if c is None:
             raise ClusterNotFound(name)
         self._check_access(identity, c, verb)
@@ -202,8 +253,12 @@ class ClusterService:
         )
         self._active[name] = c
         self._max_workers[name] = resolved.max_workers
-        async with self._lock(name):
-            await self._commit(c)
+        try:
+            async with self._lock(name):
+                await self._commit(c)
+        except BaseException:
+            self._forget(name)  # not stored: it must not linger in memory
+            raise
         log.info("cluster %s: created for %s on %s", name, identity.user, backend)
         return _snapshot(c)
 
@@ -241,7 +296,7 @@ class ClusterService:
         return out
 
     async def stop(self, identity: Identity, name: str) -> None:
-        c = self._active.get(name)
+        c = await self._current(name)
         if c is None:
             finished = await self.store.get_cluster(name)
             if finished is not None:
@@ -350,10 +405,12 @@ class ClusterService:
         }
         if not all(isinstance(v, str) for v in addresses.values()):
             raise InvalidRequest("addresses must be strings")
-        c = self._active.get(name)
+        c = await self._current(name)
         if c is None or c.target != Target.RUNNING:
             return  # stopping or gone: nothing to do (the reference answers 200 too)
         async with self._lock(name):
+            if c.target != Target.RUNNING:
+                return  # stopped while we waited for the lock
             c.last_heartbeat = now_ms()
             if c.observed != Observed.RUNNING:
                 if not addresses["scheduler_address"] or not addresses["api_address"]:
@@ -503,7 +560,7 @@ class ClusterService:
         return set()
 
     async def verify_token(self, name: str, token: str) -> str | None:
-        c = self._active.get(name)
+        c = await self._current(name)
         if c is None or not secrets.compare_digest(c.token.encode(), token.encode()):
             return None
         return c.owner

@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
-from traitlets import Any, Integer, List, Unicode
+import os
+
+from traitlets import Any, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
-__all__ = ["Registry"]
+__all__ = ["KEYS_ENV", "Registry"]
+
+KEYS_ENV = "FLOTILLA_DB_ENCRYPT_KEYS"
 
 
 class Registry(Configurable):
     db_url = Unicode(
         "",
         help=(
-            "Where records are kept: sqlite:///relative/path or sqlite:////absolute/path. "
+            "Where records are kept: sqlite:///relative/path, sqlite:////absolute/path, "
+            "sqlite:///:memory: (lost on exit), or postgresql://user:password@host:port/db "
+            "(also postgres://; several registries may share one PostgreSQL database). "
             "Empty: sqlite in <state_dir>/registry.sqlite."
+        ),
+        config=True,
+    )
+    db_encrypt_keys = List(
+        Unicode(),
+        default_value=[],
+        help=(
+            "Keys that encrypt cluster tokens and TLS private keys in the database "
+            "(Fernet keys: `flotilla-registry generate-key` prints one). The first key "
+            "encrypts, every key decrypts, and a registry re-encrypts old rows under the "
+            "first key when it starts. To rotate: add the new key last (on every replica), "
+            "then move it first, then drop the old key. Empty: taken from "
+            f"${KEYS_ENV} (keys separated by ';'). Required unless db_url is in-memory; "
+            "the embedded runner generates one into <state_dir>/secrets/db_encrypt_key."
+        ),
+        config=True,
+    )
+    db_pool_size = Integer(
+        10, help="Most connections one registry opens to PostgreSQL.", config=True
+    )
+    db_resync_seconds = Float(
+        10.0,
+        help=(
+            "With PostgreSQL: how often a registry compares every unfinished cluster with "
+            "the database, to catch changes by other replicas that a notification missed."
         ),
         config=True,
     )
@@ -46,3 +77,10 @@ class Registry(Configurable):
         help="Fail a cluster after this many consecutive workers fail to start (0: never).",
         config=True,
     )
+
+    def encryption_keys(self) -> list[str]:
+        """The configured keys, else those of $FLOTILLA_DB_ENCRYPT_KEYS."""
+        keys = [k.strip() for k in self.db_encrypt_keys if k.strip()]
+        if keys:
+            return keys
+        return [k.strip() for k in os.environ.get(KEYS_ENV, "").split(";") if k.strip()]

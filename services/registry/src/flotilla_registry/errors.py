@@ -12,6 +12,7 @@ __all__ = [
     "NotAuthenticated",
     "PermissionDenied",
     "RegistryError",
+    "StoreUnavailable",
 ]
 
 
@@ -50,3 +51,16 @@ class ClusterNotRunning(RegistryError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"cluster {name} is not running")
+
+
+class StoreUnavailable(RegistryError):
+    """The database cannot be reached right now; the caller may retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+
+    def __init__(self, log_message: str) -> None:
+        super().__init__(
+            "The registry's database is unavailable; try again shortly",
+            log_message=log_message,
+        )

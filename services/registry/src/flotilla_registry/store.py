@@ -1,8 +1,11 @@
-"""Persistence of cluster and worker records. The only module that knows the schema.
+"""Persistence of cluster and worker records. The only modules that know the schema are
+this one and ``pgstore`` (PostgreSQL).
 
-``Store`` is the interface; ``SQLiteStore`` is the embedded default. A PostgreSQL store
-implements the same methods. Schemas are created by numbered migrations
-(``migrations/<dialect>/NNNN_*.sql``), applied once each and recorded.
+``Store`` is the interface; ``SQLiteStore`` is the embedded default and ``PostgresStore``
+(``pgstore``) serves several registry replicas. Schemas are created by numbered migrations
+(``migrations/<dialect>/NNNN_*.sql``), applied once each and recorded. Tokens and TLS keys
+are encrypted with a ``FieldCipher`` on the way in and decrypted on the way out, so the rest
+of the registry only ever sees plaintext records.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import sqlite3
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -18,15 +22,22 @@ from urllib.parse import urlparse
 
 import aiosqlite
 
+from .crypto import FieldCipher, UndecryptableValue, decrypt_or_plain, encrypt_or_plain
 from .model import ClusterRecord, Observed, Target, WorkerRecord
 
-__all__ = ["SQLiteStore", "Store", "open_store"]
+__all__ = ["SQLiteStore", "Store", "StoreSetupError", "is_persistent", "open_store"]
 
 log = logging.getLogger(__name__)
 
 
+class StoreSetupError(RuntimeError):
+    """The store cannot be opened: a one-line reason for the operator (no secrets in it)."""
+
+
 class Store(abc.ABC):
     """Where the registry keeps clusters and workers."""
+
+    cipher: FieldCipher | None = None
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -48,6 +59,10 @@ class Store(abc.ABC):
         """One cluster without its workers."""
 
     @abc.abstractmethod
+    async def load_cluster(self, name: str) -> ClusterRecord | None:
+        """One cluster with its unfinished workers (what the registry keeps in memory)."""
+
+    @abc.abstractmethod
     async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
         """Finished clusters of ``owner`` (every owner when None), without workers."""
 
@@ -63,9 +78,10 @@ _WORKER_COLUMNS = (
 )  # fmt: skip
 
 
-def _cluster_row(c: ClusterRecord) -> tuple[Any, ...]:
+def _cluster_row(c: ClusterRecord, cipher: FieldCipher | None) -> tuple[Any, ...]:
     return (
-        c.name, c.owner, c.backend, c.options, c.config, c.token, c.tls_cert, c.tls_key,
+        c.name, c.owner, c.backend, c.options, c.config, encrypt_or_plain(cipher, c.token),
+        c.tls_cert, encrypt_or_plain(cipher, c.tls_key),
         int(c.target), int(c.observed), c.reason, c.scheduler_address, c.dashboard_address,
         c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
         c.revision,
@@ -74,13 +90,18 @@ def _cluster_row(c: ClusterRecord) -> tuple[Any, ...]:
 
 def _worker_row(cluster: str, w: WorkerRecord) -> tuple[Any, ...]:
     return (
-        cluster, w.name, int(w.target), int(w.observed), int(w.close_expected), w.state,
+        cluster, w.name, int(w.target), int(w.observed), w.close_expected, w.state,
         w.reason, w.start_time, w.stop_time,
     )  # fmt: skip
 
 
-def _cluster_from_row(row: Sequence[Any]) -> ClusterRecord:
+def _cluster_from_row(row: Sequence[Any], cipher: FieldCipher | None) -> ClusterRecord:
     d = dict(zip(_CLUSTER_COLUMNS, row, strict=True))
+    try:
+        d["token"] = decrypt_or_plain(cipher, d["token"])
+        d["tls_key"] = decrypt_or_plain(cipher, d["tls_key"])
+    except UndecryptableValue as exc:
+        raise UndecryptableValue(f"cluster {d['name']}: {exc}") from None
     d["target"] = Target(d["target"])
     d["observed"] = Observed(d["observed"])
     return ClusterRecord(**d)
@@ -95,6 +116,15 @@ def _worker_from_row(row: Sequence[Any]) -> tuple[str, WorkerRecord]:
     return cluster, WorkerRecord(**d)
 
 
+def _needs_rewrite(cipher: FieldCipher, token: str, tls_key: str) -> bool:
+    return not (cipher.is_current(token) and cipher.is_current(tls_key))
+
+
+def _reencrypted(cipher: FieldCipher, token: str, tls_key: str) -> tuple[str, str]:
+    """The pair under the first key (plaintext from before encryption included)."""
+    return cipher.encrypt(cipher.decrypt(token)), cipher.encrypt(cipher.decrypt(tls_key))
+
+
 def _migrations(dialect: str) -> list[tuple[str, str]]:
     folder = resources.files("flotilla_registry") / "migrations" / dialect
     files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
@@ -104,9 +134,13 @@ def _migrations(dialect: str) -> list[tuple[str, str]]:
 class SQLiteStore(Store):
     """A single SQLite file (WAL mode): the embedded default."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cipher: FieldCipher | None = None) -> None:
         self.path = path
+        self.cipher = cipher
         self._db: aiosqlite.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path})"
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -115,6 +149,13 @@ class SQLiteStore(Store):
         return self._db
 
     async def open(self) -> None:
+        try:
+            await self._open()
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise StoreSetupError(f"cannot open SQLite database {self.path}: {exc}") from None
+
+    async def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Tokens and TLS keys live here: readable by the registry's account only
@@ -126,6 +167,7 @@ class SQLiteStore(Store):
         await self.db.execute("PRAGMA synchronous=NORMAL")
         await self.db.execute("PRAGMA foreign_keys=ON")
         await self._migrate()
+        await self._encrypt_old_rows()
 
     async def _migrate(self) -> None:
         await self.db.execute(
@@ -143,6 +185,30 @@ class SQLiteStore(Store):
                 f"('{name}', CAST(strftime('%s','now') AS INTEGER) * 1000);\nCOMMIT;"
             )
 
+    async def _encrypt_old_rows(self) -> None:
+        """Rewrite rows that are plaintext or under an older key with the first key."""
+        if self.cipher is None:
+            return
+        prefix = self.cipher.current_prefix
+        async with self.db.execute(
+            "SELECT name, token, tls_key FROM clusters "
+            "WHERE token NOT LIKE ? OR tls_key NOT LIKE ?",
+            (prefix + "%", prefix + "%"),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        try:
+            updates = [(*_reencrypted(self.cipher, t, k), n, t, k) for n, t, k in rows]
+        except UndecryptableValue as exc:
+            raise StoreSetupError(f"cannot decrypt a stored record: {exc}") from None
+        await self.db.executemany(
+            "UPDATE clusters SET token = ?, tls_key = ? "
+            "WHERE name = ? AND token = ? AND tls_key = ?",
+            updates,
+        )
+        await self.db.commit()
+        if updates:
+            log.info("re-encrypted %d cluster records under key %s", len(updates), prefix)
+
     async def close(self) -> None:
         if self._db is not None:
             await self._db.close()
@@ -155,7 +221,7 @@ class SQLiteStore(Store):
         await self.db.execute(
             f"INSERT INTO clusters ({cols}) VALUES ({marks}) "
             f"ON CONFLICT(name) DO UPDATE SET {updates}",
-            _cluster_row(cluster),
+            _cluster_row(cluster, self.cipher),
         )
         rows = [
             _worker_row(cluster.name, cluster.workers[n]) for n in workers if n in cluster.workers
@@ -176,7 +242,7 @@ class SQLiteStore(Store):
         async with self.db.execute(
             f"SELECT {cols} FROM clusters WHERE stop_time IS NULL ORDER BY start_time"
         ) as cur:
-            clusters = {r[0]: _cluster_from_row(r) for r in await cur.fetchall()}
+            clusters = {r[0]: _cluster_from_row(r, self.cipher) for r in await cur.fetchall()}
         wcols = ", ".join(f"w.{c}" for c in _WORKER_COLUMNS)
         async with self.db.execute(
             f"SELECT {wcols} FROM workers w JOIN clusters c ON c.name = w.cluster "
@@ -191,7 +257,19 @@ class SQLiteStore(Store):
         cols = ", ".join(_CLUSTER_COLUMNS)
         async with self.db.execute(f"SELECT {cols} FROM clusters WHERE name = ?", (name,)) as cur:
             row = await cur.fetchone()
-        return _cluster_from_row(row) if row else None
+        return _cluster_from_row(row, self.cipher) if row else None
+
+    async def load_cluster(self, name: str) -> ClusterRecord | None:
+        c = await self.get_cluster(name)
+        if c is None:
+            return None
+        wcols = ", ".join(_WORKER_COLUMNS)
+        async with self.db.execute(
+            f"SELECT {wcols} FROM workers WHERE cluster = ? AND stop_time IS NULL", (name,)
+        ) as cur:
+            for row in await cur.fetchall():
+                c.workers[row[1]] = _worker_from_row(row)[1]
+        return c
 
     async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
         cols = ", ".join(_CLUSTER_COLUMNS)
@@ -201,19 +279,36 @@ class SQLiteStore(Store):
             sql += " AND owner = ?"
             args = (owner,)
         async with self.db.execute(sql + " ORDER BY start_time", args) as cur:
-            return [_cluster_from_row(r) for r in await cur.fetchall()]
+            return [_cluster_from_row(r, self.cipher) for r in await cur.fetchall()]
 
 
-def open_store(url: str) -> Store:
+def _is_memory(url: str) -> bool:
+    return url in ("sqlite://", "sqlite:///", "sqlite:///:memory:", ":memory:")
+
+
+def is_persistent(url: str) -> bool:
+    """Whether ``url`` keeps records beyond the process (everything but in-memory SQLite)."""
+    return not _is_memory(url)
+
+
+def open_store(url: str, cipher: FieldCipher | None = None, pool_size: int = 10) -> Store:
     """A store for ``url``: ``sqlite:///relative/path``, ``sqlite:////absolute/path``,
-    ``sqlite:///:memory:`` or a bare file path."""
+    ``sqlite:///:memory:``, a bare file path, or ``postgresql://user:pass@host:port/db``
+    (also ``postgres://``). Raises ``StoreSetupError`` for a URL it cannot use."""
     parsed = urlparse(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        from .pgstore import PostgresStore  # asyncpg is only imported when used
+
+        return PostgresStore(url, cipher, pool_size=pool_size)
     if parsed.scheme == "sqlite":
-        if not url.startswith("sqlite:///"):
-            raise ValueError(
+        if not url.startswith("sqlite:///") and url != "sqlite://":
+            raise StoreSetupError(
                 "SQLite URLs look like sqlite:///relative/path or sqlite:////absolute/path"
             )
-        return SQLiteStore(url[len("sqlite:///") :] or ":memory:")
+        return SQLiteStore(url[len("sqlite:///") :] or ":memory:", cipher)
     if not parsed.scheme:
-        return SQLiteStore(url)
-    raise ValueError(f"unsupported registry database URL scheme {parsed.scheme!r}")
+        return SQLiteStore(url, cipher)
+    raise StoreSetupError(
+        f"unsupported registry database URL scheme {parsed.scheme!r} "
+        "(use sqlite:///path or postgresql://user:password@host:port/database)"
+    )
