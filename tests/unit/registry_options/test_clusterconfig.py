@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flotilla_common.identity import Identity
 from flotilla_registry.clusterconfig import (
+    WORKERS_CEILING,
     ClusterConfig,
     ResolvedClusterConfig,
     clamp_adapt,
@@ -55,7 +56,7 @@ def test_defaults_serialise_to_the_internals_document() -> None:
     # Same key order as docs/internals.md.
     assert list(json.loads(text))[:3] == ["scheduler_cmd", "worker_cmd", "scheduler_preload"]
     assert resolved == ResolvedClusterConfig()
-    assert resolved.max_workers is None
+    assert resolved.max_workers == WORKERS_CEILING
 
 
 def test_every_config_trait_has_help() -> None:
@@ -229,8 +230,9 @@ def test_scheduler_exactly_at_limits_is_allowed() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({}, None),
+        ({}, WORKERS_CEILING),  # no limit set: the registry's ceiling still holds
         ({"cluster_max_workers": 5}, 5),
+        ({"cluster_max_workers": 10 * WORKERS_CEILING}, WORKERS_CEILING),
         ({"cluster_max_workers": 0}, 0),
         # (8 - 1) // 2 = 3
         ({"cluster_max_cores": 8, "worker_cores": 2}, 3),
@@ -245,7 +247,7 @@ def test_scheduler_exactly_at_limits_is_allowed() -> None:
         ({"cluster_max_cores": 100, "cluster_max_memory": "4 G", "worker_memory": "512 M"}, 4),
     ],
 )
-def test_max_workers_arithmetic(values: dict[str, Any], expected: int | None) -> None:
+def test_max_workers_arithmetic(values: dict[str, Any], expected: int) -> None:
     assert resolve_cluster_config(admin(**values), {}).max_workers == expected
 
 

@@ -28,6 +28,7 @@ from ._units import parse_bytes
 from .options import OptionsError
 
 __all__ = [
+    "WORKERS_CEILING",
     "ClusterConfig",
     "ResolvedClusterConfig",
     "clamp_adapt",
@@ -38,6 +39,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _GiB = 2**30
+
+#: The most workers any cluster gets, whatever its limits (or without any). Without a
+#: ceiling, one ``scale(10**9)`` on a cluster with no limit has the registry create a
+#: billion worker records in one heartbeat, stalling it for every user.
+WORKERS_CEILING = 10_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +231,8 @@ class ClusterConfig(LoggingConfigurable):
         min=0,
         help=(
             "Maximum number of workers per cluster (count). None: no explicit limit; "
-            "cluster_max_cores and cluster_max_memory may still imply one."
+            "cluster_max_cores and cluster_max_memory may still imply one. No cluster ever "
+            "gets more than 10000 workers."
         ),
         config=True,
     )
@@ -329,21 +336,21 @@ class ResolvedClusterConfig:
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
-    def max_workers(self) -> int | None:
-        """The effective worker limit: the tightest of the three limits that are set.
+    def max_workers(self) -> int:
+        """The effective worker limit: the tightest of the limits that are set.
 
         ``cluster_max_workers``, ``(cluster_max_cores - scheduler_cores) // worker_cores``
-        and ``(cluster_max_memory - scheduler_memory) // worker_memory``; never below 0.
-        ``None`` when no limit is set.
+        and ``(cluster_max_memory - scheduler_memory) // worker_memory``, never below 0,
+        and never above :data:`WORKERS_CEILING` (which is the limit when none is set).
         """
-        limits: list[int] = []
+        limits: list[int] = [WORKERS_CEILING]
         if self.cluster_max_workers is not None:
             limits.append(self.cluster_max_workers)
         if self.cluster_max_cores is not None:
             limits.append(int((self.cluster_max_cores - self.scheduler_cores) // self.worker_cores))
         if self.cluster_max_memory is not None:
             limits.append((self.cluster_max_memory - self.scheduler_memory) // self.worker_memory)
-        return max(0, min(limits)) if limits else None
+        return max(0, min(limits))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config_json`` object: the keys of ``docs/internals.md``, then ``extra``."""
