@@ -151,6 +151,11 @@ c.ClusterConfig.cluster_max_memory = "32 G"
 c.ClusterConfig.cluster_max_cores = 16
 c.ClusterConfig.adaptive_period = 0.5
 c.ClusterConfig.heartbeat_period = 2.0
+# Lifecycle timeouts (ignored, with a log line, by a registry without them): the "hang"
+# runtime's schedulers must outlive the tests that use them, and a loaded machine must not
+# fail a cluster whose 2 s heartbeats come late.
+c.ClusterConfig.cluster_start_timeout = 600
+c.ClusterConfig.heartbeat_timeout = 120
 """
 
 

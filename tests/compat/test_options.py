@@ -165,6 +165,8 @@ def test_handler_sees_targets_select_values_and_user(observed: dict[str, Any]) -
     }
     assert env["COMPAT_EXTRA"] == "from-mapping"  # the Mapping reached the environment
     assert env["COMPAT_USER"] == ALICE
+    # The default runtime is ours (test_upstream_preload compares the upstream one with it).
+    assert observed["alice"]["scheduler"]["preloads"] == ["flotilla.scheduler_preload"]
     assert env["COMPAT_GROUPS"] == "physics,staff"
     assert env["COMPAT_ADMIN"] == "False"
 
