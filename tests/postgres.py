@@ -249,7 +249,10 @@ def postgres_server() -> Iterator[PostgresServer]:
         uid, gid = owner.pw_uid, owner.pw_gid
     else:
         uid, gid = os.getuid(), os.getgid()  # PostgreSQL refuses only root
-    directory = Path(tempfile.mkdtemp(prefix="flotilla-pg-"))
+    # Under /tmp when switching users: $TMPDIR may sit where `postgres` cannot reach.
+    directory = Path(
+        tempfile.mkdtemp(prefix="flotilla-pg-", dir="/tmp" if os.geteuid() == 0 else None)
+    )
     os.chown(directory, uid, gid)
     directory.chmod(0o700)
     server = PostgresServer(bindir, directory, uid, gid)

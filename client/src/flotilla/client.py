@@ -82,6 +82,8 @@ T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 30.0
 #: How long one GetCluster call asks the server to hold a PENDING cluster's reply.
 WAIT_SECONDS = 20.0
+#: Longest the server may spend fetching an active cluster's current logs, in seconds.
+LOGS_WAIT_SECONDS = 30.0
 #: Minimum interval between two polls while waiting for a cluster to start.
 _POLL_INTERVAL_SECONDS = 0.5
 
@@ -571,6 +573,8 @@ class Gateway:
     def _channel_options(self) -> list[tuple[str, Any]]:
         options: list[tuple[str, Any]] = [
             ("grpc.primary_user_agent", f"flotilla-client/{__version__}"),
+            # Cluster logs can exceed gRPC's default 4 MiB (the gateway sends up to 16 MiB).
+            ("grpc.max_receive_message_length", 64 * 2**20),
         ]
         proxy = dask.config.get("gateway.http-client.proxy", True)
         if proxy is False:
@@ -990,6 +994,34 @@ class Gateway:
             active=active,
             **kwargs,
         )
+
+    async def _cluster_logs(self, cluster_name: str) -> dict[str, str]:
+        resp = await self._rpc(
+            "GetClusterLogs",
+            registry_pb2.GetClusterLogsRequest(name=cluster_name),
+            timeout=CALL_TIMEOUT_SECONDS + LOGS_WAIT_SECONDS,
+        )
+        return {log.process: log.text for log in resp.logs}
+
+    def get_cluster_logs(self, cluster_name: str, **kwargs: Any) -> Any:
+        """The output (stdout and stderr) of a cluster's scheduler and workers.
+
+        Works for active clusters (the gateway fetches the current output) and for
+        stopped or failed ones, for as long as the gateway keeps their records. Only the
+        end of each process's output is kept (a line says how much was cut).
+
+        Parameters
+        ----------
+        cluster_name : str
+            The cluster's name.
+
+        Returns
+        -------
+        logs : dict
+            Process name (``"scheduler"``, ``"worker-<name>"``) to its output text, the
+            scheduler first.
+        """
+        return self.sync(self._cluster_logs, cluster_name, **kwargs)
 
     async def _get_versions(self) -> dict[str, dict[str, str]]:
         resp = await self._rpc("GetVersion", registry_pb2.GetVersionRequest())
@@ -1442,6 +1474,38 @@ class GatewayCluster(Cluster):
             active=active,
             **kwargs,
         )
+
+    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> Any:
+        """The output of this cluster's scheduler and workers, kept by the gateway.
+
+        Unlike ``distributed``'s ``Cluster.get_logs`` this is the processes' whole
+        output (stdout and stderr, the end of it), also after the cluster has stopped or
+        failed; see :meth:`Gateway.get_cluster_logs`.
+
+        Parameters
+        ----------
+        cluster : bool, optional
+            Accepted for compatibility; the gateway keeps no separate cluster log.
+        scheduler : bool, optional
+            Include the scheduler's output (default True).
+        workers : bool, optional
+            Include the workers' output (default True).
+
+        Returns
+        -------
+        logs : dict
+            Process name (``"scheduler"``, ``"worker-<name>"``) to its output text.
+        """
+
+        async def select() -> dict[str, str]:
+            logs = await self.gateway._cluster_logs(self.name)
+            return {
+                name: text
+                for name, text in logs.items()
+                if (scheduler if name == "scheduler" else workers)
+            }
+
+        return self.sync(select)
 
     def report(self, **kwargs: Any) -> Any:
         """The gateway's current report on this cluster.

@@ -57,6 +57,8 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
         self.worker_reports: list[internal_pb2.ReportWorkerRequest] = []
         self.heartbeats: list[tuple[str, dict[str, Any]]] = []
         self.deletes: list[str] = []
+        self.logs: dict[str, dict[str, str]] = {}
+        self.logs_answered: dict[str, int] = {}
         self.api_url = ""
         self.grpc_address = ""
 
@@ -172,6 +174,24 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
             )
         self.publish(request.cluster_name)
         return internal_pb2.ReportWorkerResponse()
+
+    async def SaveClusterLogs(
+        self, request: internal_pb2.SaveClusterLogsRequest, context: Any
+    ) -> internal_pb2.SaveClusterLogsResponse:
+        if request.cluster_name not in self.records:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such cluster")
+        saved = self.logs.setdefault(request.cluster_name, {})
+        saved.update({log.process: log.text for log in request.logs})
+        if request.answers_request:
+            self.logs_answered[request.cluster_name] = request.answers_request
+        return internal_pb2.SaveClusterLogsResponse()
+
+    def request_logs(self, name: str) -> int:
+        """Ask the launcher for the current logs, as the registry does; returns the id."""
+        rec = self.records[name]
+        rec.logs_request += 1
+        self.publish(name)
+        return rec.logs_request
 
     # -- REST (what schedulers call) ----------------------------------------------------
 

@@ -247,6 +247,7 @@ class FakeCluster:
     reason: str = ""
     count: int = 0
     adapt: tuple[int | None, int | None, bool] | None = None
+    logs: dict[str, str] = field(default_factory=dict)
 
 
 class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
@@ -433,6 +434,13 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
                 ok=False, message=f"Using `maximum={self.max_workers}` instead."
             )
         return registry_pb2.AdaptClusterResponse(ok=True)
+
+    def GetClusterLogs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        user = self._auth("GetClusterLogs", context)
+        c = self._get(request.name, user, context)
+        return registry_pb2.GetClusterLogsResponse(
+            logs=[types_pb2.ProcessLog(process=p, text=t) for p, t in c.logs.items()]
+        )
 
 
 @dataclass

@@ -166,6 +166,23 @@ def test_error_mapping_end_to_end(bare_gateway: FakeGateway) -> None:
         assert {c.owner for c in admin.list_clusters(all_users=True)} == {"alice", "bob"}
 
 
+def test_cluster_logs(bare_gateway: FakeGateway) -> None:
+    reg = bare_gateway.registry
+    big = "x" * (5 * 2**20)  # over gRPC's default 4 MiB message limit
+    with gateway_for(bare_gateway) as gw:
+        name = gw.submit()
+        reg.clusters[name].logs = {"scheduler": "s", "worker-a": big, "worker-b": "b"}
+        logs = gw.get_cluster_logs(name)
+        assert list(logs) == ["scheduler", "worker-a", "worker-b"]
+        assert logs["worker-a"] == big
+        gw.stop_cluster(name)
+        assert gw.get_cluster_logs(name)["scheduler"] == "s"  # also once stopped
+        with pytest.raises(ValueError, match="Cluster nope not found"):
+            gw.get_cluster_logs("nope")
+        with pytest.raises(GatewayPermissionError):
+            gw.get_cluster_logs(reg.new_pending("bob"))
+
+
 def test_https_gateway_with_configured_ca(https_gateway: tuple[FakeGateway, str]) -> None:
     fake, ca_file = https_gateway
     address = f"https://localhost:{fake.port}"
@@ -272,6 +289,10 @@ def test_sync_cluster_lifecycle(fake_gateway: FakeGateway) -> None:
             cluster.adapt(minimum=0, maximum=2)
             assert reg.clusters[name].adapt == (0, 2, True)
             assert cluster.report().status is ClusterStatus.RUNNING
+            reg.clusters[name].logs = {"scheduler": "s", "worker-a": "a"}
+            assert cluster.get_logs() == {"scheduler": "s", "worker-a": "a"}
+            assert cluster.get_logs(workers=False) == {"scheduler": "s"}
+            assert cluster.get_logs(scheduler=False) == {"worker-a": "a"}
 
             # another handle on the same cluster, not shutting it down on close
             other = gw.connect(name)

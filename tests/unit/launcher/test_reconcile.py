@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import grpc
 import pytest
 from flotilla.registry.v1 import internal_pb2, types_pb2
 from flotilla_launcher.backends.base import (
@@ -27,6 +28,8 @@ class FakeBackend(Backend):
         self.stopped: list[str] = []
         self.alive: set[str] = set()
         self.fail_start = ""
+        self.logs: dict[str, str] = {}
+        self.log_reads: list[tuple[str, dict[str, Any], int, int]] = []
 
     async def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
         yield {"workdir": f"/w/{cluster.name}"}
@@ -65,11 +68,18 @@ class FakeBackend(Backend):
             for w, _ in workers
         ]
 
+    async def read_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
+    ) -> dict[str, str]:
+        self.log_reads.append((cluster.name, dict(state), tail_bytes, total_bytes))
+        return dict(self.logs)
+
 
 class FakeStub:
     def __init__(self) -> None:
         self.cluster_reports: list[internal_pb2.ReportClusterRequest] = []
         self.worker_reports: list[internal_pb2.ReportWorkerRequest] = []
+        self.log_saves: list[internal_pb2.SaveClusterLogsRequest] = []
 
     async def ReportCluster(self, req: Any, **kwargs: Any) -> Any:
         self.cluster_reports.append(req)
@@ -78,6 +88,10 @@ class FakeStub:
     async def ReportWorker(self, req: Any, **kwargs: Any) -> Any:
         self.worker_reports.append(req)
         return internal_pb2.ReportWorkerResponse()
+
+    async def SaveClusterLogs(self, req: Any, **kwargs: Any) -> Any:
+        self.log_saves.append(req)
+        return internal_pb2.SaveClusterLogsResponse()
 
 
 @pytest.fixture
@@ -234,3 +248,108 @@ async def test_workers_wait_for_the_scheduler_address(
     await reconciler._reconcile("c1")
     assert backend.started == ["c1/w1"]
     assert stub.worker_reports[-1].observed == types_pb2.OBSERVED_STARTING
+
+
+async def test_logs_are_sent_before_the_stopped_report(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.logs = {"scheduler": "boom", "worker-w1": "w" * 700_000, "worker-w2": "x" * 700_000}
+    calls: list[str] = []
+    save, report = stub.SaveClusterLogs, stub.ReportCluster
+
+    async def save_logged(req: Any, **kwargs: Any) -> Any:
+        calls.append("logs")
+        return await save(req, **kwargs)
+
+    async def report_logged(req: Any, **kwargs: Any) -> Any:
+        calls.append(f"report {req.observed}")
+        return await report(req, **kwargs)
+
+    stub.SaveClusterLogs, stub.ReportCluster = save_logged, report_logged  # type: ignore[method-assign]
+    rec = record(
+        target=types_pb2.TARGET_FAILED,
+        observed=types_pb2.OBSERVED_RUNNING,
+        state_json='{"workdir": "/w/c1", "pid": 3}',
+    )
+    reconciler._apply(initial(rec))
+    await reconciler._reconcile("c1")
+    # Split into calls under the batch size, all before the cluster is reported STOPPED.
+    assert calls == ["logs", "logs", "report 4"]
+    sent = {log.process: log.text for req in stub.log_saves for log in req.logs}
+    assert sent == backend.logs
+    assert [req.answers_request for req in stub.log_saves] == [0, 0]
+    [(name, state, tail, total)] = backend.log_reads
+    assert name == "c1" and state["workdir"] == "/w/c1"
+    assert (tail, total) == (256 * 1024, 4 * 1024 * 1024)
+
+
+async def test_a_logs_request_of_an_active_cluster_is_answered_once(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.alive.add("c1")
+    backend.logs = {"scheduler": "running fine"}
+    rec = record(observed=types_pb2.OBSERVED_RUNNING, state_json='{"pid": 1}', logs_request=7)
+    reconciler._apply(initial(rec))
+    await reconciler._reconcile("c1")
+    await reconciler._reconcile("c1")  # the same request: not answered twice
+    [req] = stub.log_saves
+    assert req.answers_request == 7
+    assert [(log.process, log.text) for log in req.logs] == [("scheduler", "running fine")]
+    backend.logs = {}  # a backend without logs still answers (with none)
+    reconciler._apply(
+        internal_pb2.WatchClustersResponse(
+            clusters=[
+                record(
+                    observed=types_pb2.OBSERVED_RUNNING,
+                    state_json='{"pid": 1}',
+                    logs_request=9,
+                    revision=2,
+                )
+            ]
+        )
+    )
+    await reconciler._reconcile("c1")
+    assert stub.log_saves[-1].answers_request == 9 and not stub.log_saves[-1].logs
+
+
+async def test_reading_logs_may_fail_without_blocking_the_stop(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+
+    async def broken(*args: Any) -> dict[str, str]:
+        raise OSError("disk on fire")
+
+    backend.read_logs = broken  # type: ignore[method-assign]
+    reconciler._apply(
+        initial(
+            record(
+                target=types_pb2.TARGET_STOPPED, observed=types_pb2.OBSERVED_RUNNING, logs_request=3
+            )
+        )
+    )
+    await reconciler._reconcile("c1")
+    assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED
+    [req] = stub.log_saves
+    assert req.answers_request == 3 and not req.logs
+
+
+async def test_a_registry_without_logs_does_not_block_the_stop(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    backend.logs = {"scheduler": "x"}
+
+    async def unimplemented(req: Any, **kwargs: Any) -> Any:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata()
+        )
+
+    stub.SaveClusterLogs = unimplemented  # type: ignore[method-assign]
+    reconciler._apply(
+        initial(record(target=types_pb2.TARGET_STOPPED, observed=types_pb2.OBSERVED_RUNNING))
+    )
+    await reconciler._reconcile("c1")
+    assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED

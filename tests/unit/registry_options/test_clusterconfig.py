@@ -49,9 +49,13 @@ def test_defaults_serialise_to_the_internals_document() -> None:
         "adaptive_period": 3.0,
         "idle_timeout": 0.0,
         "heartbeat_period": 15.0,
+        "heartbeat_timeout": 30.0,
         "cluster_max_workers": None,
         "cluster_max_cores": None,
         "cluster_max_memory": None,
+        "cluster_start_timeout": 60.0,
+        "worker_start_timeout": 60.0,
+        "worker_start_failure_limit": 3,
     }
     # Same key order as docs/internals.md.
     assert list(json.loads(text))[:3] == ["scheduler_cmd", "worker_cmd", "scheduler_preload"]
@@ -174,12 +178,33 @@ def test_invalid_admin_value_raises_trait_error() -> None:
         ({"idle_timeout": -5}, "'idle_timeout'"),
         ({"idle_timeout": float("nan")}, "idle_timeout"),
         ({"cluster_max_workers": -1}, "'cluster_max_workers'"),
+        ({"cluster_start_timeout": 0}, "cluster_start_timeout"),
+        ({"worker_start_timeout": -1.0}, "worker_start_timeout"),
+        ({"heartbeat_timeout": 0}, "heartbeat_timeout"),
+        ({"worker_start_failure_limit": -1}, "'worker_start_failure_limit'"),
+        ({"worker_start_failure_limit": True}, "'worker_start_failure_limit'"),
+        (
+            {"heartbeat_period": 10, "heartbeat_timeout": 10},
+            "heartbeat_timeout (10 s) must exceed heartbeat_period (10 s)",
+        ),
     ],
 )
 def test_invalid_overrides_name_the_field(overrides: dict[str, Any], fragment: str) -> None:
     with pytest.raises(OptionsError) as info:
         resolve_cluster_config(Config(), overrides)
     assert fragment in str(info.value)
+
+
+def test_timeouts_are_per_cluster_and_the_heartbeat_timeout_follows_the_period() -> None:
+    config = admin(cluster_start_timeout=120, worker_start_failure_limit=5)
+    resolved = resolve_cluster_config(config, {"heartbeat_period": 2, "worker_start_timeout": 9})
+    assert resolved.cluster_start_timeout == 120.0
+    assert resolved.worker_start_failure_limit == 5
+    assert resolved.worker_start_timeout == 9.0
+    assert resolved.heartbeat_timeout == 4.0  # twice the period when not set
+    explicit = resolve_cluster_config(config, {"heartbeat_timeout": 47.5})
+    assert explicit.heartbeat_timeout == 47.5
+    assert ResolvedClusterConfig.from_json(explicit.to_json()) == explicit
 
 
 def test_overrides_must_be_a_mapping() -> None:

@@ -42,6 +42,25 @@ class Launcher(Configurable):
         ),
         config=True,
     )
+    log_tail_bytes = Integer(
+        256 * 1024,
+        min=1024,
+        max=1024 * 1024,
+        help=(
+            "Bytes kept of the end of each scheduler's and worker's output when a "
+            "cluster's logs are sent to the registry (when it stops, or on request)."
+        ),
+        config=True,
+    )
+    log_total_bytes = Integer(
+        4 * 1024 * 1024,
+        min=1024,
+        help=(
+            "Bytes of logs sent per cluster at most: the scheduler's, then its workers' "
+            "most recently active first, until this many."
+        ),
+        config=True,
+    )
     health_address = Unicode(
         "",
         help="host:port for a gRPC health service (grpc.health.v1); empty: none.",

@@ -7,6 +7,11 @@ message), every change queues the cluster's name in a de-duplicating work queue,
 report). What the launcher did but the registry may not have seen yet (a report still in
 flight) is kept in a small :class:`_Tracked` record per cluster, so a stale record never
 starts a second scheduler. A periodic batched status check finds processes that exited.
+
+Logs: once a cluster's processes are stopped, and before reporting it STOPPED, the
+launcher sends the tails of their output to the registry (``SaveClusterLogs``), which
+keeps them with the cluster's record; while a cluster is active, it sends them whenever
+the record carries an unanswered ``logs_request``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +41,9 @@ STARTING = types_pb2.OBSERVED_STARTING
 OBS_RUNNING = types_pb2.OBSERVED_RUNNING
 STOPPED = types_pb2.OBSERVED_STOPPED
 ACTIVE = (STARTING, OBS_RUNNING)
+#: Largest amount of log text (UTF-8 bytes) per SaveClusterLogs call; gRPC's default
+#: message limit is 4 MiB.
+LOG_BATCH_BYTES = 1 << 20
 
 
 @dataclass
@@ -56,6 +64,7 @@ class _Tracked:
     checked: bool = False
     exit_reason: str = ""
     failure_reported: bool = False
+    logs_answered: int = 0
     pending: internal_pb2.ReportClusterRequest | None = None
     workers: dict[str, _TrackedWorker] = field(default_factory=dict)
 
@@ -72,6 +81,20 @@ def _load_state(text: str) -> dict[str, Any]:
 
 def _finished(rec: internal_pb2.LaunchCluster) -> bool:
     return bool(rec.target != RUNNING and rec.observed == STOPPED)
+
+
+def _log_batches(logs: Mapping[str, str], limit: int) -> list[list[types_pb2.ProcessLog]]:
+    """Split logs into SaveClusterLogs-sized batches (at least one, maybe empty)."""
+    batches: list[list[types_pb2.ProcessLog]] = [[]]
+    size = 0
+    for process, text in logs.items():
+        n = len(text.encode()) + len(process)
+        if batches[-1] and size + n > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(types_pb2.ProcessLog(process=process, text=text))
+        size += n
+    return batches
 
 
 class Reconciler:
@@ -273,6 +296,45 @@ class Reconciler:
         if tw.pending is req:
             tw.pending = None
 
+    async def _read_logs(
+        self, rec: internal_pb2.LaunchCluster, state: Mapping[str, Any]
+    ) -> dict[str, str]:
+        spec = ClusterSpec(rec.name, rec.owner, ClusterConfig(), "", "", "", "")
+        try:
+            return await self.backend.read_logs(
+                spec, state, self.settings.log_tail_bytes, self.settings.log_total_bytes
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cluster %s: reading its logs failed", rec.name)
+            return {}
+
+    async def _send_logs(
+        self, rec: internal_pb2.LaunchCluster, logs: Mapping[str, str], answers: int
+    ) -> None:
+        """Store ``logs`` in the registry; the last call answers logs request ``answers``."""
+        assert self._stub is not None
+        batches = _log_batches(logs, LOG_BATCH_BYTES)
+        for i, batch in enumerate(batches):
+            try:
+                await self._stub.SaveClusterLogs(
+                    internal_pb2.SaveClusterLogsRequest(
+                        cluster_name=rec.name,
+                        logs=batch,
+                        answers_request=answers if i == len(batches) - 1 else 0,
+                    ),
+                    metadata=self._metadata,
+                    timeout=self.settings.rpc_timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                # A registry older than this launcher: logs are lost, the stop is not.
+                log.warning("cluster %s: the registry does not keep logs", rec.name)
+                return
+        log.debug("cluster %s: sent %d logs", rec.name, len(logs))
+
     # -- reconcile ------------------------------------------------------------------------
 
     def _spec(self, rec: internal_pb2.LaunchCluster) -> ClusterSpec:
@@ -302,7 +364,15 @@ class Reconciler:
         if rec.target != RUNNING:
             if observed != STOPPED:
                 await self._stop_cluster(rec, tr, state)
+            elif rec.logs_request > tr.logs_answered:
+                # Everything was sent when it stopped.
+                await self._send_logs(rec, {}, rec.logs_request)
+                tr.logs_answered = rec.logs_request
             return
+        if rec.logs_request > tr.logs_answered:
+            logs = await self._read_logs(rec, state)
+            await self._send_logs(rec, logs, rec.logs_request)
+            tr.logs_answered = rec.logs_request
 
         try:
             spec = self._spec(rec)
@@ -446,6 +516,9 @@ class Reconciler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        # Logs before the STOPPED report: once the cluster shows as ended, they are there.
+        await self._send_logs(rec, await self._read_logs(rec, state), rec.logs_request)
+        tr.logs_answered = rec.logs_request
         tr.observed = STOPPED
         await self._send_cluster(
             tr, internal_pb2.ReportClusterRequest(name=rec.name, observed=STOPPED)

@@ -23,6 +23,7 @@ from traitlets.config import Config
 from .clusters import ClusterService, ServiceSettings
 from .config import KEYS_ENV, Registry
 from .crypto import FieldCipher, KeyConfigError, generate_key
+from .lifecycle import Housekeeping
 from .options import Options
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
@@ -100,7 +101,7 @@ class RegistryApp:
             api_url=deployment.resolved_api_url,
             default_backend=registry.default_backend,
             backends=tuple(registry.backends),
-            worker_start_failure_limit=registry.worker_start_failure_limit,
+            logs_request_timeout=registry.logs_request_timeout,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
         await self.service.start()
@@ -113,6 +114,15 @@ class RegistryApp:
                 self.service, self.store, resync_period=registry.db_resync_seconds
             )
         await self.service.replica.start()
+        self.housekeeping = Housekeeping(
+            self.service.check_timeouts,
+            self.store.purge_finished,
+            check_period=registry.check_timeouts_period,
+            cleanup_period=registry.db_cleanup_period,
+            max_age=registry.db_cluster_max_age,
+            leads=lambda: self.service.replica.leads,
+        )
+        self.housekeeping.start()
         identity_key = deployment.secret("identity_key")
         internal_token = deployment.secret("internal_token")
 
@@ -160,6 +170,7 @@ class RegistryApp:
         )
 
     async def stop(self) -> None:
+        await self.housekeeping.stop()
         await self.grpc_server.stop(grace=2)
         await self.runner.cleanup()
         await self.service.replica.stop()

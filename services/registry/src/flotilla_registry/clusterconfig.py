@@ -225,6 +225,46 @@ class ClusterConfig(LoggingConfigurable):
         help="Seconds between the scheduler's heartbeats to the gateway (--dg-heartbeat-period).",
         config=True,
     )
+    heartbeat_timeout = _Float(
+        None,
+        allow_none=True,
+        positive=True,
+        help=(
+            "Seconds a running cluster's scheduler may go without a heartbeat before the "
+            "cluster is failed ('heartbeat timed out'). Must exceed heartbeat_period. "
+            "None: twice heartbeat_period (dask-gateway's cluster_heartbeat_timeout)."
+        ),
+        config=True,
+    )
+    cluster_start_timeout = _Float(
+        60.0,
+        positive=True,
+        help=(
+            "Seconds from a cluster's creation to its scheduler's first heartbeat before the "
+            "cluster is failed (a scheduler that hangs, a launcher that never starts it)."
+        ),
+        config=True,
+    )
+    worker_start_timeout = _Float(
+        60.0,
+        positive=True,
+        help=(
+            "Seconds from a worker's creation until its scheduler reports it connected; a "
+            "worker later than that is stopped and counts as a failed start. The gateway "
+            "learns of connected workers from heartbeats, so this is checked at the first "
+            "heartbeat after the deadline."
+        ),
+        config=True,
+    )
+    worker_start_failure_limit = _Int(
+        3,
+        min=0,
+        help=(
+            "Fail the cluster after this many consecutive workers failed to start (exited "
+            "or timed out before connecting). 0: never."
+        ),
+        config=True,
+    )
     cluster_max_workers = _Int(
         None,
         allow_none=True,
@@ -277,9 +317,13 @@ _CORE_KEYS = (
     "adaptive_period",
     "idle_timeout",
     "heartbeat_period",
+    "heartbeat_timeout",
     "cluster_max_workers",
     "cluster_max_cores",
     "cluster_max_memory",
+    "cluster_start_timeout",
+    "worker_start_timeout",
+    "worker_start_failure_limit",
 )
 
 
@@ -314,7 +358,8 @@ def _number(value: float) -> str:
 class ResolvedClusterConfig:
     """One cluster's validated configuration: what ``config_json`` holds.
 
-    ``worker_threads`` is resolved (never 0); memory values are bytes. ``extra`` holds
+    ``worker_threads`` and ``heartbeat_timeout`` are resolved (never 0 or None); memory
+    values are bytes. ``extra`` holds
     the options of ``ClusterConfig`` subclasses, by name.
     """
 
@@ -330,9 +375,13 @@ class ResolvedClusterConfig:
     adaptive_period: float = 3.0
     idle_timeout: float = 0.0
     heartbeat_period: float = 15.0
+    heartbeat_timeout: float = 30.0
     cluster_max_workers: int | None = None
     cluster_max_cores: float | None = None
     cluster_max_memory: int | None = None
+    cluster_start_timeout: float = 60.0
+    worker_start_timeout: float = 60.0
+    worker_start_failure_limit: int = 3
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -424,6 +473,13 @@ def resolve_cluster_config(
     values = {name: getattr(cluster_config, name) for name in allowed}
     if values["worker_threads"] == 0:
         values["worker_threads"] = values["worker_cores"]
+    if values["heartbeat_timeout"] is None:
+        values["heartbeat_timeout"] = 2 * values["heartbeat_period"]
+    elif values["heartbeat_timeout"] <= values["heartbeat_period"]:
+        raise OptionsError(
+            f"heartbeat_timeout ({_number(values['heartbeat_timeout'])} s) must exceed "
+            f"heartbeat_period ({_number(values['heartbeat_period'])} s)"
+        )
 
     max_cores = values["cluster_max_cores"]
     if max_cores is not None and values["scheduler_cores"] > max_cores:

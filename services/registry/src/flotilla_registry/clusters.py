@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,7 @@ from .errors import (
     PermissionDenied,
     RegistryError,
 )
+from .lifecycle import Lifecycle, cluster_overdue, late_workers
 from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
 from .options import Options, OptionsError, resolve_options
 from .replication import LocalReplica, Replica
@@ -38,6 +39,10 @@ __all__ = ["ClusterService", "RouteInfo", "ServiceSettings"]
 log = logging.getLogger(__name__)
 
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
+#: Most log text one GetClusterLogs reply carries (the client accepts larger messages).
+MAX_LOGS_BYTES = 16 * 2**20
+#: How recent an answered logs request must be to serve another caller (ms).
+LOGS_FRESH_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class ServiceSettings:
     api_url: str
     default_backend: str = "local"
     backends: tuple[str, ...] = ("local",)
-    worker_start_failure_limit: int = 3
+    # How long GetClusterLogs waits for an active cluster's launcher to send current logs.
+    logs_request_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,10 @@ class ClusterService:
         self._changed: dict[str, asyncio.Event] = {}
         self._max_workers: dict[str, int | None] = {}
         self._worker_failures: dict[str, int] = {}
+        self._lifecycle: dict[str, Lifecycle] = {}
+        #: When this service started (ms): no timeout deadline falls before it plus the
+        #: timeout (see :mod:`.lifecycle`).
+        self.started = now_ms()
         self.launch_hub: Hub[str, ClusterRecord] = Hub()
         self.route_hub: Hub[str, RouteInfo | None] = Hub()
         # How this process coordinates with other registries on the same store; its
@@ -95,9 +105,11 @@ class ClusterService:
         self.replica: Replica = LocalReplica()
 
     async def start(self) -> None:
+        self.started = now_ms()
         for c in await self.store.load_unfinished():
             self._active[c.name] = c
             self._max_workers[c.name] = json.loads(c.config).get("max_workers")
+            self._lifecycle[c.name] = Lifecycle.from_config_json(c.config)
         log.info("loaded %d unfinished clusters", len(self._active))
 
     # -- queries used by watchers ---------------------------------------------------------
@@ -154,6 +166,7 @@ class ClusterService:
         self._locks.pop(name, None)
         self._max_workers.pop(name, None)
         self._worker_failures.pop(name, None)
+        self._lifecycle.pop(name, None)
 
     def _announce(self, c: ClusterRecord) -> None:
         """Tell watchers and waiters about a change of ``c``."""
@@ -253,6 +266,7 @@ class ClusterService:
         )
         self._active[name] = c
         self._max_workers[name] = resolved.max_workers
+        self._lifecycle[name] = Lifecycle.from_config(config)
         try:
             async with self._lock(name):
                 await self._commit(c)
@@ -423,7 +437,9 @@ class ClusterService:
             limit = self._max_workers.get(name)
             c.count = min(count, limit) if limit is not None else count
             changed = self._apply_worker_report(c, active, closing, closed)
-            changed |= self._match_count(c)
+            changed |= self._fail_late_workers(c)
+            if c.target == Target.RUNNING:
+                changed |= self._match_count(c)
             await self._commit(c, changed)
 
     def _apply_worker_report(
@@ -551,13 +567,135 @@ class ClusterService:
     def _count_start_failure(self, c: ClusterRecord, reason: str) -> set[str]:
         failures = self._worker_failures.get(c.name, 0) + 1
         self._worker_failures[c.name] = failures
-        limit = self.settings.worker_start_failure_limit
+        limit = self._limits(c).worker_start_failure_limit
         if limit and failures >= limit and c.target == Target.RUNNING:
             c.target = Target.FAILED
             c.reason = f"{failures} consecutive workers failed to start (last: {reason})"
             log.warning("cluster %s: %s", c.name, c.reason)
             return self._stop_workers(c)
         return set()
+
+    # -- timeouts (see lifecycle.py) -------------------------------------------------------
+
+    def _limits(self, c: ClusterRecord) -> Lifecycle:
+        limits = self._lifecycle.get(c.name)
+        if limits is None:
+            limits = Lifecycle.from_config_json(c.config)
+            if c.name in self._active:
+                self._lifecycle[c.name] = limits
+        return limits
+
+    def _fail_late_workers(self, c: ClusterRecord) -> set[str]:
+        """Fail the workers the latest heartbeat shows late; each counts as a failed start."""
+        limits = self._limits(c)
+        changed: set[str] = set()
+        for n in late_workers(c, limits, self.started):
+            w = c.workers[n]
+            if w.target != Target.RUNNING:
+                continue  # the failure limit already stopped it
+            w.target = Target.FAILED
+            w.reason = (
+                f"worker did not connect within worker_start_timeout "
+                f"({limits.worker_start_timeout:g} s)"
+            )
+            changed.add(n)
+            log.warning("cluster %s: worker %s: %s", c.name, n, w.reason)
+            changed |= self._count_start_failure(c, w.reason)
+        return changed
+
+    async def check_timeouts(self, now: int | None = None) -> int:
+        """Fail every cluster past its start or heartbeat deadline; returns how many."""
+        now = now_ms() if now is None else now
+        failed = 0
+        for c in list(self._active.values()):
+            if cluster_overdue(c, self._limits(c), now, self.started) is None:
+                continue
+            async with self._lock(c.name):
+                # Checked again under the lock: a heartbeat may have come in meanwhile.
+                reason = cluster_overdue(c, self._limits(c), now, self.started)
+                if reason is None or c.name not in self._active:
+                    continue
+                c.target = Target.FAILED
+                c.reason = reason
+                await self._commit(c, self._stop_workers(c))
+            log.warning("cluster %s (user %s): failed: %s", c.name, c.owner, reason)
+            failed += 1
+        return failed
+
+    # -- logs ------------------------------------------------------------------------------
+
+    async def logs(self, identity: Identity, name: str) -> dict[str, str]:
+        """The output of a cluster's processes (process -> text), fresh while it is active.
+
+        The scheduler's, then the most recent others, up to :data:`MAX_LOGS_BYTES`.
+        """
+        self._require_user(identity)
+        await self._find(identity, name, "view")
+        if name in self._active:
+            await self._request_logs(name)
+        out: dict[str, str] = {}
+        budget = MAX_LOGS_BYTES
+        for process, text in (await self.store.get_logs(name)).items():
+            budget -= len(text.encode()) + len(process)
+            if budget < 0 and out:
+                log.info(
+                    "cluster %s: older logs left out of a reply (over %d bytes)",
+                    name,
+                    MAX_LOGS_BYTES,
+                )
+                break
+            out[process] = text
+        return out
+
+    async def _request_logs(self, name: str) -> None:
+        """Ask the cluster's launcher for current logs (through its watch) and wait for the
+        answer, at most ``logs_request_timeout`` seconds; a launcher that does not answer
+        leaves what was stored before."""
+        c = await self._current(name)
+        if c is None:
+            return
+        async with self._lock(name):
+            if c.logs_request <= c.logs_answered:  # none outstanding
+                # Request ids are times (ms): an answer to a request made less than
+                # LOGS_FRESH_MS ago serves this caller too.
+                if now_ms() - c.logs_answered < LOGS_FRESH_MS:
+                    return
+                c.logs_request = max(now_ms(), c.logs_request + 1)
+                await self._commit(c)
+            wanted = c.logs_request
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.logs_request_timeout
+        while True:
+            current = self._active.get(name)
+            if current is None or current.logs_answered >= wanted:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.info("cluster %s: no current logs from its launcher in time", name)
+                return
+            event = self._changed.setdefault(name, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def save_logs(self, name: str, logs: Mapping[str, str], answers_request: int) -> None:
+        """Store a launcher's log tails; ``answers_request`` > 0 marks a logs request done."""
+        c = await self._current(name) or await self.store.get_cluster(name)
+        if c is None:
+            raise ClusterNotFound(name)
+        if any(not process or len(process) > 256 for process in logs):
+            raise InvalidRequest("process names must have 1 to 256 characters")
+        if logs:
+            # PostgreSQL text cannot hold NUL characters.
+            clean = {p: text.replace("\x00", "\ufffd") for p, text in logs.items()}
+            await self.store.save_logs(name, clean, now_ms())
+        active = self._active.get(name)
+        if answers_request > 0 and active is not None:
+            async with self._lock(name):
+                if answers_request > active.logs_answered:
+                    active.logs_answered = answers_request
+                    await self._commit(active)
 
     async def verify_token(self, name: str, token: str) -> str | None:
         c = await self._current(name)

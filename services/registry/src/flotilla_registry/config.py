@@ -72,9 +72,39 @@ class Registry(Configurable):
         ),
         config=True,
     )
-    worker_start_failure_limit = Integer(
-        3,
-        help="Fail a cluster after this many consecutive workers fail to start (0: never).",
+    check_timeouts_period = Float(
+        1.0,
+        min=0.05,
+        help=(
+            "Seconds between checks of every active cluster's start and heartbeat deadlines "
+            "(the timeouts themselves are per cluster: c.ClusterConfig.cluster_start_timeout, "
+            "heartbeat_timeout, worker_start_timeout, worker_start_failure_limit)."
+        ),
+        config=True,
+    )
+    db_cluster_max_age = Float(
+        24 * 3600.0,
+        min=0.0,
+        help=(
+            "Seconds a finished (STOPPED or FAILED) cluster's record, with its logs, is kept "
+            "after it stopped; then it is deleted and the cluster is unknown (404). Active "
+            "clusters are never deleted. 0: keep records forever."
+        ),
+        config=True,
+    )
+    db_cleanup_period = Float(
+        600.0,
+        min=0.05,
+        help="Seconds between deletions of finished records older than db_cluster_max_age.",
+        config=True,
+    )
+    logs_request_timeout = Float(
+        5.0,
+        min=0.0,
+        help=(
+            "Seconds a request for an active cluster's logs waits for its launcher to send "
+            "the current output; then it answers with the logs collected before."
+        ),
         config=True,
     )
 

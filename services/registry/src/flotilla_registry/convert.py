@@ -70,6 +70,8 @@ def launch_message(c: ClusterRecord, api_url: str) -> internal_pb2.LaunchCluster
         state_json=c.state,
         revision=c.revision,
         scheduler_address=c.scheduler_address.split("://", 1)[-1],
+        # Only an unanswered request: a restarted launcher must not answer old ones.
+        logs_request=c.logs_request if c.logs_request > c.logs_answered else 0,
         workers=[
             internal_pb2.LaunchWorker(
                 name=w.name, target=int(w.target), observed=int(w.observed), state_json=w.state

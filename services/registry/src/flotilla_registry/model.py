@@ -84,6 +84,10 @@ class ClusterRecord:
     stop_time: int | None = None
     last_heartbeat: int | None = None
     revision: int = 0
+    # Someone asked for the current logs (a growing number; the launcher answers it),
+    # and the last request a launcher answered.
+    logs_request: int = 0
+    logs_answered: int = 0
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
     @property

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -341,6 +341,34 @@ class PostgresStore(Store):
         async with self._conn("listing clusters") as conn:
             rows = await conn.fetch(sql + " ORDER BY start_time", *args)
         return [_cluster_from_row(r, self.cipher) for r in rows]
+
+    async def save_logs(self, cluster: str, logs: Mapping[str, str], updated_time: int) -> None:
+        async with self._conn(f"saving logs of cluster {cluster}") as conn:
+            await conn.executemany(
+                "INSERT INTO cluster_logs (cluster, process, output, updated_time) "
+                "VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (cluster, process) DO UPDATE SET output = EXCLUDED.output, "
+                "updated_time = EXCLUDED.updated_time",
+                [(cluster, process, text, updated_time) for process, text in logs.items()],
+            )
+
+    async def get_logs(self, cluster: str) -> dict[str, str]:
+        async with self._conn(f"reading logs of cluster {cluster}") as conn:
+            rows = await conn.fetch(
+                "SELECT process, output FROM cluster_logs WHERE cluster = $1 "
+                "ORDER BY process <> 'scheduler', updated_time DESC, process",
+                cluster,
+            )
+        return {r["process"]: r["output"] for r in rows}
+
+    async def purge_finished(self, stopped_before: int) -> int:
+        async with self._conn("purging finished clusters") as conn:
+            status = await conn.execute(
+                "DELETE FROM clusters WHERE stop_time IS NOT NULL AND stop_time < $1",
+                stopped_before,
+            )
+        # asyncpg returns the command tag, e.g. "DELETE 3".
+        return int(status.split()[-1])
 
     # -- what replicas need -----------------------------------------------------------------
 

@@ -162,6 +162,11 @@ class _Api:
         )
         return web.json_response({"ok": ok, "msg": msg or None})
 
+    async def logs(self, request: web.Request) -> web.Response:
+        """Not part of dask-gateway's API (its client never calls it)."""
+        logs = await self.service.logs(self.identity(request), request.match_info["name"])
+        return web.json_response({"logs": logs})
+
     async def heartbeat(self, request: web.Request) -> web.Response:
         identity = self.identity(request)
         body = await self.body_object(request)
@@ -183,4 +188,5 @@ def make_app(service: ClusterService, identity_key: str) -> web.Application:
     app.router.add_post(f"/api/v1/clusters/{name}/scale", api.scale)
     app.router.add_post(f"/api/v1/clusters/{name}/adapt", api.adapt)
     app.router.add_post(f"/api/v1/clusters/{name}/heartbeat", api.heartbeat)
+    app.router.add_get(f"/api/v1/clusters/{name}/logs", api.logs)
     return app

@@ -129,6 +129,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         )
         return registry_pb2.AdaptClusterResponse(ok=ok, message=msg)
 
+    async def GetClusterLogs(
+        self, request: registry_pb2.GetClusterLogsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetClusterLogsResponse:
+        logs = await self.service.logs(_identity(context, self.key), request.name)
+        return registry_pb2.GetClusterLogsResponse(
+            logs=[types_pb2.ProcessLog(process=p, text=text) for p, text in logs.items()]
+        )
+
 
 def _observed(value: int) -> Observed | None:
     return Observed(value) if value in Observed._value2member_map_ else None
@@ -174,6 +182,16 @@ class LauncherServicer(internal_pb2_grpc.LauncherServiceServicer):  # type: igno
             request.failure_reason,
         )
         return internal_pb2.ReportWorkerResponse()
+
+    async def SaveClusterLogs(
+        self, request: internal_pb2.SaveClusterLogsRequest, context: grpc.aio.ServicerContext
+    ) -> internal_pb2.SaveClusterLogsResponse:
+        await self.service.save_logs(
+            request.cluster_name,
+            {log.process: log.text for log in request.logs},
+            request.answers_request,
+        )
+        return internal_pb2.SaveClusterLogsResponse()
 
 
 def _route_message(r: RouteInfo) -> internal_pb2.Route:

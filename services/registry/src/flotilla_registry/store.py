@@ -14,7 +14,7 @@ import abc
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,31 @@ class Store(abc.ABC):
     async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
         """Finished clusters of ``owner`` (every owner when None), without workers."""
 
+    # Logs and retention (migration 0002). Logs belong to their cluster's record: deleting
+    # the cluster deletes them.
+
+    @abc.abstractmethod
+    async def save_logs(self, cluster: str, logs: Mapping[str, str], updated_time: int) -> None:
+        """Insert or replace the output tail of each named process (process -> text) of
+        ``cluster``, which must exist; other processes' logs are kept."""
+
+    @abc.abstractmethod
+    async def get_logs(self, cluster: str) -> dict[str, str]:
+        """Every stored log of ``cluster`` (process -> text): "scheduler" first, then the
+        others most recently saved first (then by name). Empty for an unknown cluster."""
+
+    @abc.abstractmethod
+    async def purge_finished(self, stopped_before: int) -> int:
+        """Delete finished clusters (``stop_time`` set) that stopped before
+        ``stopped_before`` (ms since the epoch), with their workers and logs; returns how
+        many. Never touches a cluster without a ``stop_time``."""
+
 
 _CLUSTER_COLUMNS = (
     "name", "owner", "backend", "options", "config", "token", "tls_cert", "tls_key",
     "target", "observed", "reason", "scheduler_address", "dashboard_address", "api_address",
     "count", "state", "start_time", "stop_time", "last_heartbeat", "revision",
+    "logs_request", "logs_answered",
 )  # fmt: skip
 _WORKER_COLUMNS = (
     "cluster", "name", "target", "observed", "close_expected", "state", "reason",
@@ -84,7 +104,7 @@ def _cluster_row(c: ClusterRecord, cipher: FieldCipher | None) -> tuple[Any, ...
         c.tls_cert, encrypt_or_plain(cipher, c.tls_key),
         int(c.target), int(c.observed), c.reason, c.scheduler_address, c.dashboard_address,
         c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
-        c.revision,
+        c.revision, c.logs_request, c.logs_answered,
     )  # fmt: skip
 
 
@@ -280,6 +300,32 @@ class SQLiteStore(Store):
             args = (owner,)
         async with self.db.execute(sql + " ORDER BY start_time", args) as cur:
             return [_cluster_from_row(r, self.cipher) for r in await cur.fetchall()]
+
+    async def save_logs(self, cluster: str, logs: Mapping[str, str], updated_time: int) -> None:
+        await self.db.executemany(
+            "INSERT INTO cluster_logs (cluster, process, output, updated_time) "
+            "VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(cluster, process) DO UPDATE SET output=excluded.output, "
+            "updated_time=excluded.updated_time",
+            [(cluster, process, text, updated_time) for process, text in logs.items()],
+        )
+        await self.db.commit()
+
+    async def get_logs(self, cluster: str) -> dict[str, str]:
+        async with self.db.execute(
+            "SELECT process, output FROM cluster_logs WHERE cluster = ? "
+            "ORDER BY process != 'scheduler', updated_time DESC, process",
+            (cluster,),
+        ) as cur:
+            return {process: text for process, text in await cur.fetchall()}
+
+    async def purge_finished(self, stopped_before: int) -> int:
+        cur = await self.db.execute(
+            "DELETE FROM clusters WHERE stop_time IS NOT NULL AND stop_time < ?",
+            (stopped_before,),
+        )
+        await self.db.commit()
+        return int(cur.rowcount)
 
 
 def _is_memory(url: str) -> bool:

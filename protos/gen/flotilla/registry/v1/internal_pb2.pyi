@@ -22,7 +22,7 @@ class WatchClustersResponse(_message.Message):
     def __init__(self, initial: _Optional[bool] = ..., clusters: _Optional[_Iterable[_Union[LaunchCluster, _Mapping]]] = ...) -> None: ...
 
 class LaunchCluster(_message.Message):
-    __slots__ = ("name", "owner", "backend", "target", "observed", "config_json", "tls_cert", "tls_key", "token", "api_url", "state_json", "workers", "revision", "scheduler_address")
+    __slots__ = ("name", "owner", "backend", "target", "observed", "config_json", "tls_cert", "tls_key", "token", "api_url", "state_json", "workers", "revision", "scheduler_address", "logs_request")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class LaunchCluster(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_REQUEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     owner: str
     backend: str
@@ -51,7 +52,8 @@ class LaunchCluster(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[LaunchWorker]
     revision: int
     scheduler_address: str
-    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., backend: _Optional[str] = ..., target: _Optional[_Union[_types_pb2.Target, str]] = ..., observed: _Optional[_Union[_types_pb2.Observed, str]] = ..., config_json: _Optional[str] = ..., tls_cert: _Optional[str] = ..., tls_key: _Optional[str] = ..., token: _Optional[str] = ..., api_url: _Optional[str] = ..., state_json: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[LaunchWorker, _Mapping]]] = ..., revision: _Optional[int] = ..., scheduler_address: _Optional[str] = ...) -> None: ...
+    logs_request: int
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., backend: _Optional[str] = ..., target: _Optional[_Union[_types_pb2.Target, str]] = ..., observed: _Optional[_Union[_types_pb2.Observed, str]] = ..., config_json: _Optional[str] = ..., tls_cert: _Optional[str] = ..., tls_key: _Optional[str] = ..., token: _Optional[str] = ..., api_url: _Optional[str] = ..., state_json: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[LaunchWorker, _Mapping]]] = ..., revision: _Optional[int] = ..., scheduler_address: _Optional[str] = ..., logs_request: _Optional[int] = ...) -> None: ...
 
 class LaunchWorker(_message.Message):
     __slots__ = ("name", "target", "observed", "state_json")
@@ -96,6 +98,20 @@ class ReportWorkerRequest(_message.Message):
     def __init__(self, cluster_name: _Optional[str] = ..., worker_name: _Optional[str] = ..., observed: _Optional[_Union[_types_pb2.Observed, str]] = ..., state_json: _Optional[str] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class ReportWorkerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SaveClusterLogsRequest(_message.Message):
+    __slots__ = ("cluster_name", "logs", "answers_request")
+    CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    cluster_name: str
+    logs: _containers.RepeatedCompositeFieldContainer[_types_pb2.ProcessLog]
+    answers_request: int
+    def __init__(self, cluster_name: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[_types_pb2.ProcessLog, _Mapping]]] = ..., answers_request: _Optional[int] = ...) -> None: ...
+
+class SaveClusterLogsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

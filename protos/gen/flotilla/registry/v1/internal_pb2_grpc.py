@@ -54,6 +54,11 @@ class LauncherServiceStub:
                 request_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportWorkerRequest.SerializeToString,
                 response_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportWorkerResponse.FromString,
                 _registered_method=True)
+        self.SaveClusterLogs = channel.unary_unary(
+                '/flotilla.registry.v1.LauncherService/SaveClusterLogs',
+                request_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsRequest.SerializeToString,
+                response_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsResponse.FromString,
+                _registered_method=True)
 
 
 class LauncherServiceServicer:
@@ -88,6 +93,16 @@ class LauncherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveClusterLogs(self, request, context):
+        """Store the output tails of some of a cluster's processes, replacing earlier ones of
+        the same processes. Launchers send them when a cluster has stopped (before
+        reporting it STOPPED) and when a LaunchCluster asks for them (logs_request).
+        Returns NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LauncherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +120,11 @@ def add_LauncherServiceServicer_to_server(servicer, server):
                     servicer.ReportWorker,
                     request_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportWorkerRequest.FromString,
                     response_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportWorkerResponse.SerializeToString,
+            ),
+            'SaveClusterLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveClusterLogs,
+                    request_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsRequest.FromString,
+                    response_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -193,6 +213,33 @@ class LauncherService:
             '/flotilla.registry.v1.LauncherService/ReportWorker',
             flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportWorkerRequest.SerializeToString,
             flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveClusterLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.registry.v1.LauncherService/SaveClusterLogs',
+            flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsRequest.SerializeToString,
+            flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,3 +112,15 @@ class AdaptClusterResponse(_message.Message):
     ok: bool
     message: str
     def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetClusterLogsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetClusterLogsResponse(_message.Message):
+    __slots__ = ("logs",)
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    logs: _containers.RepeatedCompositeFieldContainer[_types_pb2.ProcessLog]
+    def __init__(self, logs: _Optional[_Iterable[_Union[_types_pb2.ProcessLog, _Mapping]]] = ...) -> None: ...

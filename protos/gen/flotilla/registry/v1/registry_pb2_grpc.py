@@ -80,6 +80,11 @@ class RegistryServiceStub:
                 request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.AdaptClusterRequest.SerializeToString,
                 response_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.AdaptClusterResponse.FromString,
                 _registered_method=True)
+        self.GetClusterLogs = channel.unary_unary(
+                '/flotilla.registry.v1.RegistryService/GetClusterLogs',
+                request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.SerializeToString,
+                response_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -152,6 +157,17 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterLogs(self, request, context):
+        """The output of a cluster's scheduler and workers. While the cluster is active its
+        launcher is asked for the current output (waiting a few seconds at most, then
+        answering with what was collected last); once it has ended, what its launcher
+        collected when it stopped, kept as long as the cluster's record. Returns NOT_FOUND,
+        PERMISSION_DENIED when the caller neither owns it nor is an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +210,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.AdaptCluster,
                     request_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.AdaptClusterRequest.FromString,
                     response_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.AdaptClusterResponse.SerializeToString,
+            ),
+            'GetClusterLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterLogs,
+                    request_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.FromString,
+                    response_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -418,6 +439,33 @@ class RegistryService:
             '/flotilla.registry.v1.RegistryService/AdaptCluster',
             flotilla_dot_registry_dot_v1_dot_registry__pb2.AdaptClusterRequest.SerializeToString,
             flotilla_dot_registry_dot_v1_dot_registry__pb2.AdaptClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.registry.v1.RegistryService/GetClusterLogs',
+            flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.SerializeToString,
+            flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

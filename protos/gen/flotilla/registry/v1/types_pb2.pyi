@@ -89,3 +89,11 @@ class OptionField(_message.Message):
     default_json: str
     spec_json: str
     def __init__(self, field: _Optional[str] = ..., label: _Optional[str] = ..., default_json: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class ProcessLog(_message.Message):
+    __slots__ = ("process", "text")
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    process: str
+    text: str
+    def __init__(self, process: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...

@@ -142,7 +142,8 @@ class Backend(Configurable):
     Checkpoints are JSON-serialisable dicts; the reconciler stores them verbatim and passes
     the latest one back. Hooks raise :class:`BackendError` for failures the owner should
     see; anything else is logged and retried by the reconciler with backoff (start hooks:
-    fail the cluster/worker). Every hook except :meth:`close` must be overridden.
+    fail the cluster/worker). Every hook except :meth:`read_logs` and :meth:`close` must
+    be overridden.
     """
 
     #: The name the registry assigns clusters to (``LaunchCluster.backend``).
@@ -181,6 +182,19 @@ class Backend(Configurable):
     ) -> list[ProcessStatus]:
         """Status of many workers at once (one result per input, same order)."""
         raise NotImplementedError
+
+    async def read_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
+    ) -> dict[str, str]:
+        """The output of the cluster's processes, exited ones included: process name
+        (``"scheduler"``, ``"worker-<name>"``) -> the last ``tail_bytes`` bytes as text.
+
+        The scheduler first, then workers most recently active first, until
+        ``total_bytes`` are used. Called once the cluster has stopped (the registry keeps
+        the result with the cluster's record) and when someone asks for an active
+        cluster's logs. Optional: the default has no logs.
+        """
+        return {}
 
     async def close(self) -> None:
         """Release backend resources when the launcher exits; never stops clusters."""

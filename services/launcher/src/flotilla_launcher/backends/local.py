@@ -31,7 +31,7 @@ from typing import Any
 from flotilla_common.config import Deployment
 from traitlets import Enum, Float, List, Unicode
 
-from .. import procfs
+from .. import logtail, procfs
 from .base import (
     Backend,
     BackendError,
@@ -345,6 +345,15 @@ class LocalBackend(Backend):
     ) -> list[ProcessStatus]:
         """One /proc lookup per worker."""
         return [self._status(state, "worker") for _, state in workers]
+
+    async def read_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
+    ) -> dict[str, str]:
+        """The tails of ``logs/*.log`` in the cluster's working directory."""
+        workdir = Path(state.get("workdir") or self.workdir(cluster.name))
+        return await asyncio.to_thread(
+            logtail.read_log_dir, workdir, "logs", tail_bytes, total_bytes
+        )
 
     async def close(self) -> None:
         """Forget spawned children; they keep running (the launcher may restart)."""

@@ -1,0 +1,15 @@
+-- Logs kept with a cluster's record, and the on-demand logs request of active clusters.
+ALTER TABLE clusters ADD COLUMN logs_request INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE clusters ADD COLUMN logs_answered INTEGER NOT NULL DEFAULT 0;
+
+-- The retention purge deletes finished clusters by stop time.
+CREATE INDEX clusters_finished ON clusters (stop_time) WHERE stop_time IS NOT NULL;
+
+-- The output tail of each process of a cluster (deleted with the cluster).
+CREATE TABLE cluster_logs (
+    cluster TEXT NOT NULL REFERENCES clusters (name) ON DELETE CASCADE,
+    process TEXT NOT NULL,
+    output TEXT NOT NULL,
+    updated_time INTEGER NOT NULL,
+    PRIMARY KEY (cluster, process)
+);
