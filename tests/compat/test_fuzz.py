@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import schemathesis
 from compat.harness import ALICE, FUZZER, CompatGateway, step
+from gateway_stack import cluster_pids
 from helpers import wait_for
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -138,9 +139,96 @@ def test_fuzzed_requests(compat: CompatGateway, bystanders: dict[str, dict[str, 
     for key in ("alice", "fuzzer"):
         assert after[key].value == {"status": "RUNNING", "workers": bystanders[key]["workers"]}
 
-    # Clean up what the fuzzer created, and the bystanders.
-    created = _active(compat, FUZZER) - {fuzzers}
-    for name in [*created, fuzzers]:
+    # Clean up what the fuzzer created.
+    for name in _active(compat, FUZZER) - {fuzzers}:
+        assert compat.request("DELETE", f"/api/v1/clusters/{name}", FUZZER)[0] == 204
+    wait_for(lambda: _active(compat, FUZZER) == {fuzzers}, 60, "the fuzzer's clusters to stop")
+
+
+def _scheduler_token(name: str) -> str:
+    """A cluster's token, from its scheduler process's environment (as its owner can)."""
+    for pid in cluster_pids(name):
+        env = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+            if "=" in item
+        )
+        if "DASK_GATEWAY_API_TOKEN" in env:
+            return env["DASK_GATEWAY_API_TOKEN"]
+    raise AssertionError(f"no process of cluster {name} holds its token")
+
+
+def test_fuzzed_heartbeats(compat: CompatGateway, bystanders: dict[str, dict[str, Any]]) -> None:
+    """Heartbeats are the one route a cluster token opens, and whoever runs the scheduler
+    (its owner) holds that token: fuzz their bodies with a real one.
+
+    The target cluster's scheduler only sleeps and its worker limit is 0, so no fuzzed
+    count starts processes. Any address the fuzzer sends is replaced by a loopback one
+    (keeping its type), so nothing is ever sent off this machine.
+    """
+    alices = bystanders["alice"]["name"]
+    target = compat.create(FUZZER, runtime="hang", max_workers=0)
+    wait_for(lambda: cluster_pids(target), 30, "the target's scheduler process")
+    token = _scheduler_token(target)
+    schema = schemathesis.openapi.from_path(OPENAPI)
+    operation = schema["/api/v1/clusters/{name}/heartbeat"]["POST"]
+    cases = st.one_of(
+        operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"name": target}),
+        operation.as_strategy(GenerationMode.NEGATIVE, path_parameters={"name": target}),
+    )
+    seen: collections.Counter[int] = collections.Counter()
+
+    @settings(
+        max_examples=MAX_EXAMPLES // 4,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases)
+    def fuzz(case: Any) -> None:
+        case.path_parameters["name"] = target
+        if isinstance(case.body, dict):
+            for key, loopback in (
+                ("scheduler_address", "tls://127.0.0.1:9"),
+                ("dashboard_address", "http://127.0.0.1:9"),
+                ("api_address", "http://127.0.0.1:9"),
+            ):
+                if isinstance(case.body.get(key), str):
+                    case.body[key] = loopback
+        sent = {"Authorization": f"token {token}"}
+        response = case.call(base_url=compat.address, headers=sent, timeout=60)
+        seen[response.status_code] += 1
+        repro = case.as_curl_command(headers=sent)
+        if response.status_code == 401:
+            # Only when schemathesis dropped the credentials (it fuzzes their absence too).
+            assert response.request.headers.get("Authorization") != sent["Authorization"], repro
+        assert response.status_code < 500, f"{response.status_code} {response.text}\n{repro}"
+        if response.status_code >= 400:
+            body = response.json()
+            assert isinstance(body, dict) and isinstance(body.get("error"), str), repro
+        case.validate_response(
+            response,
+            checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
+            headers=sent,
+        )
+
+    fuzz()
+    print(f"fuzzed heartbeats: {dict(sorted(seen.items()))}")
+    assert seen[200] > 0 and seen[422] > 0  # accepted ones and refused ones, not only 401s
+    # The target took whatever came, the API still answers, and Envoy still routes the
+    # bystanders' TLS (cluster_state connects through it).
+    status, _, report = compat.request("GET", f"/api/v1/clusters/{target}", FUZZER)
+    assert status == 200 and set(report) >= {"name", "status"}
+    after = compat.upstream(
+        step("alice", "cluster_state", ALICE, name=alices),
+        step("fuzzer", "cluster_state", FUZZER, name=bystanders["fuzzer"]["name"]),
+    )
+    for key in ("alice", "fuzzer"):
+        assert after[key].value == {"status": "RUNNING", "workers": bystanders[key]["workers"]}
+
+    for name in _active(compat, FUZZER):
         assert compat.request("DELETE", f"/api/v1/clusters/{name}", FUZZER)[0] == 204
     assert compat.request("DELETE", f"/api/v1/clusters/{alices}", ALICE)[0] == 204
     wait_for(lambda: not _active(compat, FUZZER), 60, "the fuzzer's clusters to stop")
