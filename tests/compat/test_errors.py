@@ -149,6 +149,13 @@ def test_not_found_texts(compat: CompatGateway, method: str, suffix: str, body: 
     assert _error(reply) == f"Cluster {UNKNOWN} not found"
 
 
+def test_names_may_hold_dots(compat: CompatGateway) -> None:
+    """Kubernetes-style names ("<namespace>.<uuid>") reach the API, not a routing 404."""
+    name = f"ns.{UNKNOWN}"
+    status, _, reply = compat.request("GET", f"/api/v1/clusters/{name}", ALICE)
+    assert (status, _error(reply)) == (404, f"Cluster {name} not found")
+
+
 def test_delete_is_idempotent(compat: CompatGateway) -> None:
     status, _, body = compat.request("DELETE", f"/api/v1/clusters/{UNKNOWN}", ALICE)
     assert (status, body) == (204, None)

@@ -14,6 +14,7 @@ Steps observe and report; the tests assert. A step raises only when it cannot go
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -97,12 +98,15 @@ async def wait_workers(
 
 
 async def max_workers_during(cluster: Any, seconds: float) -> int:
-    """The most workers seen while watching for ``seconds``."""
+    """The most workers seen while watching for ``seconds`` (or until cancelled)."""
     most = worker_count(cluster)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        most = max(most, worker_count(cluster))
-        await asyncio.sleep(0.1)
+    try:
+        while time.monotonic() - t0 < seconds:
+            most = max(most, worker_count(cluster))
+            await asyncio.sleep(0.1)
+    except asyncio.CancelledError:
+        pass
     return most
 
 
@@ -224,8 +228,12 @@ async def adaptive(gateway: Gateway) -> dict[str, Any]:
     client = await cluster.get_client(set_as_default=False)
     futures = client.map(slow_increment, range(40))
     r["scale_up_seconds"] = await wait_workers(cluster, at_least=2)
+    most = asyncio.ensure_future(max_workers_during(cluster, 3600))
     r["results"] = sum(await client.gather(futures))
-    r["workers_under_load"] = worker_count(cluster)
+    most.cancel()
+    r["most_workers_under_load"] = worker_count(cluster)
+    with contextlib.suppress(asyncio.CancelledError):
+        r["most_workers_under_load"] = await most
     await client.cancel(futures)
     del futures
     r["scale_down_seconds"] = await wait_workers(cluster, exactly=1, timeout=60)
