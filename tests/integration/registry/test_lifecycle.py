@@ -23,6 +23,7 @@ from flotilla_common.config import Deployment, load_config
 from flotilla_common.grpcserver import internal_metadata
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
 from flotilla_registry.app import RegistryApp
+from flotilla_registry.crypto import generate_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -39,7 +40,8 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
             f"c.Deployment.state_dir = {str(tmp_path)!r}\n"
             'c.Deployment.registry_grpc_address = "127.0.0.1:0"\n'
             'c.Deployment.registry_http_address = "127.0.0.1:0"\n'
-            "c.Registry.check_timeouts_period = 0.1\n" + extra
+            "c.Registry.check_timeouts_period = 0.1\n"
+            f"c.Registry.db_encrypt_keys = [{generate_key()!r}]\n" + extra
         )
         app = RegistryApp(load_config(config_file))
         await app.start()

@@ -10,6 +10,7 @@ import pytest
 from flotilla_registry.crypto import FieldCipher, generate_key
 from flotilla_registry.model import ClusterRecord, Target
 from flotilla_registry.pgstore import PostgresStore
+from flotilla_registry.store import _migrations
 from postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ async def test_replicas_starting_together_migrate_once(postgres: PostgresServer)
         applied = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")]
     finally:
         await conn.close()
-    assert applied == ["0001_initial.sql"]
+    assert applied == [name for name, _ in _migrations("postgres")]
 
 
 async def test_changes_to_one_cluster_take_turns(postgres: PostgresServer) -> None:
