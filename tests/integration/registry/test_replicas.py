@@ -38,7 +38,14 @@ pytestmark = pytest.mark.integration
 
 IDENTITY_KEY = "replica-test-identity-key"
 INTERNAL = internal_metadata("replica-test-internal-token")
-ALICE = ((IDENTITY_HEADER, sign_identity(Identity("alice"), IDENTITY_KEY)),)
+
+
+def alice() -> tuple[tuple[str, str], ...]:
+    """Alice's identity metadata, signed now: identities expire (5 min), and a module
+    constant signed at collection is stale when a long suite reaches these tests."""
+    return ((IDENTITY_HEADER, sign_identity(Identity("alice"), IDENTITY_KEY)),)
+
+
 STATUS = types_pb2.ClusterStatus
 
 
@@ -137,16 +144,16 @@ class Client:
         self.tokens = internal_pb2_grpc.ClusterTokenServiceStub(channel)
 
     async def create(self) -> str:
-        reply = await self.api.CreateCluster(registry_pb2.CreateClusterRequest(), metadata=ALICE)
+        reply = await self.api.CreateCluster(registry_pb2.CreateClusterRequest(), metadata=alice())
         return str(reply.name)
 
     async def status(self, name: str) -> int:
-        got = await self.api.GetCluster(registry_pb2.GetClusterRequest(name=name), metadata=ALICE)
+        got = await self.api.GetCluster(registry_pb2.GetClusterRequest(name=name), metadata=alice())
         return int(got.cluster.status)
 
     async def listed(self, *statuses: int) -> dict[str, int]:
         reply = await self.api.ListClusters(
-            registry_pb2.ListClustersRequest(statuses=list(statuses)), metadata=ALICE
+            registry_pb2.ListClustersRequest(statuses=list(statuses)), metadata=alice()
         )
         return {c.name: c.status for c in reply.clusters}
 
@@ -207,7 +214,7 @@ async def test_a_killed_registry_keeps_every_record(replicas: list[RegistryProce
     async with connect(reg) as c, aiohttp.ClientSession() as http:
         running, finished, pending = await c.create(), await c.create(), await c.create()
         assert await c.heartbeat(http, running, count=2) == 200
-        await c.api.StopCluster(registry_pb2.StopClusterRequest(name=finished), metadata=ALICE)
+        await c.api.StopCluster(registry_pb2.StopClusterRequest(name=finished), metadata=alice())
         await c.report(finished, types_pb2.OBSERVED_STOPPED)
         watch = c.launcher.WatchClusters(
             internal_pb2.WatchClustersRequest(backend="local"), metadata=INTERNAL
@@ -348,7 +355,9 @@ async def test_concurrent_changes_never_revive_a_stopped_cluster(
             # Heartbeats through both replicas race a stop through B.
             beats = [on_a.heartbeat(http, name, count=n % 3) for n in range(20)]
             beats += [on_b.heartbeat(http, name, count=n % 3) for n in range(10)]
-            stop = on_b.api.StopCluster(registry_pb2.StopClusterRequest(name=name), metadata=ALICE)
+            stop = on_b.api.StopCluster(
+                registry_pb2.StopClusterRequest(name=name), metadata=alice()
+            )
             results = await asyncio.gather(*beats[:15], stop, *beats[15:])
             assert all(r == 200 for r in results if isinstance(r, int)), results
             assert await _stored_target(a.db_url, name) == types_pb2.TARGET_STOPPED
