@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, leftover_cluster_pids, write_config
+from gateway_stack import Gateway, reap_leftover_cluster_processes, upstream_python, write_config
 
 __all__ = [
     "ALICE",
@@ -159,16 +158,6 @@ c.ClusterConfig.heartbeat_timeout = 120
 """
 
 
-def upstream_python() -> str:
-    """The upstream virtualenv's interpreter (only dask-gateway and dask)."""
-    python = os.environ.get("FLOTILLA_UPSTREAM_PYTHON", "")
-    if not python or not Path(python).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("FLOTILLA_UPSTREAM_PYTHON is not set; run the tests with `make test`")
-        pytest.skip("no upstream dask-gateway virtualenv (run through `make test`)")
-    return python
-
-
 COOKIE_NAME = "compat-session"
 
 
@@ -288,11 +277,7 @@ def running_gateway(
         yield CompatGateway(address, stack, state_dir, store=store, password=password)
     finally:
         stack.stop()
-        leftover = leftover_cluster_pids(state_dir)
-        for pids in leftover.values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        leftover = reap_leftover_cluster_processes(state_dir)
         if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
             for log in sorted((state_dir / "logs").glob("*.log")):
                 print(f"==== {log.name}\n{log.read_text()[-5000:]}")
