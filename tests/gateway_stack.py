@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import textwrap
 import urllib.error
 import urllib.request
@@ -10,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flotilla_common.embedded import EmbeddedStack
 from helpers import free_ports
 
@@ -169,3 +173,24 @@ def leftover_cluster_pids(state_dir: Path) -> dict[str, list[int]]:
     clusters = state_dir / "clusters"
     names = [d.name for d in clusters.iterdir()] if clusters.exists() else []
     return {n: pids for n in names if (pids := cluster_pids(n))}
+
+
+def reap_leftover_cluster_processes(state_dir: Path) -> dict[str, list[int]]:
+    """SIGKILL (by PID) every cluster process that outlived its gateway, so a failing test
+    leaves nothing running; returns what was found, for the caller to assert on."""
+    leftover = leftover_cluster_pids(state_dir)
+    for pids in leftover.values():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return leftover
+
+
+def upstream_python() -> str:
+    """The interpreter of the upstream virtualenv: only the PyPI dask-gateway and dask."""
+    python = os.environ.get("FLOTILLA_UPSTREAM_PYTHON", "")
+    if not python or not Path(python).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("FLOTILLA_UPSTREAM_PYTHON is not set; run the tests with `make test`")
+        pytest.skip("no upstream dask-gateway virtualenv (run through `make test`)")
+    return python

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, leftover_cluster_pids, write_config
+from gateway_stack import Gateway, reap_leftover_cluster_processes, write_config
 
 _ENVOY = (
     Path(__file__).resolve().parents[2]
@@ -38,11 +36,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         stack.stop()
         # Stopping the gateway stops its clusters; anything left is a bug (and is
         # killed by PID here so it cannot outlive the test run).
-        leftover = leftover_cluster_pids(state_dir)
-        for pids in leftover.values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        leftover = reap_leftover_cluster_processes(state_dir)
         assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
         if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
             for log in sorted((state_dir / "logs").glob("*.log")):

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -29,7 +29,7 @@ from gateway_stack import Gateway as Stack
 from gateway_stack import (
     cluster_pids,
     cluster_process_groups,
-    leftover_cluster_pids,
+    reap_leftover_cluster_processes,
     write_config,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -192,11 +192,7 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
                         client.close()
         finally:
             embedded.stop()
-            leftover = leftover_cluster_pids(tmp_path)
-            for pids in leftover.values():
-                for pid in pids:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            leftover = reap_leftover_cluster_processes(tmp_path)
             if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
                 for log in sorted((tmp_path / "logs").glob("*.log")):
                     print(f"==== {log.name}\n{log.read_text()[-8000:]}")

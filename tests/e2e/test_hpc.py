@@ -8,12 +8,10 @@ count them. Jobs run as the test users, from a Python installed where they can r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import textwrap
 import time
@@ -26,7 +24,7 @@ import pytest
 from flotilla import BasicAuth
 from flotilla import Gateway as FlotillaGateway
 from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, leftover_cluster_pids, write_config
+from gateway_stack import Gateway, reap_leftover_cluster_processes, upstream_python, write_config
 from helpers import wait_for
 from slurm_cluster import SlurmCluster, make_root
 
@@ -141,11 +139,7 @@ def hpc(slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path) -> It
         yield HPCGateway(address, stack, state_dir, slurm, log)
     finally:
         stack.stop()
-        leftover = leftover_cluster_pids(state_dir)
-        for pids in leftover.values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        leftover = reap_leftover_cluster_processes(state_dir)
         jobs = [j for user in hpc_users for j in slurm.jobs(user)]
         if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
             for path in sorted((state_dir / "logs").glob("*.log")):
@@ -155,18 +149,9 @@ def hpc(slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path) -> It
     assert not jobs, f"jobs left after the gateway stopped: {jobs}"
 
 
-def _upstream_python() -> str:
-    python = os.environ.get("FLOTILLA_UPSTREAM_PYTHON", "")
-    if not python or not Path(python).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("FLOTILLA_UPSTREAM_PYTHON is not set; run the tests with `make test`")
-        pytest.skip("no upstream dask-gateway virtualenv (run through `make test`)")
-    return python
-
-
 def _run_upstream(hpc: HPCGateway, user: str, backend: str) -> dict[str, object]:
     proc = subprocess.run(
-        [_upstream_python(), str(SCENARIO), hpc.address, user, backend],
+        [upstream_python(), str(SCENARIO), hpc.address, user, backend],
         capture_output=True,
         text=True,
         timeout=360,

@@ -20,7 +20,11 @@ import pytest
 from flotilla import BasicAuth, ClusterReport, ClusterStatus, Gateway, GatewayClusterError
 from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
-from gateway_stack import cluster_pids, leftover_cluster_pids, write_config
+from gateway_stack import (
+    cluster_pids,
+    reap_leftover_cluster_processes,
+    write_config,
+)
 from helpers import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -89,11 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(address, embedded, state_dir)
     finally:
         embedded.stop()
-        leftover = leftover_cluster_pids(state_dir)
-        for pids in leftover.values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        leftover = reap_leftover_cluster_processes(state_dir)
         assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
 
 

@@ -4,7 +4,6 @@ with every record and token intact)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,7 +14,12 @@ from pathlib import Path
 import pytest
 from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
-from gateway_stack import cluster_pids, leftover_cluster_pids, write_config
+from gateway_stack import (
+    cluster_pids,
+    reap_leftover_cluster_processes,
+    upstream_python,
+    write_config,
+)
 from helpers import wait_for
 from postgres import PostgresServer
 
@@ -32,27 +36,14 @@ def pg_stack(tmp_path: Path, postgres: PostgresServer) -> Iterator[tuple[Embedde
         yield stack, address
     finally:
         stack.stop()
-        leftover = leftover_cluster_pids(tmp_path)
-        for pids in leftover.values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        leftover = reap_leftover_cluster_processes(tmp_path)
         assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
-
-
-def _upstream_python() -> str:
-    python = os.environ.get("FLOTILLA_UPSTREAM_PYTHON", "")
-    if not python or not Path(python).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("FLOTILLA_UPSTREAM_PYTHON is not set; run the tests with `make test`")
-        pytest.skip("no upstream dask-gateway virtualenv (run through `make test`)")
-    return python
 
 
 def test_upstream_client_on_postgres(pg_stack: tuple[EmbeddedStack, str]) -> None:
     _, address = pg_stack
     proc = subprocess.run(
-        [_upstream_python(), str(SCENARIO), address],
+        [upstream_python(), str(SCENARIO), address],
         capture_output=True,
         text=True,
         timeout=240,
@@ -101,7 +92,7 @@ cluster.shutdown()
 
 def _run_upstream(script: str, *args: str) -> str:
     proc = subprocess.run(
-        [_upstream_python(), "-c", script, *args],
+        [upstream_python(), "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=240,

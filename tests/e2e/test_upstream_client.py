@@ -8,23 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-from gateway_stack import Gateway, cluster_pids
+from gateway_stack import Gateway, cluster_pids, upstream_python
 
 SCENARIO = Path(__file__).parent / "scenarios" / "upstream_lifecycle.py"
 
 
-def _upstream_python() -> str:
-    python = os.environ.get("FLOTILLA_UPSTREAM_PYTHON", "")
-    if not python or not Path(python).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("FLOTILLA_UPSTREAM_PYTHON is not set; run the tests with `make test`")
-        pytest.skip("no upstream dask-gateway virtualenv (run through `make test`)")
-    return python
-
-
 def test_upstream_client_lifecycle(gateway: Gateway) -> None:
-    python = _upstream_python()
+    python = upstream_python()
     proc = subprocess.run(
         [python, str(SCENARIO), gateway.address],
         capture_output=True,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flotilla_common.identity import Identity
 from flotilla_registry.clusterconfig import (
+    WORKERS_CEILING,
     ClusterConfig,
     ResolvedClusterConfig,
     clamp_adapt,
@@ -59,7 +60,7 @@ def test_defaults_serialise_to_the_internals_document() -> None:
     # Same key order as docs/internals.md.
     assert list(json.loads(text))[:3] == ["scheduler_cmd", "worker_cmd", "scheduler_preload"]
     assert resolved == ResolvedClusterConfig()
-    assert resolved.max_workers is None
+    assert resolved.max_workers == WORKERS_CEILING
 
 
 def test_every_config_trait_has_help() -> None:
@@ -164,6 +165,12 @@ def test_invalid_admin_value_raises_trait_error() -> None:
         ({"scheduler_memory": -1}, "scheduler_memory"),
         ({"environment": {"A": 1}}, "'environment'"),
         ({"environment": ["A=1"]}, "'environment'"),
+        ({"environment": {"": "x"}}, "environment variable names"),
+        ({"environment": {"A=B": "x"}}, "'A=B'"),
+        ({"environment": {"A\0": "x"}}, "environment variable names"),
+        ({"environment": {"A": "x\0y"}}, "environment variable A must not contain NUL"),
+        ({"idle_timeout": 10**400}, "Invalid value for idle_timeout"),
+        ({"worker_memory": "9" * 400 + ".5 G"}, "worker_memory"),
         ({"scheduler_cmd": []}, "'scheduler_cmd'"),
         ({"worker_cmd": [1]}, "'worker_cmd'"),
         ({"adaptive_period": 0}, "adaptive_period"),
@@ -248,8 +255,9 @@ def test_scheduler_exactly_at_limits_is_allowed() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({}, None),
+        ({}, WORKERS_CEILING),  # no limit set: the registry's ceiling still holds
         ({"cluster_max_workers": 5}, 5),
+        ({"cluster_max_workers": 10 * WORKERS_CEILING}, WORKERS_CEILING),
         ({"cluster_max_workers": 0}, 0),
         # (8 - 1) // 2 = 3
         ({"cluster_max_cores": 8, "worker_cores": 2}, 3),
@@ -264,7 +272,7 @@ def test_scheduler_exactly_at_limits_is_allowed() -> None:
         ({"cluster_max_cores": 100, "cluster_max_memory": "4 G", "worker_memory": "512 M"}, 4),
     ],
 )
-def test_max_workers_arithmetic(values: dict[str, Any], expected: int | None) -> None:
+def test_max_workers_arithmetic(values: dict[str, Any], expected: int) -> None:
     assert resolve_cluster_config(admin(**values), {}).max_workers == expected
 
 

@@ -214,6 +214,8 @@ SCHEMA = Options(
         ({"worker_memory": False}, "worker_memory must be a float, got False"),
         ({"worker_memory": float("nan")}, "worker_memory must be a finite float, got nan"),
         ({"worker_memory": float("inf")}, "worker_memory must be a finite float, got inf"),
+        # An int beyond a float's range (JSON allows it) is no float either.
+        ({"worker_memory": 10**400}, f"worker_memory must be a finite float, got {10**400}"),
         ({"image": 3}, "image must be a string, got 3"),
         ({"bad": 1}, "bad must be a bool, got 1"),
         ({"bad": "true"}, "bad must be a bool, got 'true'"),

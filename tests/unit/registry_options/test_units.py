@@ -53,6 +53,7 @@ def test_parse_bytes(value: Any, expected: int) -> None:
         [1],
         float("nan"),
         float("inf"),
+        "9" * 400 + ".5 G",  # a fraction beyond a float's range
     ],
 )
 def test_parse_bytes_rejects(value: Any) -> None:

@@ -121,8 +121,15 @@ EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 # lower-cases the SNI, so upper case could never match anyway.
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?$")
 
+# Envoy's own answers, as dask-gateway's JSON errors. 4xx: requests Envoy refuses before
+# any service sees them (a NUL in the path, oversized headers, a path with no route).
+# Never 401/403/500: those come from auth, whose JSON bodies must pass unchanged.
 _LOCAL_REPLY_ERRORS = {
+    400: "Bad Request",
     404: "Not Found",
+    413: "Payload Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -386,7 +393,7 @@ def _reject_chain() -> listener_components_pb2.FilterChain:
 
 
 def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
-    """Envoy's own 5xx answers (upstream down, auth down) get dask-gateway's JSON body."""
+    """Envoy's own answers (upstream down, auth down, malformed requests) get a JSON body."""
     mappers = []
     for status, text in sorted(_LOCAL_REPLY_ERRORS.items()):
         mappers.append(

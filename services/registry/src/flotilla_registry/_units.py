@@ -43,6 +43,8 @@ def parse_bytes(value: object) -> int:
         number = match["num"]
         # Whole numbers stay exact even for huge values; fractions go through float.
         amount = int(number) * _UNITS[unit] if number.isdigit() else float(number) * _UNITS[unit]
+        if not math.isfinite(amount):
+            raise ValueError(f"expected a finite number of bytes, got {value!r}")
     else:
         raise ValueError(f"expected a number of bytes or a string like '2 G', got {value!r}")
     if amount < 0:

@@ -28,6 +28,7 @@ from ._units import parse_bytes
 from .options import OptionsError
 
 __all__ = [
+    "WORKERS_CEILING",
     "ClusterConfig",
     "ResolvedClusterConfig",
     "clamp_adapt",
@@ -38,6 +39,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _GiB = 2**30
+
+#: The most workers any cluster gets, whatever its limits (or without any). Without a
+#: ceiling, one ``scale(10**9)`` on a cluster with no limit has the registry create a
+#: billion worker records in one heartbeat, stalling it for every user.
+WORKERS_CEILING = 10_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +100,29 @@ class _Memory(TraitType[int | None, int | float | str | None]):
         return parsed
 
 
+class _Environment(Dict):
+    """Environment variables: names and values a process environment can hold.
+
+    Checked here so a bad name is a 422 when the cluster is requested, rather than a
+    cluster that fails when its launcher cannot spawn the scheduler.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(value_trait=Unicode(), key_trait=Unicode(), **kwargs)
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        value = super().validate(obj, value)
+        for name, text in value.items():
+            if not name or "=" in name or "\0" in name:
+                raise TraitError(
+                    f"environment variable names must be non-empty, without '=' or NUL; "
+                    f"got {name!r}"
+                )
+            if "\0" in text:
+                raise TraitError(f"environment variable {name} must not contain NUL")
+        return value
+
+
 class _Command(List[str]):
     """A command as a list of arguments; a single string is one argument (not shell-split)."""
 
@@ -143,9 +172,7 @@ class ClusterConfig(LoggingConfigurable):
         ),
         config=True,
     )
-    environment = Dict(
-        value_trait=Unicode(),
-        key_trait=Unicode(),
+    environment = _Environment(
         help="Environment variables (name -> string value) for the scheduler and the workers.",
         config=True,
     )
@@ -244,7 +271,8 @@ class ClusterConfig(LoggingConfigurable):
         min=0,
         help=(
             "Maximum number of workers per cluster (count). None: no explicit limit; "
-            "cluster_max_cores and cluster_max_memory may still imply one."
+            "cluster_max_cores and cluster_max_memory may still imply one. No cluster ever "
+            "gets more than 10000 workers."
         ),
         config=True,
     )
@@ -357,21 +385,21 @@ class ResolvedClusterConfig:
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
-    def max_workers(self) -> int | None:
-        """The effective worker limit: the tightest of the three limits that are set.
+    def max_workers(self) -> int:
+        """The effective worker limit: the tightest of the limits that are set.
 
         ``cluster_max_workers``, ``(cluster_max_cores - scheduler_cores) // worker_cores``
-        and ``(cluster_max_memory - scheduler_memory) // worker_memory``; never below 0.
-        ``None`` when no limit is set.
+        and ``(cluster_max_memory - scheduler_memory) // worker_memory``, never below 0,
+        and never above :data:`WORKERS_CEILING` (which is the limit when none is set).
         """
-        limits: list[int] = []
+        limits: list[int] = [WORKERS_CEILING]
         if self.cluster_max_workers is not None:
             limits.append(self.cluster_max_workers)
         if self.cluster_max_cores is not None:
             limits.append(int((self.cluster_max_cores - self.scheduler_cores) // self.worker_cores))
         if self.cluster_max_memory is not None:
             limits.append((self.cluster_max_memory - self.scheduler_memory) // self.worker_memory)
-        return max(0, min(limits)) if limits else None
+        return max(0, min(limits))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config_json`` object: the keys of ``docs/internals.md``, then ``extra``."""
@@ -438,6 +466,9 @@ def resolve_cluster_config(
         except TraitError as exc:
             # traitlets' messages name the field ("The 'worker_cores' trait of ...").
             raise OptionsError(str(exc)) from None
+        except (ArithmeticError, ValueError) as exc:
+            # e.g. an int too large for a float trait: still the request's fault.
+            raise OptionsError(f"Invalid value for {key}: {exc}") from None
 
     values = {name: getattr(cluster_config, name) for name in allowed}
     if values["worker_threads"] == 0:

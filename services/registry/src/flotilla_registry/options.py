@@ -268,7 +268,10 @@ class Float(_Number):
     def validate(self, value: Any) -> float:
         if not (_is_int(value) or isinstance(value, float)):
             raise OptionsError(f"{self.field} must be a float, got {value!r}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range
+            number = math.inf
         # JSON parsers (Python's included) accept NaN and Infinity; neither is a sensible
         # option value and NaN would slip through every bound check.
         if not math.isfinite(number):

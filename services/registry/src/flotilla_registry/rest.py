@@ -79,6 +79,8 @@ async def _json_body(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise _BadRequest("Request body must be valid JSON") from None
+    except RecursionError:  # e.g. "[[[[..." nested deeper than the parser's stack
+        raise _BadRequest("Request body is nested too deeply") from None
 
 
 def _statuses(text: str | None) -> set[Status] | None:

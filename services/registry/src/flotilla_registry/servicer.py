@@ -48,6 +48,8 @@ def _options_json(text: str) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"options_json is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("options_json is nested too deeply") from None
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
