@@ -174,14 +174,16 @@ class GatewayProcess:
         raise TimeoutError(f"{self.name} not healthy after {timeout:.0f}s: {last}")
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGINT (both stop their clusters on it), then SIGKILL; then any cluster
-        process still alive is killed by PID so nothing outlives the benchmark."""
+        """SIGINT (both stop their clusters on it), then SIGKILL to the gateway's process
+        group (its own session); then any cluster process still alive is killed by PID
+        so nothing outlives the benchmark."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         for pid in _pids_under(self.clusters_dir):
             with contextlib.suppress(ProcessLookupError):

@@ -7,13 +7,16 @@ both alike. Then runs the control-plane simulation (Flotilla only, ``sim.py``).
 Writes ``results.json`` (every sample) and ``results.md`` (medians, p90, ratios and the
 acceptance table) to ``--out``.
 
-``--smoke`` runs every scenario once with tiny sizes (what ``make test`` checks).
+``--smoke`` (what ``make test`` runs) checks that everything works, not how fast: every
+scenario once with tiny sizes on Flotilla, the reference only where its clusters start
+(each costs it over a second of CPU), both gateways at once and the simulation beside.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -63,6 +66,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "sim_sizes": [1000, 10000],
         "sim_list_requests": 200,
         "sim_propagations": 30,
+        #: The scenarios run on the reference too (None: all of them).
+        "reference_scenarios": None,
     },
     "smoke": {
         "new_cluster": 1,
@@ -87,6 +92,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "sim_sizes": [10],
         "sim_list_requests": 10,
         "sim_propagations": 2,
+        "reference_scenarios": ["new_cluster", "first_task"],
     },
 }
 
@@ -137,6 +143,8 @@ class Bench:
         self.client_python = client_python
         self.gateways: dict[str, GatewayProcess] = {}
         self.agents: dict[str, Agent] = {}
+        #: The gateways the running scenario drives.
+        self.driven: tuple[str, ...] = GATEWAYS
         self.samples: dict[str, dict[str, list[float]]] = {g: {} for g in GATEWAYS}
         self.extra: dict[str, Any] = {}
         self.load: list[tuple[str, tuple[float, float, float]]] = []
@@ -166,7 +174,7 @@ class Bench:
         the same time.
         """
         for i in range(first_round, first_round + rounds):
-            order = GATEWAYS if i % 2 == 0 else GATEWAYS[::-1]
+            order = self.driven if i % 2 == 0 else self.driven[::-1]
             if self.plan["settle"]:
                 for name in order:
                     self.attempt(name, body)
@@ -183,6 +191,15 @@ class Bench:
             if self.agents[name].proc.poll() is not None or exc.fatal:
                 self.agents[name].close(timeout=0)
                 self.agents[name] = self._agent(name)
+
+    def run_scenarios(self, names: list[str]) -> None:
+        """The scenarios ``names``, one after another, each on the gateways it drives."""
+        compared = self.plan["reference_scenarios"]
+        for name in names:
+            self.driven = GATEWAYS if compared is None or name in compared else ("flotilla",)
+            with self.stage(SCENARIOS[name]):
+                getattr(self, f"scenario_{name}")()
+        self.driven = GATEWAYS
 
     def note_load(self, when: str) -> None:
         self.load.append((when, os.getloadavg()))
@@ -265,7 +282,7 @@ class Bench:
                 self._measure_lists()
                 for name, gw in self.gateways.items():
                     self.extra.setdefault("rss", {})[f"{name}_with_{at}_clusters"] = gw.rss()
-        for name in GATEWAYS:
+        for name in self.driven:
             self.attempt(
                 name,
                 lambda n, agent: self.add(n, "stop_all_s", agent.call("stop_kept")["seconds"]),
@@ -321,8 +338,14 @@ class Bench:
     def stop(self) -> None:
         for agent in self.agents.values():
             agent.close()
-        for gw in self.gateways.values():
-            gw.stop()
+        # Sequential in a full run, so neither gateway's teardown slows the other's.
+        # A smoke run checks that things work, not how gracefully the reference stops
+        # (its workers take seconds): a short grace, then the process group is killed.
+        grace = 60.0 if self.plan["settle"] else 2.0
+        _run_all(
+            [functools.partial(gw.stop, timeout=grace) for gw in self.gateways.values()],
+            parallel=not self.plan["settle"],
+        )
         self.agents.clear()
         self.gateways.clear()
 
@@ -446,29 +469,47 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(bench: Bench, only: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Every chosen scenario on both gateways, then the simulation; its result."""
-    if set(only) - {"simulation"}:
-        bench.start(Path(args.reference_venv))
-        for name in only:
-            if name != "simulation":
-                with bench.stage(SCENARIOS[name]):
-                    getattr(bench, f"scenario_{name}")()
+    """Every chosen scenario on both gateways, and the simulation; its result.
+
+    A full run does one thing at a time, the simulation last; a smoke run (no ``settle``)
+    runs the simulation beside the scenarios, once both gateways are up (three stacks
+    starting at once on two cores would slow all of them).
+    """
+    scenarios = [name for name in only if name != "simulation"]
+    sim_result: dict[str, Any] = {}
+    started = threading.Event()
+
+    def simulation() -> None:
+        started.wait()
+        with bench.stage(SCENARIOS["simulation"]):
+            sim_result.update(
+                sim.run(
+                    bench.workdir,
+                    sizes=bench.plan["sim_sizes"],
+                    list_requests=bench.plan["sim_list_requests"],
+                    propagations=bench.plan["sim_propagations"],
+                    client_python=args.client_python,
+                )
+            )
+
+    def gateways() -> None:
+        try:
+            bench.start(Path(args.reference_venv))
+        finally:
+            started.set()
+        bench.run_scenarios(scenarios)
         if bench.plan["settle"]:
             time.sleep(1.0)
         bench.extra["rss"].update(
             {f"{n}_idle_at_end": gw.rss() for n, gw in bench.gateways.items()}
         )
         bench.stop()
-    if "simulation" not in only:
-        return {}
-    with bench.stage(SCENARIOS["simulation"]):
-        return sim.run(
-            bench.workdir,
-            sizes=bench.plan["sim_sizes"],
-            list_requests=bench.plan["sim_list_requests"],
-            propagations=bench.plan["sim_propagations"],
-            client_python=args.client_python,
-        )
+
+    if not scenarios:
+        started.set()
+    parts = ([gateways] if scenarios else []) + ([simulation] if "simulation" in only else [])
+    _run_all(parts, parallel=not bench.plan["settle"])
+    return sim_result
 
 
 def _write(
