@@ -8,6 +8,7 @@ stops every child by PID on Ctrl-C / SIGTERM. Tests use ``EmbeddedStack`` direct
 from __future__ import annotations
 
 import argparse
+import base64
 import asyncio
 import contextlib
 import logging
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from cryptography.fernet import Fernet
 from traitlets import Bool, Float, List, Unicode
 from traitlets.config import Config, Configurable
 
@@ -195,8 +195,10 @@ class EmbeddedStack:
         A state directory from before encryption existed gets a key on its first start;
         the registry then encrypts the plaintext rows it finds.
         """
+        # A Fernet key is 32 random bytes, URL-safe base64 (written out here so the
+        # runner, resident for the gateway's lifetime, need not load cryptography).
         return self.deployment.generated_secret(
-            "db_encrypt_key", lambda: Fernet.generate_key().decode()
+            "db_encrypt_key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode()
         )
 
     def wait_healthy(self, timeout: float) -> None:
