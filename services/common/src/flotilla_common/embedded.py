@@ -8,8 +8,8 @@ stops every child by PID on Ctrl-C / SIGTERM. Tests use ``EmbeddedStack`` direct
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
 import contextlib
 import logging
 import os
