@@ -108,6 +108,20 @@ async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp) -> None:
             "closed_workers": [],
         }
         async with aiohttp.ClientSession() as http:
+            # Malformed addresses are refused (they would become unreachable routes).
+            for field, bad in (
+                ("scheduler_address", "127.0.0.1:1234"),
+                ("scheduler_address", "tls://127.0.0.1"),
+                ("scheduler_address", "tls://127.0.0.1:99999"),
+                ("api_address", "file:///etc/passwd"),
+                ("dashboard_address", "http://:80"),
+            ):
+                bad_body = {**body, field: bad}
+                async with http.post(url, json=bad_body, headers={IDENTITY_HEADER: sched}) as resp:
+                    assert resp.status == 422, (field, bad)
+                    assert field in (await resp.json())["error"]
+            got = await api.GetCluster(registry_pb2.GetClusterRequest(name=name), metadata=alice)
+            assert got.cluster.status == types_pb2.CLUSTER_STATUS_PENDING
             async with http.post(url, json=body, headers={IDENTITY_HEADER: sched}) as resp:
                 assert resp.status == 200
             # A user cannot send heartbeats.

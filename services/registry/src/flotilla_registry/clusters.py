@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import secrets
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -66,6 +67,28 @@ class RouteInfo:
 def _host_port(address: str) -> str:
     """``tls://h:p`` / ``http://h:p`` → ``h:p``."""
     return address.split("://", 1)[-1].rstrip("/")
+
+
+#: What a scheduler may report as each of its addresses: the URL schemes allowed.
+_ADDRESS_SCHEMES = {
+    "scheduler_address": ("tls",),
+    "dashboard_address": ("http", "https"),
+    "api_address": ("http", "https"),
+}
+
+
+def _check_address(key: str, address: str) -> None:
+    """InvalidRequest unless ``address`` is ``<scheme>://host:port`` with an allowed
+    scheme: a malformed address would become a route nobody can reach."""
+    schemes = _ADDRESS_SCHEMES[key]
+    try:
+        parts = urllib.parse.urlsplit(address)
+        valid = parts.scheme in schemes and bool(parts.hostname) and parts.port is not None
+    except ValueError:  # a port out of range or not a number, a bad IPv6 literal
+        valid = False
+    if not valid:
+        shown = address if len(address) <= 100 else address[:100] + "..."
+        raise InvalidRequest(f"{key} must look like {schemes[0]}://host:port, got {shown!r}")
 
 
 def _snapshot(c: ClusterRecord) -> ClusterRecord:
@@ -444,6 +467,9 @@ class ClusterService:
             if c.observed != Observed.RUNNING:
                 if not addresses["scheduler_address"] or not addresses["api_address"]:
                     raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
+                for key, address in addresses.items():
+                    if address or key != "dashboard_address":  # no dashboard: ""
+                        _check_address(key, address)
                 c.scheduler_address = addresses["scheduler_address"]
                 c.dashboard_address = addresses["dashboard_address"]
                 c.api_address = addresses["api_address"]
