@@ -80,6 +80,11 @@ class GatewayConnector(Connector):
             )
         try:
             plain = await self.client.connect(host, port, max_buffer_size=int(MAX_BUFFER_SIZE))
+            if plain.closed():
+                # Closed before the handshake (seen while a restarted Envoy comes up):
+                # a comm error, which distributed retries; start_tls would raise a
+                # ValueError that ends the client's reconnection for good.
+                raise StreamClosedError(plain.error)
             stream = await plain.start_tls(
                 False, ssl_options=ctx, server_hostname=SNI_PREFIX + name
             )

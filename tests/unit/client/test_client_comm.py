@@ -109,3 +109,27 @@ def test_interop_with_dask_gateway_comm(
             with Client(address, security=sec, timeout=20) as client:
                 assert client.submit(operator.add, 2, 3).result(timeout=20) == 5
     assert type(backends["gateway"]).__module__ == "flotilla.comm"
+
+
+async def test_connection_closed_before_tls_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection the gateway closes between accept and handshake (a restarting Envoy)
+    is a comm error distributed retries (OSError), never tornado's ValueError."""
+    import socket
+
+    from flotilla.comm import GatewayConnector
+    from tornado.iostream import IOStream
+
+    class ClosingTCPClient:
+        async def connect(self, host: str, port: int, **kwargs: object) -> IOStream:
+            ours, theirs = socket.socketpair()
+            theirs.close()
+            stream = IOStream(ours)
+            stream.close()  # as tornado does once it notices the peer is gone
+            return stream
+
+    monkeypatch.setattr(GatewayConnector, "client", ClosingTCPClient())
+    ctx = ssl.create_default_context()
+    with pytest.raises(OSError, match="closed"):
+        await GatewayConnector().connect("127.0.0.1:1/abc", ssl_context=ctx)
