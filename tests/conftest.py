@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from postgres import PostgresServer, postgres_server
+
+# The Envoy `make setup` installs, unless FLOTILLA_ENVOY names another (`make test` sets
+# it; this serves a bare `pytest`).
+_ENVOY = (
+    Path(__file__).resolve().parents[1]
+    / ".cache/envoy/lib/python3.11/site-packages/envoy/_bin/envoy"
+)
+if not os.environ.get("FLOTILLA_ENVOY") and _ENVOY.exists():
+    os.environ["FLOTILLA_ENVOY"] = str(_ENVOY)
 
 # A private Slurm and its users (tests/slurm_fixtures.py), started once per session by
 # whichever tier asks first.

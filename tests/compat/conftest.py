@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from compat.harness import CompatGateway, running_gateway
-
-_ENVOY = (
-    Path(__file__).resolve().parents[2]
-    / ".cache/envoy/lib/python3.11/site-packages/envoy/_bin/envoy"
-)
-if not os.environ.get("FLOTILLA_ENVOY") and _ENVOY.exists():
-    os.environ["FLOTILLA_ENVOY"] = str(_ENVOY)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
