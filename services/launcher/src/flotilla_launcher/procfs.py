@@ -87,17 +87,19 @@ def same_process(pid: int, start_time: int, uid: int | None = None, proc: str = 
     return uid is None or read_uid(pid, proc) == uid
 
 
+def _pids(proc: str) -> list[int]:
+    """Every pid ``proc`` lists now (none without a procfs)."""
+    try:
+        return [int(entry) for entry in os.listdir(proc) if entry.isdigit()]
+    except FileNotFoundError:
+        return []
+
+
 def group_members(pgid: int, proc: str = "/proc") -> list[int]:
     """Pids of the live (non-zombie) processes in process group ``pgid``."""
     members = []
-    try:
-        entries = os.listdir(proc)
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        st = read_stat(int(entry), proc)
+    for pid in _pids(proc):
+        st = read_stat(pid, proc)
         if st is not None and st.pgid == pgid and st.alive:
             members.append(st.pid)
     return members
@@ -122,22 +124,16 @@ def find_by_environment(
     """
     wanted = [f"{k}={v}".encode() for k, v in marker.items()]
     found = []
-    try:
-        entries = os.listdir(proc)
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+    for pid in _pids(proc):
         try:
-            with open(f"{proc}/{entry}/environ", "rb") as f:
+            with open(f"{proc}/{pid}/environ", "rb") as f:
                 raw = f.read()
         except OSError:
             continue  # gone, a kernel thread, or not ours to read
         items = set(raw.split(b"\0"))
         if not all(w in items for w in wanted):
             continue
-        st = read_stat(int(entry), proc)
+        st = read_stat(pid, proc)
         if st is not None and st.alive:
             found.append((st, _parse_environ(raw)))
     return found

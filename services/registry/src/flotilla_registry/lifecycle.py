@@ -23,7 +23,6 @@ their logs) older than ``c.Registry.db_cluster_max_age``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import ClusterRecord, Observed, Target, now_ms
+from .tasks import cancel_and_wait
 
 __all__ = ["Housekeeping", "Lifecycle", "cluster_overdue", "late_workers"]
 
@@ -182,11 +182,7 @@ class Housekeeping:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def purge_now(self) -> int:

@@ -33,6 +33,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreUnavailable
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .clusters import ClusterService
@@ -129,11 +130,7 @@ class PostgresReplica(Replica):
             await asyncio.wait_for(self.connected.wait(), self.store.connect_timeout)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def _on_notify(self, name: str, revision: int) -> None:
