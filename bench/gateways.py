@@ -202,6 +202,28 @@ def _popen(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.P
         )
 
 
+def _launch(
+    name: str,
+    argv: list[str],
+    public_port: int,
+    clusters_dir: Path,
+    log_path: Path,
+    env: dict[str, str],
+    timeout: float,
+) -> GatewayProcess:
+    """Start one gateway and wait until its public /api/health answers (stopped if not)."""
+    started = time.monotonic()
+    proc = _popen(argv, log_path, env)
+    gw = GatewayProcess(name, f"http://127.0.0.1:{public_port}", proc, clusters_dir, log_path)
+    try:
+        gw.wait_healthy(timeout)
+    except BaseException:
+        gw.stop()
+        raise
+    gw.started_seconds = time.monotonic() - started
+    return gw
+
+
 def start_flotilla(
     workdir: Path, *, backend: str = "local", extra_config: str = "", timeout: float = 120.0
 ) -> GatewayProcess:
@@ -234,26 +256,15 @@ def start_flotilla(
     env.setdefault(
         "FLOTILLA_ENVOY", str(REPO / ".cache/envoy/lib/python3.11/site-packages/envoy/_bin/envoy")
     )
-    started = time.monotonic()
-    proc = _popen(
-        [str(REPO / ".venv/bin/flotilla-embedded"), "--config", str(config)],
-        state / "embedded.log",
-        env,
-    )
-    gw = GatewayProcess(
+    return _launch(
         "flotilla",
-        f"http://127.0.0.1:{public}",
-        proc,
+        [str(REPO / ".venv/bin/flotilla-embedded"), "--config", str(config)],
+        public,
         state / "state" / "clusters",
         state / "embedded.log",
+        env,
+        timeout,
     )
-    try:
-        gw.wait_healthy(timeout)
-    except BaseException:
-        gw.stop()
-        raise
-    gw.started_seconds = time.monotonic() - started
-    return gw
 
 
 def start_reference(workdir: Path, venv: Path, timeout: float = 120.0) -> GatewayProcess:
@@ -287,19 +298,12 @@ def start_reference(workdir: Path, venv: Path, timeout: float = 120.0) -> Gatewa
     env = dict(os.environ)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
     env.pop("VIRTUAL_ENV", None)
-    started = time.monotonic()
-    proc = _popen(
+    return _launch(
+        "reference",
         [str(venv / "bin/dask-gateway-server"), "-f", str(config)],
+        public,
+        clusters,
         state / "server.log",
         env,
+        timeout,
     )
-    gw = GatewayProcess(
-        "reference", f"http://127.0.0.1:{public}", proc, clusters, state / "server.log"
-    )
-    try:
-        gw.wait_healthy(timeout)
-    except BaseException:
-        gw.stop()
-        raise
-    gw.started_seconds = time.monotonic() - started
-    return gw
