@@ -457,19 +457,20 @@ class ClusterService:
         }
         if not all(isinstance(v, str) for v in addresses.values()):
             raise InvalidRequest("addresses must be strings")
+        for key, address in addresses.items():
+            if address:  # absent: "" (later heartbeats need none, nor a dashboard-less one)
+                _check_address(key, address)
         c = await self._current(name)
         if c is None or c.target != Target.RUNNING:
             return  # stopping or gone: nothing to do (the reference answers 200 too)
         async with self._lock(name):
             if c.target != Target.RUNNING:
                 return  # stopped while we waited for the lock
+            first = c.observed != Observed.RUNNING
+            if first and not (addresses["scheduler_address"] and addresses["api_address"]):
+                raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
             c.last_heartbeat = now_ms()
-            if c.observed != Observed.RUNNING:
-                if not addresses["scheduler_address"] or not addresses["api_address"]:
-                    raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
-                for key, address in addresses.items():
-                    if address or key != "dashboard_address":  # no dashboard: ""
-                        _check_address(key, address)
+            if first:
                 c.scheduler_address = addresses["scheduler_address"]
                 c.dashboard_address = addresses["dashboard_address"]
                 c.api_address = addresses["api_address"]
