@@ -16,11 +16,13 @@ import asyncio
 import http.client
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dask_gateway import BasicAuth, Gateway, GatewayCluster
@@ -181,29 +183,47 @@ class Agent:
         return {"up_seconds": up, "down_seconds": down}
 
     def proxy_throughput(self, mib: int, repeats: int) -> dict[str, Any]:
-        """MiB/s of ``mib`` MiB scheduler → client, through the gateway and directly."""
+        """MiB/s of ``mib`` MiB scheduler → client: through the gateway, directly, and
+        through ``relay.py`` (the cheapest relay the machine can run, as a control)."""
         nbytes = mib * 2**20
         cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
         proxied = self._hold(cluster.get_client(set_as_default=False))
         direct_address = proxied.scheduler_info()["address"]
-        direct = self._hold(Client(direct_address, security=cluster.security, set_as_default=False))
-        out: dict[str, list[float]] = {"proxied_mib_s": [], "direct_mib_s": [], "ratio": []}
+        host, port = urllib.parse.urlsplit(direct_address).netloc.rsplit(":", 1)
+        relay = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("relay.py")), host, port],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        paths: dict[str, Client] = {"proxied": proxied}
         try:
+            assert relay.stdout is not None
+            relayed_address = f"tls://127.0.0.1:{int(relay.stdout.readline())}"
+            for key, address in (("direct", direct_address), ("relay", relayed_address)):
+                paths[key] = self._hold(
+                    Client(address, security=cluster.security, set_as_default=False)
+                )
+            out: dict[str, list[float]] = {f"{key}_mib_s": [] for key in paths}
+            out.update(ratio=[], relay_ratio=[])
+            order = list(paths.items())
             for i in range(repeats):
-                # Alternate which path goes first, so neither always runs on a warm cache.
-                order = [("proxied_mib_s", proxied), ("direct_mib_s", direct)]
-                for key, client in order if i % 2 == 0 else order[::-1]:
+                # Rotate which path goes first, so none always runs on a warm cache.
+                for key, client in order[i % 3 :] + order[: i % 3]:
                     start = time.perf_counter()
                     data = client.run_on_scheduler(_payload, nbytes)
                     seconds = _elapsed(start)
                     if len(data) != nbytes:
                         raise AssertionError(f"got {len(data)} bytes, expected {nbytes}")
-                    out[key].append(mib / seconds)
-                # Back to back, so both saw the same machine: the pair's ratio.
-                out["ratio"].append(out["proxied_mib_s"][-1] / out["direct_mib_s"][-1])
+                    out[f"{key}_mib_s"].append(mib / seconds)
+                # Back to back, so all saw the same machine: the round's ratios.
+                direct_mib_s = out["direct_mib_s"][-1]
+                out["ratio"].append(out["proxied_mib_s"][-1] / direct_mib_s)
+                out["relay_ratio"].append(out["relay_mib_s"][-1] / direct_mib_s)
         finally:
-            direct.close()
-            proxied.close()
+            for client in paths.values():
+                client.close()
+            relay.terminate()
+            relay.wait()
             self._shutdown(self.gateway, cluster)
             cluster.close()
         return out

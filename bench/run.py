@@ -245,6 +245,8 @@ class Bench:
             self.add(name, "proxy_mib_s", result["proxied_mib_s"])
             self.add(name, "direct_mib_s", result["direct_mib_s"])
             self.add(name, "proxy_over_direct", result["ratio"])
+            self.add(name, "relay_mib_s", result["relay_mib_s"])
+            self.add(name, "relay_over_direct", result["relay_ratio"])
 
         self.alternate(self.plan["proxy_rounds"], body)
 
@@ -375,6 +377,8 @@ def _rows(bench: Bench) -> dict[str, Row]:
     row("proxy_mib_s", f"{plan['proxy_mib']} MiB via the scheduler proxy", "MiB/s", "higher")
     row("direct_mib_s", f"{plan['proxy_mib']} MiB direct to the scheduler", "MiB/s", "higher")
     row("proxy_over_direct", "proxied / direct, pairs back to back", "ratio", "higher")
+    row("relay_mib_s", "... through a splice(2) relay (control)", "MiB/s", "higher")
+    row("relay_over_direct", "... splice relay / direct, back to back", "ratio", "higher")
     row("dashboard_page_ms", "dashboard page GET", "ms")
     row("dashboard_health_ms", "dashboard /health GET", "ms")
     row("list_ms", f"list_clusters() with {plan['list_at']} clusters", "ms")
