@@ -185,7 +185,9 @@ class SlurmCluster:
 
         def idle() -> bool:
             self._check_alive()
-            return self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.strip() == "idle"
+            # One line per partition the node is in.
+            states = self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()
+            return bool(states) and set(states) == {"idle"}
 
         wait_for(idle, timeout, "the Slurm node to be idle", interval=0.2)
 
@@ -273,6 +275,7 @@ MinJobAge=300
 KillWait=5
 NodeName={node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=long Nodes={node} MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 
     def _spawn(self, name: str, argv: list[str], **kwargs: int) -> None:
@@ -300,12 +303,12 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubsc
 
     def jobs(self, user: str | None = None) -> list[dict[str, str]]:
         """Jobs squeue lists by default (pending, running, completing), optionally one
-        user's: ``[{"id", "state", "user", "name"}]``."""
-        argv = ["squeue", "-h", "-o", "%i|%T|%u|%j"]
+        user's: ``[{"id", "state", "user", "name", "partition"}]``."""
+        argv = ["squeue", "-h", "-o", "%i|%T|%u|%j|%P"]
         if user:
             argv += ["-u", user]
         out = self.run(*argv).stdout
-        keys = ("id", "state", "user", "name")
+        keys = ("id", "state", "user", "name", "partition")
         return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line]
 
     def job_processes(self) -> list[int]:

@@ -84,6 +84,11 @@ def _config(slurm: SlurmCluster, job_python: Path, bin_dir: Path) -> str:
                 "worker_cores": options.worker_cores,
                 "worker_memory": int(options.worker_memory * 2**30),
             }}
+            # Where the jobs run: a Slurm partition, or a PBS queue (the wrappers map
+            # queues to partitions).
+            field = {{"slurm": "partition", "pbs": "queue"}}.get(options.backend)
+            if field:
+                config[field] = options.partition
             if options.idle_workers:
                 # Workers that never connect: only their jobs matter to the test.
                 config["worker_cmd"] = ["/bin/sh", "-c", "exec sleep 3600", "worker"]
@@ -95,6 +100,7 @@ def _config(slurm: SlurmCluster, job_python: Path, bin_dir: Path) -> str:
             Integer("worker_cores", default=1, min=1, max=2),
             Float("worker_memory", default=0.5, min=0.25, max=2),
             Bool("idle_workers", default=False),
+            Select("partition", ["debug", "long"], label="Partition or queue"),
             handler=_handler,
         )
         # Every backend runs the Python the test users can reach.
@@ -319,6 +325,33 @@ def test_local_and_slurm_side_by_side(hpc: HPCGateway) -> None:
             local.shutdown()
             batch.shutdown()
         wait_for(lambda: not hpc.cluster_jobs(batch.name, "alice"), 30, "the Slurm jobs to end")
+
+
+def test_partition_and_queue_chosen_per_cluster(hpc: HPCGateway) -> None:
+    """An option the administrator offers puts one cluster's jobs in another partition
+    (Slurm) or queue (PBS); clusters that do not choose keep the site's."""
+    with FlotillaGateway(hpc.address, auth=BasicAuth("alice")) as gw:
+        clusters = {
+            ("slurm", "long"): gw.new_cluster(backend="slurm", partition="long", idle_workers=True),
+            ("pbs", "long"): gw.new_cluster(backend="pbs", partition="long", idle_workers=True),
+            ("slurm", "debug"): gw.new_cluster(backend="slurm", idle_workers=True),
+        }
+        try:
+            for cluster in clusters.values():
+                cluster.scale(1)
+            for (backend, partition), cluster in clusters.items():
+                wait_for(
+                    lambda c=cluster: len(hpc.cluster_jobs(c.name, "alice")) == 2,
+                    60,
+                    f"the {backend} cluster's scheduler and worker jobs",
+                )
+                jobs = hpc.cluster_jobs(cluster.name, "alice")
+                assert {j["partition"] for j in jobs} == {partition}, (backend, jobs)
+        finally:
+            for cluster in clusters.values():
+                cluster.shutdown()
+        for cluster in clusters.values():
+            wait_for(lambda c=cluster: not hpc.cluster_jobs(c.name, "alice"), 30, "jobs to end")
 
 
 def test_status_queries_do_not_grow_with_jobs(hpc: HPCGateway) -> None:

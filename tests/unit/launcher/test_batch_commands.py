@@ -3,6 +3,7 @@ the owner's files. No batch system is needed here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -329,3 +330,35 @@ def test_helper_console_script_speaks_json(tmp_path: Path) -> None:
     bad = subprocess.run(run, input="not json", capture_output=True, text=True)
     assert bad.returncode == 1 and "error" in json.loads(bad.stdout)
     assert os.path.basename(batch_helper.__file__) == "batch_helper.py"
+
+
+def test_a_clusters_own_partition_and_queue_replace_the_sites() -> None:
+    """The registry's SlurmClusterConfig/PBSClusterConfig fields arrive in config_json
+    and replace the launcher's site settings for that cluster's jobs only; empty ones
+    leave them in force."""
+    config = ClusterConfig.from_json(
+        json.dumps({"worker_cores": 2, "partition": "gpu", "account": "", "queue": "long"})
+    )
+    assert dict(config.extra) == {"partition": "gpu", "account": "", "queue": "long"}
+    cfg = Config()
+    cfg.SlurmBackend.partition = "dask"
+    cfg.SlurmBackend.account = "proj42"
+    cfg.PBSBackend.queue = "workq"
+    slurm, pbs = SlurmBackend(config=cfg), PBSBackend(config=cfg)
+    spec = cluster(extra=config.extra)
+    job = dataclasses.replace(JOB, settings=slurm._cluster_settings(spec))
+    argv = slurm.submit_command(job)
+    assert "--partition=gpu" in argv and "--account=proj42" in argv
+    assert "--partition=dask" not in argv
+    assert "--partition=dask" in slurm.submit_command(JOB)  # another cluster: the site's
+    pbs_job = dataclasses.replace(JOB, settings=pbs._cluster_settings(spec))
+    assert "#PBS -q long" in pbs.directives(pbs_job)
+    assert "#PBS -q workq" in pbs.directives(JOB)
+
+
+@pytest.mark.parametrize("value", ["gpu\n#PBS -q x", "--wrap=id", 3, ["gpu"]])
+def test_a_cluster_setting_that_could_escape_is_refused(value: object) -> None:
+    """The registry refuses these already; a launcher does not trust config_json blindly."""
+    for backend, name in ((SlurmBackend(), "partition"), (PBSBackend(), "queue")):
+        with pytest.raises(BackendError, match=f"invalid .* {name}"):
+            backend._cluster_settings(cluster(extra={name: value}))

@@ -11,9 +11,12 @@ from flotilla_common.identity import Identity
 from flotilla_registry.clusterconfig import (
     WORKERS_CEILING,
     ClusterConfig,
+    PBSClusterConfig,
     ResolvedClusterConfig,
+    SlurmClusterConfig,
     clamp_adapt,
     clamp_scale,
+    config_class_for,
     resolve_cluster_config,
 )
 from flotilla_registry.options import Integer, Mapping, Options, OptionsError, Select
@@ -226,6 +229,44 @@ def test_subclass_traits_are_overridable_and_serialised() -> None:
     data = json.loads(resolved.to_json())
     assert list(data)[-1] == "image" and data["image"] == "custom:1"
     assert ResolvedClusterConfig.from_json(resolved.to_json()) == resolved
+
+
+def test_batch_backends_have_their_own_cluster_fields() -> None:
+    """Where a cluster's jobs run is per cluster on Slurm and PBS (upstream's
+    SlurmClusterConfig / PBSClusterConfig): admin defaults, then the handler's choice."""
+    assert config_class_for("slurm") is SlurmClusterConfig
+    assert config_class_for("pbs") is PBSClusterConfig
+    assert config_class_for("local") is ClusterConfig
+    config = admin(worker_cores=2)
+    config.SlurmClusterConfig.account = "proj42"
+    resolved = resolve_cluster_config(
+        config, {"partition": "gpu", "qos": "debug-qos"}, config_class=SlurmClusterConfig
+    )
+    assert resolved.worker_cores == 2
+    assert dict(resolved.extra) == {
+        "account": "proj42",
+        "partition": "gpu",
+        "qos": "debug-qos",
+        "reservation": "",
+    }
+    pbs = resolve_cluster_config(
+        Config(), {"queue": "workq@server1"}, config_class=PBSClusterConfig
+    )
+    assert dict(pbs.extra) == {"account": "", "queue": "workq@server1"}
+    # The same field on a backend that has no such thing is unknown, not ignored.
+    with pytest.raises(OptionsError, match="Unknown cluster configuration field 'partition'"):
+        resolve_cluster_config(Config(), {"partition": "gpu"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["gpu\n#PBS -q other", "-x", "two words", "a;b", ".hidden", "x" * 129, "é", 7],
+)
+def test_batch_names_that_could_escape_are_refused(value: object) -> None:
+    field = "queue" if isinstance(value, str) and "PBS" in value else "partition"
+    config_class = PBSClusterConfig if field == "queue" else SlurmClusterConfig
+    with pytest.raises(OptionsError, match=field):
+        resolve_cluster_config(Config(), {field: value}, config_class=config_class)
 
 
 # --- limits ---------------------------------------------------------------------------------

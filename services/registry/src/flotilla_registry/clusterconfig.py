@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,9 +31,12 @@ from .options import OptionsError
 __all__ = [
     "WORKERS_CEILING",
     "ClusterConfig",
+    "PBSClusterConfig",
     "ResolvedClusterConfig",
+    "SlurmClusterConfig",
     "clamp_adapt",
     "clamp_scale",
+    "config_class_for",
     "resolve_cluster_config",
 ]
 
@@ -301,6 +305,71 @@ class ClusterConfig(LoggingConfigurable):
     def _default_log(self) -> logging.Logger:
         # Unknown c.ClusterConfig keys are logged here (rather than raised as warnings).
         return log
+
+
+# A name a batch system knows: a partition, queue, account, QOS, reservation.
+_BATCH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}$")
+
+
+class _BatchName(Unicode[str, str]):
+    """A partition, queue or account name, or empty for the launcher's own setting.
+
+    It ends up on a submit command line or in a job script's ``#PBS`` lines, so anything
+    but letters, digits and ``_.@+-`` (a space, a newline, a leading dash) is a 422 here.
+    """
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        value = super().validate(obj, value)
+        if value and not _BATCH_NAME_RE.match(value):
+            raise TraitError(
+                f"{self.name} must be empty or a name of at most 128 letters, digits and "
+                f"'_.@+-' (not starting with '.@+-'), got {value!r}"
+            )
+        return value
+
+
+def _batch_name(what: str, setting: str) -> _BatchName:
+    return _BatchName(
+        "",
+        help=f"{what} of this cluster's jobs; empty: the launcher's {setting}.",
+        config=True,
+    )
+
+
+class SlurmClusterConfig(ClusterConfig):
+    """``ClusterConfig`` of clusters on the ``slurm`` backend (``c.SlurmClusterConfig``).
+
+    Where each cluster's jobs run, per cluster: an option handler can return
+    ``{"partition": "gpu"}``. Empty values leave the launcher's ``c.SlurmBackend``
+    settings in force. Slurm itself decides whether the owner may use what they chose.
+    """
+
+    partition = _batch_name("Slurm partition (--partition)", "c.SlurmBackend.partition")
+    account = _batch_name("Slurm account (--account)", "c.SlurmBackend.account")
+    qos = _batch_name("Slurm quality of service (--qos)", "c.SlurmBackend.qos")
+    reservation = _batch_name("Slurm reservation (--reservation)", "c.SlurmBackend.reservation")
+
+
+class PBSClusterConfig(ClusterConfig):
+    """``ClusterConfig`` of clusters on the ``pbs`` backend (``c.PBSClusterConfig``).
+
+    Queue and account per cluster; empty values leave ``c.PBSBackend``'s in force.
+    """
+
+    queue = _batch_name("PBS queue (-q)", "c.PBSBackend.queue")
+    account = _batch_name("PBS account (-A)", "c.PBSBackend.account")
+
+
+#: The configuration class of each backend's clusters; other backends use ClusterConfig.
+_BACKEND_CONFIG_CLASSES: dict[str, type[ClusterConfig]] = {
+    "slurm": SlurmClusterConfig,
+    "pbs": PBSClusterConfig,
+}
+
+
+def config_class_for(backend: str) -> type[ClusterConfig]:
+    """The ``ClusterConfig`` (sub)class whose fields configure ``backend``'s clusters."""
+    return _BACKEND_CONFIG_CLASSES.get(backend, ClusterConfig)
 
 
 # The keys of config_json, in the order of docs/internals.md.

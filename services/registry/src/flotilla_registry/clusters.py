@@ -20,7 +20,7 @@ from flotilla_common.tls import new_keypair
 from traitlets.config import Config
 
 from .backends import BackendChoice
-from .clusterconfig import clamp_adapt, clamp_scale, resolve_cluster_config
+from .clusterconfig import clamp_adapt, clamp_scale, config_class_for, resolve_cluster_config
 from .errors import (
     ClusterNotFound,
     ClusterNotRunning,
@@ -285,7 +285,9 @@ class ClusterService:
             overrides = dict(await spec.get_configuration(options, identity))
             # The backend is chosen (and popped) first; the rest configures the cluster.
             backend = self.settings.backends.choose(overrides, options, identity)
-            resolved = resolve_cluster_config(self.settings.cluster_config, overrides)
+            resolved = resolve_cluster_config(
+                self.settings.cluster_config, overrides, config_class=config_class_for(backend)
+            )
         except (OptionsError, ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
         config = json.loads(resolved.to_json())

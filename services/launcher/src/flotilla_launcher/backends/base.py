@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -66,10 +66,14 @@ class ClusterConfig:
     adaptive_period: float = 3.0
     idle_timeout: float = 0.0
     heartbeat_period: float = 15.0
+    #: The keys this class does not name (the registry's limits, the fields of a
+    #: backend's own ``<Backend>ClusterConfig`` such as ``partition``), as stored.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, text: str) -> ClusterConfig:
-        """Parse ``config_json``; unknown keys are ignored, missing ones take defaults.
+        """Parse ``config_json``; keys not named here go to ``extra``, missing ones take
+        defaults.
 
         A single-string command is wrapped into a one-element list (never shell-split).
         """
@@ -102,6 +106,8 @@ class ClusterConfig:
         ):
             if data.get(key) is not None:
                 kwargs[key] = conv(data[key])
+        named = {f.name for f in fields(cls)}
+        kwargs["extra"] = {key: value for key, value in data.items() if key not in named}
         return cls(**kwargs)
 
 

@@ -38,7 +38,7 @@ import re
 import shlex
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ RECORD = ".jobid"
 SCHEDULER_RECORD = f"scheduler{RECORD}"
 RECORDS = f"*{RECORD}"
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What the registry lets a cluster set as a partition, queue or account (and nothing that
+# could break out of a command-line argument or a #PBS line).
+_SETTING_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}$")
 # Files of a cluster's staging directory that hold secrets; removed when it stops.
 _SECRET_FILES = ("*.sh", CERT_FILE, KEY_FILE)
 
@@ -94,6 +97,9 @@ class JobRequest:
     log: Path
     cores: int
     memory_mib: int
+    #: The cluster's own values of the backend's :attr:`~BatchBackend.cluster_settings`
+    #: (a partition, a queue...), where its configuration sets them.
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,9 @@ class BatchBackend(Backend):
 
     #: The batch system's name in messages ("Slurm", "PBS").
     system_name = "batch system"
+    #: Site settings (traits of the backend) a cluster's configuration may set for its own
+    #: jobs, from the registry's ``<Backend>ClusterConfig`` of the same names.
+    cluster_settings: tuple[str, ...] = ()
 
     submit_as = Enum(
         ["sudo", "self"],
@@ -251,6 +260,23 @@ class BatchBackend(Backend):
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:
         """The command line that cancels ``job_ids`` (run as their owner)."""
         raise NotImplementedError
+
+    def setting(self, job: JobRequest, name: str) -> str:
+        """Site setting ``name`` (a partition, a queue...) for ``job``: its cluster's own
+        value if it has one, else the launcher's."""
+        return job.settings.get(name) or str(getattr(self, name))
+
+    def _cluster_settings(self, cluster: ClusterSpec) -> dict[str, str]:
+        """The values of :attr:`cluster_settings` the cluster's configuration sets."""
+        out: dict[str, str] = {}
+        for name in self.cluster_settings:
+            value = cluster.config.extra.get(name)
+            if not value:
+                continue
+            if not isinstance(value, str) or not _SETTING_RE.match(value):
+                raise BackendError(f"invalid {self.system_name} {name} {value!r}")
+            out[name] = value
+        return out
 
     def directives(self, job: JobRequest) -> list[str]:
         """Comment lines the batch system reads at the top of the job script (``#PBS
@@ -486,6 +512,7 @@ class BatchBackend(Backend):
             log=directory / "logs" / "scheduler.log",
             cores=_cores(config.scheduler_cores),
             memory_mib=_mib(config.scheduler_memory),
+            settings=self._cluster_settings(cluster),
         )
         script = self.job_script(cluster, job, scheduler_command(config, self.bind_host), None)
         files = {
@@ -559,6 +586,7 @@ class BatchBackend(Backend):
             log=directory / "logs" / f"worker-{name}.log",
             cores=_cores(config.worker_cores),
             memory_mib=_mib(config.worker_memory),
+            settings=self._cluster_settings(cluster),
         )
         command = worker_command(config, name, worker.scheduler_address, self.bind_host)
         script = self.job_script(cluster, job, command, name)

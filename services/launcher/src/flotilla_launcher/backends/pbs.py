@@ -153,6 +153,7 @@ class PBSBackend(BatchBackend):
 
     backend_name = "pbs"
     system_name = "PBS"
+    cluster_settings = ("queue", "account")
 
     flavor = Enum(
         ["pbspro", "torque"],
@@ -164,7 +165,14 @@ class PBSBackend(BatchBackend):
         ),
         config=True,
     )
-    queue = Unicode("", help="Queue of every job (qsub -q); empty: the default.", config=True)
+    queue = Unicode(
+        "",
+        help=(
+            "Queue of every job (qsub -q); empty: the default. A cluster's "
+            "c.PBSClusterConfig.queue (and account), when set, takes its place."
+        ),
+        config=True,
+    )
     account = Unicode("", help="Account jobs are charged to (qsub -A); empty: none.", config=True)
     qsub = Unicode("qsub", help="The qsub command (name on PATH or absolute path).", config=True)
     qstat = Unicode("qstat", help="The qstat command.", config=True)
@@ -188,10 +196,9 @@ class PBSBackend(BatchBackend):
             f"#PBS -o {job.log}",
             f"#PBS -l {self.resources(job)}",
         ]
-        if self.queue:
-            lines.append(f"#PBS -q {self.queue}")
-        if self.account:
-            lines.append(f"#PBS -A {self.account}")
+        for flag, name in (("-q", "queue"), ("-A", "account")):
+            if value := self.setting(job, name):
+                lines.append(f"#PBS {flag} {value}")
         return lines
 
     def submit_command(self, job: JobRequest) -> list[str]:

@@ -93,9 +93,16 @@ class SlurmBackend(BatchBackend):
 
     backend_name = "slurm"
     system_name = "Slurm"
+    cluster_settings = ("partition", "account", "qos", "reservation")
 
     partition = Unicode(
-        "", help="Partition of every job (--partition); empty: the default.", config=True
+        "",
+        help=(
+            "Partition of every job (--partition); empty: the default. A cluster's "
+            "c.SlurmClusterConfig.partition, when set, takes its place (so do account, qos "
+            "and reservation)."
+        ),
+        config=True,
     )
     account = Unicode(
         "", help="Account jobs are charged to (--account); empty: the user's default.", config=True
@@ -133,10 +140,7 @@ class SlurmBackend(BatchBackend):
             f"--mem={job.memory_mib}M",
         ]
         for flag, value in (
-            ("--partition", self.partition),
-            ("--account", self.account),
-            ("--qos", self.qos),
-            ("--reservation", self.reservation),
+            *((f"--{name}", self.setting(job, name)) for name in self.cluster_settings),
             ("--time", self.walltime),
         ):
             if value:
