@@ -138,3 +138,27 @@ async def test_a_mapping_to_a_backend_not_offered_stops_the_registry(tmp_path: P
     app = RegistryApp(load_config(config_file))
     with pytest.raises(StartupError, match="backend_by_user names backend 'slurm'"):
         await app.start()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("c.ClusterConfig.worker_cores = 0", r"backend 'local': .*worker_cores"),
+        ('c.SlurmClusterConfig.partition = "two words"', r"backend 'slurm': partition must be"),
+    ],
+)
+async def test_a_bad_cluster_configuration_stops_the_registry(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    """Not a failed request for every user later: the operator hears it at start."""
+    config_file = tmp_path / "config.py"
+    config_file.write_text(
+        f"c.Deployment.state_dir = {str(tmp_path)!r}\n"
+        'c.Deployment.registry_grpc_address = "127.0.0.1:0"\n'
+        'c.Deployment.registry_http_address = "127.0.0.1:0"\n'
+        'c.Registry.backends = ["local", "slurm"]\n'
+        f"{setting}\n"
+    )
+    app = RegistryApp(load_config(config_file))
+    with pytest.raises(StartupError, match=message):
+        await app.start()

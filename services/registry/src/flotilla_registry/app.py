@@ -19,14 +19,16 @@ from flotilla_common.grpcserver import (
 )
 from flotilla_common.logs import setup_logging
 from flotilla_common.sessions import session_cookies
+from traitlets import TraitError
 from traitlets.config import Config
 
 from .backends import BackendChoice
+from .clusterconfig import config_class_for, resolve_cluster_config
 from .clusters import ClusterService, ServiceSettings
 from .config import KEYS_ENV, Registry
 from .crypto import FieldCipher, KeyConfigError, generate_key
 from .lifecycle import Housekeeping
-from .options import Options
+from .options import Options, OptionsError
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
 from .servicer import (
@@ -101,6 +103,15 @@ class RegistryApp:
             )
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        # A bad c.ClusterConfig value is the operator's to fix before anyone asks for a
+        # cluster, not a failed request for every user.
+        for backend in backends.backends:
+            try:
+                resolve_cluster_config(self.config, {}, config_class=config_class_for(backend))
+            except (TraitError, OptionsError) as exc:
+                raise StartupError(
+                    f"cluster configuration for backend {backend!r}: {exc}"
+                ) from None
         url = registry.db_url or f"sqlite:///{deployment.state_path / 'registry.sqlite'}"
         self.store = make_store(registry, url)
         try:
