@@ -59,7 +59,7 @@ async def test_changes_to_one_cluster_take_turns(postgres: PostgresServer) -> No
             waiter = asyncio.create_task(_lock_and_read(b, c.name, order))
             await asyncio.sleep(0.2)  # give b every chance to get in first (it must not)
             order.append("a saves")
-            c.revision, c.target = 1, Target.STOPPED
+            c.revision, c.target, c.worker_start_failures = 1, Target.STOPPED, 2
             await a.save_cluster(c)
         assert await waiter == 1
         assert order == ["a saves", "b locked"]
@@ -70,7 +70,12 @@ async def test_changes_to_one_cluster_take_turns(postgres: PostgresServer) -> No
                 await a.save_cluster(c)
                 raise RuntimeError("boom")
         stored = await b.get_cluster(c.name)
-        assert stored is not None and (stored.revision, stored.target) == (1, Target.STOPPED)
+        assert stored is not None
+        assert (stored.revision, stored.target, stored.worker_start_failures) == (
+            1,
+            Target.STOPPED,
+            2,
+        )
     finally:
         await a.close()
         await b.close()

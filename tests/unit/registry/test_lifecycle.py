@@ -244,6 +244,29 @@ async def test_worker_failures_fail_the_cluster_at_the_per_cluster_limit(
     )
 
 
+async def test_worker_failures_in_a_row_survive_a_registry_restart(store: SQLiteStore) -> None:
+    """The count lives in the cluster's record: a restarted registry (or a replica taking
+    over) does not give a cluster whose workers keep failing a fresh allowance."""
+    first = await make_service(store, worker_start_failure_limit=3)
+    c = await first.create(ALICE, {})
+    await first.heartbeat(Identity("alice", cluster=c.name), c.name, beat(count=1))
+
+    async def fail_one(service: ClusterService) -> ClusterRecord:
+        snap = await service.get(ALICE, c.name)
+        [w] = [n for n, w in snap.workers.items() if w.target == Target.RUNNING]
+        await service.report_worker(c.name, w, Observed.STOPPED, "", "worker exited with code 2")
+        return await service.get(ALICE, c.name)
+
+    for _ in range(2):
+        await fail_one(first)
+    stored = await store.get_cluster(c.name)
+    assert stored is not None and stored.worker_start_failures == 2
+    second = await make_service(store, worker_start_failure_limit=3)  # the restarted one
+    snap = await fail_one(second)
+    assert snap.target == Target.FAILED
+    assert snap.reason.startswith("3 consecutive workers failed to start")
+
+
 async def test_retention_purges_only_old_finished_clusters(store: SQLiteStore) -> None:
     old_stopped = record(name="old", target=Target.STOPPED, observed=Observed.STOPPED,
                          stop_time=1_000)  # fmt: skip

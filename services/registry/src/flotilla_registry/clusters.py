@@ -119,7 +119,6 @@ class ClusterService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._max_workers: dict[str, int | None] = {}
-        self._worker_failures: dict[str, int] = {}
         self._lifecycle: dict[str, Lifecycle] = {}
         #: When this service started (ms): no timeout deadline falls before it plus the
         #: timeout (see :mod:`.lifecycle`).
@@ -205,7 +204,6 @@ class ClusterService:
         self._drop_active(name)
         self._locks.pop(name, None)
         self._max_workers.pop(name, None)
-        self._worker_failures.pop(name, None)
         self._lifecycle.pop(name, None)
 
     def _announce(self, c: ClusterRecord) -> None:
@@ -500,7 +498,7 @@ class ClusterService:
             if w is not None and w.target == Target.RUNNING and w.observed != Observed.RUNNING:
                 if w.observed != Observed.STOPPED:
                     w.observed = Observed.RUNNING
-                    self._worker_failures[c.name] = 0
+                    c.worker_start_failures = 0
                     changed.add(n)
         for n in closed:
             w = c.workers.get(n)
@@ -609,8 +607,8 @@ class ClusterService:
             await self._commit(c, changed)
 
     def _count_start_failure(self, c: ClusterRecord, reason: str) -> set[str]:
-        failures = self._worker_failures.get(c.name, 0) + 1
-        self._worker_failures[c.name] = failures
+        c.worker_start_failures += 1
+        failures = c.worker_start_failures
         limit = self._limits(c).worker_start_failure_limit
         if limit and failures >= limit and c.target == Target.RUNNING:
             c.target = Target.FAILED

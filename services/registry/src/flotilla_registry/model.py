@@ -88,6 +88,8 @@ class ClusterRecord:
     # and the last request a launcher answered.
     logs_request: int = 0
     logs_answered: int = 0
+    # Workers in a row that exited or timed out before connecting (worker_start_failure_limit).
+    worker_start_failures: int = 0
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
     @property

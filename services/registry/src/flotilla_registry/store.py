@@ -90,7 +90,7 @@ _CLUSTER_COLUMNS = (
     "name", "owner", "backend", "options", "config", "token", "tls_cert", "tls_key",
     "target", "observed", "reason", "scheduler_address", "dashboard_address", "api_address",
     "count", "state", "start_time", "stop_time", "last_heartbeat", "revision",
-    "logs_request", "logs_answered",
+    "logs_request", "logs_answered", "worker_start_failures",
 )  # fmt: skip
 _WORKER_COLUMNS = (
     "cluster", "name", "target", "observed", "close_expected", "state", "reason",
@@ -104,7 +104,7 @@ def _cluster_row(c: ClusterRecord, cipher: FieldCipher | None) -> tuple[Any, ...
         c.tls_cert, encrypt_or_plain(cipher, c.tls_key),
         int(c.target), int(c.observed), c.reason, c.scheduler_address, c.dashboard_address,
         c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
-        c.revision, c.logs_request, c.logs_answered,
+        c.revision, c.logs_request, c.logs_answered, c.worker_start_failures,
     )  # fmt: skip
 
 
