@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import os
+import socket
+import ssl
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +150,9 @@ def test_fuzzed_requests(compat: CompatGateway, bystanders: dict[str, dict[str, 
     wait_for(lambda: _active(compat, FUZZER) == {fuzzers}, 60, "the fuzzer's clusters to stop")
 
 
-def _scheduler_token(name: str) -> str:
-    """A cluster's token, from its scheduler process's environment (as its owner can)."""
+def _scheduler_environment(name: str) -> dict[str, str]:
+    """The environment of a cluster's scheduler process (as its owner can read it): its
+    token, and where its TLS certificate and key are."""
     for pid in cluster_pids(name):
         env = dict(
             item.split("=", 1)
@@ -154,22 +160,66 @@ def _scheduler_token(name: str) -> str:
             if "=" in item
         )
         if "DASK_GATEWAY_API_TOKEN" in env:
-            return env["DASK_GATEWAY_API_TOKEN"]
+            return env
     raise AssertionError(f"no process of cluster {name} holds its token")
 
 
+@contextlib.contextmanager
+def _tls_listener(cert_file: str, key_file: str) -> Iterator[int]:
+    """A loopback TLS listener presenting the cluster's certificate, as its scheduler would
+    (the registry checks that before it adopts a first heartbeat's addresses). Yields its
+    port; each connection is closed after the handshake."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(timeout=10)
+
+
 def test_fuzzed_heartbeats(compat: CompatGateway, bystanders: dict[str, dict[str, Any]]) -> None:
+    """See _fuzz_heartbeats; the ExitStack stops its TLS listener."""
+    with contextlib.ExitStack() as stack:
+        _fuzz_heartbeats(compat, bystanders, stack)
+
+
+def _fuzz_heartbeats(
+    compat: CompatGateway, bystanders: dict[str, dict[str, Any]], stack: contextlib.ExitStack
+) -> None:
     """Heartbeats are the one route a cluster token opens, and whoever runs the scheduler
     (its owner) holds that token: fuzz their bodies with a real one.
 
     The target cluster's scheduler only sleeps and its worker limit is 0, so no fuzzed
     count starts processes. Any address the fuzzer sends is replaced by a loopback one
-    (keeping its type), so nothing is ever sent off this machine.
+    (keeping its type), so nothing is ever sent off this machine; the scheduler address by
+    a listener with the cluster's certificate, which the registry's check of a first
+    heartbeat accepts, so fuzzed bodies get past it.
     """
     alices = bystanders["alice"]["name"]
     target = compat.create(FUZZER, runtime="hang", max_workers=0)
     wait_for(lambda: cluster_pids(target), 30, "the target's scheduler process")
-    token = _scheduler_token(target)
+    env = _scheduler_environment(target)
+    token = env["DASK_GATEWAY_API_TOKEN"]
+    listener = _tls_listener(
+        env["DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT"],
+        env["DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY"],
+    )
+    tls_port = stack.enter_context(listener)
     schema = schemathesis.openapi.from_path(OPENAPI)
     operation = schema["/api/v1/clusters/{name}/heartbeat"]["POST"]
     cases = st.one_of(
@@ -191,7 +241,7 @@ def test_fuzzed_heartbeats(compat: CompatGateway, bystanders: dict[str, dict[str
         case.path_parameters["name"] = target
         if isinstance(case.body, dict):
             for key, loopback in (
-                ("scheduler_address", "tls://127.0.0.1:9"),
+                ("scheduler_address", f"tls://127.0.0.1:{tls_port}"),
                 ("dashboard_address", "http://127.0.0.1:9"),
                 ("api_address", "http://127.0.0.1:9"),
             ):

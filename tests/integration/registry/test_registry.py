@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from flotilla.registry.v1 import (
 from flotilla_common.config import load_config
 from flotilla_common.grpcserver import internal_metadata
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
+from flotilla_common.tls import new_keypair
 from flotilla_registry.app import RegistryApp
 from flotilla_registry.crypto import generate_key
 
@@ -53,6 +56,30 @@ async def registry(tmp_path: Path, db_url: str) -> AsyncIterator[RegistryApp]:
         await app.stop()
 
 
+async def _tls_listener(directory: Path, cert: str, key: str) -> asyncio.Server:
+    """A TLS listener on 127.0.0.1 presenting ``cert`` that hangs up after the handshake."""
+    directory.mkdir()
+    (directory / "cert.pem").write_text(cert)
+    (directory / "key.pem").write_text(key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    return await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=context)
+
+
+def _port(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _key(tmp: RegistryApp) -> str:
     from flotilla_common.config import Deployment
 
@@ -65,7 +92,7 @@ def _internal(app: RegistryApp) -> tuple[tuple[str, str], ...]:
     return internal_metadata(Deployment(config=app.config).secret("internal_token"))
 
 
-async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp) -> None:
+async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp, tmp_path: Path) -> None:
     key = _key(registry)
     alice = ((IDENTITY_HEADER, sign_identity(Identity("alice"), key)),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{registry.grpc_port}") as channel:
@@ -95,11 +122,15 @@ async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp) -> None:
         assert got.cluster.status == types_pb2.CLUSTER_STATUS_PENDING
         assert got.cluster.tls_key == ""
 
-        # The scheduler's first heartbeat, through REST with a cluster identity.
+        # The scheduler's first heartbeat, through REST with a cluster identity. Its TLS
+        # address answers with the cluster's certificate, as a scheduler does.
         sched = sign_identity(Identity("alice", cluster=name), key)
         url = f"http://127.0.0.1:{registry.http_port}/api/v1/clusters/{name}/heartbeat"
+        scheduler = await _tls_listener(tmp_path / "own", launch.tls_cert, launch.tls_key)
+        impostor = await _tls_listener(tmp_path / "other", *new_keypair(name))
+        sched_port = _port(scheduler)
         body = {
-            "scheduler_address": "tls://127.0.0.1:1234",
+            "scheduler_address": f"tls://127.0.0.1:{sched_port}",
             "dashboard_address": "http://127.0.0.1:1235",
             "api_address": "http://127.0.0.1:1236",
             "count": 5,
@@ -115,11 +146,18 @@ async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp) -> None:
                 ("scheduler_address", "tls://127.0.0.1:99999"),
                 ("api_address", "file:///etc/passwd"),
                 ("dashboard_address", "http://:80"),
+                # Well formed, but not this cluster's scheduler (checked by TLS handshake),
+                # or beside it on another host: the routes could lead anywhere.
+                ("scheduler_address", f"tls://127.0.0.1:{_port(impostor)}"),
+                ("scheduler_address", f"tls://127.0.0.1:{_free_port()}"),
+                ("dashboard_address", "http://127.0.0.2:1235"),
+                ("api_address", "http://localhost:1236"),
             ):
                 bad_body = {**body, field: bad}
                 async with http.post(url, json=bad_body, headers={IDENTITY_HEADER: sched}) as resp:
                     assert resp.status == 422, (field, bad)
                     assert field in (await resp.json())["error"]
+            impostor.close()
             got = await api.GetCluster(registry_pb2.GetClusterRequest(name=name), metadata=alice)
             assert got.cluster.status == types_pb2.CLUSTER_STATUS_PENDING
             async with http.post(url, json=body, headers={IDENTITY_HEADER: sched}) as resp:
@@ -128,6 +166,7 @@ async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp) -> None:
             user = sign_identity(Identity("alice"), key)
             async with http.post(url, json=body, headers={IDENTITY_HEADER: user}) as resp:
                 assert resp.status == 403
+        scheduler.close()
         got = await api.GetCluster(registry_pb2.GetClusterRequest(name=name), metadata=alice)
         assert got.cluster.status == types_pb2.CLUSTER_STATUS_RUNNING
         assert got.cluster.dashboard_route == f"/clusters/{name}/status"
@@ -138,7 +177,7 @@ async def test_lifecycle_over_grpc_and_rest(registry: RegistryApp) -> None:
             workers = [w for c in event.clusters for w in c.workers]
             if len(workers) == 3:
                 break
-        assert event.clusters[0].scheduler_address == "127.0.0.1:1234"
+        assert event.clusters[0].scheduler_address == f"127.0.0.1:{sched_port}"
 
         # bob cannot see or stop it.
         bob = ((IDENTITY_HEADER, sign_identity(Identity("bob"), key)),)

@@ -65,6 +65,7 @@ from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
+from flotilla_common import SNI_PREFIX
 from flotilla_common.config import Deployment
 from flotilla_common.identity import IDENTITY_HEADER
 from flotilla_common.sessions import DEFAULT_COOKIE_NAME
@@ -108,7 +109,6 @@ REGISTRY_HTTP_CLUSTER = "registry_http"
 REGISTRY_GRPC_CLUSTER = "registry_grpc"
 REGISTRY_GRPC_PREFIX = "/flotilla.registry.v1.RegistryService/"
 
-SNI_PREFIX = "daskgateway-"
 CHAIN_PASSTHROUGH = "tls-passthrough"
 CHAIN_HTTP = "plain-http"
 CHAIN_TLS_REJECT = "tls-reject"

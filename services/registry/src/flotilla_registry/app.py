@@ -125,6 +125,8 @@ class RegistryApp:
             api_url=deployment.resolved_api_url,
             backends=backends,
             logs_request_timeout=registry.logs_request_timeout,
+            check_addresses=registry.check_scheduler_addresses,
+            check_timeout=registry.scheduler_check_timeout,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
         await self.service.start()

@@ -19,6 +19,7 @@ from flotilla_common.identity import Identity
 from flotilla_common.tls import new_keypair
 from traitlets.config import Config
 
+from .addresses import AddressRefused, check_first_addresses
 from .backends import BackendChoice
 from .clusterconfig import clamp_adapt, clamp_scale, config_class_for, resolve_cluster_config
 from .errors import (
@@ -55,6 +56,10 @@ class ServiceSettings:
     backends: BackendChoice = field(default_factory=BackendChoice)
     # How long GetClusterLogs waits for an active cluster's launcher to send current logs.
     logs_request_timeout: float = 5.0
+    # Check the first heartbeat's addresses with a TLS handshake (addresses.py); the
+    # registry's configuration turns it on, tests with made-up addresses leave it off.
+    check_addresses: bool = False
+    check_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -463,12 +468,20 @@ class ClusterService:
         c = await self._current(name)
         if c is None or c.target != Target.RUNNING:
             return  # stopping or gone: nothing to do (the reference answers 200 too)
+        checked = False
+        if self.settings.check_addresses and c.observed != Observed.RUNNING:
+            # Before the lock: a TLS handshake with an address that may never answer.
+            checked = await self._check_first_addresses(c, addresses)
         async with self._lock(name):
             if c.target != Target.RUNNING:
                 return  # stopped while we waited for the lock
             first = c.observed != Observed.RUNNING
             if first and not (addresses["scheduler_address"] and addresses["api_address"]):
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
+            if first and self.settings.check_addresses and not checked:
+                raise InvalidRequest(
+                    "the first heartbeat's addresses were not checked; send it again"
+                )
             c.last_heartbeat = now_ms()
             if first:
                 c.scheduler_address = addresses["scheduler_address"]
@@ -483,6 +496,20 @@ class ClusterService:
             if c.target == Target.RUNNING:
                 changed |= self._match_count(c)
             await self._commit(c, changed)
+
+    async def _check_first_addresses(self, c: ClusterRecord, addresses: dict[str, str]) -> bool:
+        """InvalidRequest unless the addresses are the cluster's scheduler's; False when
+        there is nothing to check (the heartbeat lacks them and is refused anyway)."""
+        if not (addresses["scheduler_address"] and addresses["api_address"]):
+            return False
+        try:
+            await check_first_addresses(
+                c.name, addresses, c.tls_cert, c.tls_key, self.settings.check_timeout
+            )
+        except AddressRefused as exc:
+            log.warning("cluster %s: first heartbeat refused: %s", c.name, exc)
+            raise InvalidRequest(str(exc)) from None
+        return True
 
     def _apply_worker_report(
         self, c: ClusterRecord, active: list[str], closing: list[str], closed: list[str]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Any, Dict, Float, Integer, List, Unicode
+from traitlets import Any, Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
 __all__ = ["KEYS_ENV", "Registry"]
@@ -130,6 +130,24 @@ class Registry(Configurable):
             "Seconds a request for an active cluster's logs waits for its launcher to send "
             "the current output; then it answers with the logs collected before."
         ),
+        config=True,
+    )
+
+    check_scheduler_addresses = Bool(
+        True,
+        help=(
+            "Before a cluster's first heartbeat sets its routes, make a TLS handshake with "
+            "the reported scheduler address that trusts only the cluster's certificate, and "
+            "require the dashboard and API addresses on the same host (422 otherwise). The "
+            "token alone does not prove the sender is the scheduler: a batch job's script "
+            "holds it where its owner can read it while the job is queued."
+        ),
+        config=True,
+    )
+    scheduler_check_timeout = Float(
+        5.0,
+        min=0.1,
+        help="Seconds the first heartbeat's TLS check of the scheduler address may take.",
         config=True,
     )
 

@@ -3,9 +3,11 @@
 Every cluster of this backend is served by one shared stub in the launcher process,
 which behaves like each cluster's scheduler as far as the gateway can see:
 
-- a TLS listener (its own self-signed certificate, any SNI): what Envoy's
-  ``sni_daskgateway-<name>`` clusters point at, so a TLS handshake through the public
-  port with SNI ``daskgateway-<name>`` succeeds once that cluster's route is live;
+- a TLS listener: what Envoy's ``sni_daskgateway-<name>`` clusters point at, so a TLS
+  handshake through the public port with SNI ``daskgateway-<name>`` succeeds once that
+  cluster's route is live. With that SNI it presents the cluster's own certificate (as
+  its scheduler would, and as the registry checks before adopting the first heartbeat's
+  addresses); with any other, the stub's own;
 - an HTTP server: a dashboard page for every cluster, and each cluster's scheduler API
   (``/c/<name>/api/comm`` and ``/api/health``), so scale and adapt work;
 - heartbeats to the gateway with each cluster's own token, exactly as the scheduler
@@ -37,6 +39,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from flotilla_common import SNI_PREFIX
 from flotilla_common.tls import new_keypair
 from traitlets import Integer, Unicode
 
@@ -45,6 +48,21 @@ from .base import Backend, ClusterSpec, ProcessStatus, WorkerSpec
 __all__ = ["SimBackend"]
 
 log = logging.getLogger(__name__)
+
+
+#: Per-cluster TLS contexts the stub keeps (a context per cluster for 10,000 would
+#: cost more memory than the stub is meant to).
+_CONTEXTS_KEPT = 256
+
+
+def _server_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context presenting ``cert`` (PEM text), asking for no client certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "c.pem").write_text(cert)
+        (Path(tmp) / "k.pem").write_text(key)
+        context.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+    return context
 
 
 @dataclass
@@ -79,6 +97,7 @@ class SimBackend(Backend):
         self._tls_address = ""
         self._http_address = ""
         self._started = asyncio.Lock()
+        self._contexts: dict[str, ssl.SSLContext] = {}
 
     # -- the stub -------------------------------------------------------------------------
 
@@ -87,12 +106,8 @@ class SimBackend(Backend):
         async with self._started:
             if self._session is not None:
                 return
-            cert, key = new_keypair("sim")
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / "c.pem").write_text(cert)
-                (Path(tmp) / "k.pem").write_text(key)
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+            context = _server_context(*new_keypair("sim"))
+            context.sni_callback = self._pick_certificate
             self._tls_server = await asyncio.start_server(
                 self._serve_tls, self.host, self.tls_port, ssl=context
             )
@@ -133,6 +148,23 @@ class SimBackend(Backend):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _pick_certificate(
+        self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        """With SNI ``daskgateway-<name>`` of a cluster it serves, present that cluster's
+        certificate (contexts of the latest few clusters are kept)."""
+        cluster = self._clusters.get((server_name or "").removeprefix(SNI_PREFIX))
+        if cluster is None:
+            return
+        name = cluster.spec.name
+        context = self._contexts.pop(name, None) or _server_context(
+            cluster.spec.tls_cert, cluster.spec.tls_key
+        )
+        self._contexts[name] = context  # most recently used last
+        while len(self._contexts) > _CONTEXTS_KEPT:
+            self._contexts.pop(next(iter(self._contexts)))
+        sock.context = context
 
     async def _serve_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A completed handshake is all a client needs to see; echo until it hangs up."""
