@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import os
+import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["new_keypair"]
+__all__ = ["load_keypair", "new_keypair"]
 
 
 def new_keypair(cluster_name: str) -> tuple[str, str]:
@@ -48,3 +50,14 @@ def new_keypair(cluster_name: str) -> tuple[str, str]:
         serialization.NoEncryption(),
     ).decode()
     return cert_pem, key_pem
+
+
+def load_keypair(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """``context.load_cert_chain`` from PEM text, which ``ssl`` reads only from a file: an
+    anonymous in-memory one (memfd), so the key never touches a disk."""
+    fd = os.memfd_create("flotilla-keypair", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, (cert_pem + key_pem).encode())
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import tempfile
 import urllib.parse
 from collections.abc import Mapping
 
 from flotilla_common import SNI_PREFIX
+from flotilla_common.tls import load_keypair
 
 __all__ = ["AddressRefused", "check_first_addresses"]
 
@@ -36,14 +35,7 @@ def _client_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
     context.check_hostname = False  # the cluster's certificate names no host
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cadata=cert_pem)
-    # ssl reads a certificate chain from files only: a private directory, gone at once.
-    with tempfile.TemporaryDirectory(prefix="flotilla-check-") as tmp:
-        cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        for path, text in ((cert_file, cert_pem), (key_file, key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-        context.load_cert_chain(cert_file, key_file)
+    load_keypair(context, cert_pem, key_pem)
     return context
 
 
@@ -64,7 +56,7 @@ async def check_first_addresses(
                 f"{key} must be on the scheduler's host {host!r}, got {addresses[key]!r}"
             )
     port = urllib.parse.urlsplit(scheduler).port
-    context = await asyncio.to_thread(_client_context, cert_pem, key_pem)
+    context = _client_context(cert_pem, key_pem)  # well under a millisecond
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=context, server_hostname=SNI_PREFIX + name),

@@ -30,17 +30,15 @@ import hmac
 import logging
 import random
 import ssl
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from flotilla_common import SNI_PREFIX
-from flotilla_common.tls import new_keypair
+from flotilla_common.tls import load_keypair, new_keypair
 from traitlets import Integer, Unicode
 
 from .base import Backend, ClusterSpec, ProcessStatus, WorkerSpec
@@ -57,11 +55,8 @@ _CONTEXTS_KEPT = 256
 
 def _server_context(cert: str, key: str) -> ssl.SSLContext:
     """A server context presenting ``cert`` (PEM text), asking for no client certificate."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "c.pem").write_text(cert)
-        (Path(tmp) / "k.pem").write_text(key)
-        context.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    load_keypair(context, cert, key)
     return context
 
 
