@@ -507,7 +507,7 @@ class ClusterService:
                 c.name, addresses, c.tls_cert, c.tls_key, self.settings.check_timeout
             )
         except AddressRefused as exc:
-            log.warning("cluster %s: first heartbeat refused: %s", c.name, exc)
+            log.warning("cluster %s (user %s): first heartbeat refused: %s", c.name, c.owner, exc)
             raise InvalidRequest(str(exc)) from None
         return True
 
