@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from flotilla_common.identity import Identity
 from flotilla_registry import clusters
 from flotilla_registry.clusters import ClusterService, ServiceSettings
-from flotilla_registry.errors import ClusterNotFound, PermissionDenied
+from flotilla_registry.errors import ClusterNotFound, InvalidRequest, PermissionDenied
 from flotilla_registry.lifecycle import Housekeeping, Lifecycle, cluster_overdue, late_workers
 from flotilla_registry.model import ClusterRecord, Observed, Status, Target, WorkerRecord
 from flotilla_registry.options import Options
@@ -128,13 +129,18 @@ async def store() -> AsyncIterator[SQLiteStore]:
 
 
 async def make_service(
-    store: SQLiteStore, logs_request_timeout: float = 5.0, **cluster: Any
+    store: SQLiteStore,
+    logs_request_timeout: float = 5.0,
+    check_addresses: bool = False,
+    **cluster: Any,
 ) -> ClusterService:
     settings = ServiceSettings(
         options=Options(),
         cluster_config=admin_config(**cluster),
         api_url="http://gateway/api",
         logs_request_timeout=logs_request_timeout,
+        check_addresses=check_addresses,
+        check_timeout=2.0,
     )
     service = ClusterService(store, settings, SchedulerAPI())
     await service.start()
@@ -166,6 +172,28 @@ async def test_a_cluster_that_never_starts_fails_at_its_start_timeout(store: SQL
     stored = await store.get_cluster(c.name)
     assert stored is not None and stored.status == Status.FAILED
     assert "cluster_start_timeout" in stored.reason
+
+
+async def test_a_start_timeout_says_why_the_first_heartbeat_was_refused(
+    store: SQLiteStore,
+) -> None:
+    """A scheduler whose address the registry cannot confirm keeps sending its first
+    heartbeat; the cluster's failure names the check, not a scheduler that never spoke."""
+    service = await make_service(store, check_addresses=True, cluster_start_timeout=4)
+    c = await service.create(ALICE, {})
+    await service.report_cluster(c.name, Observed.STARTING, "{}", "")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    body = {**beat(), "scheduler_address": f"tls://127.0.0.1:{port}"}
+    with pytest.raises(InvalidRequest, match="is not reachable"):
+        await service.heartbeat(Identity("alice", cluster=c.name), c.name, body)
+    assert await service.check_timeouts(c.start_time + 5 * S) == 1
+    report = await service.get(ALICE, c.name)
+    assert report.reason.startswith(
+        "Cluster failed to start within cluster_start_timeout (4 s): its scheduler's first "
+        f"heartbeat was refused: scheduler_address tls://127.0.0.1:{port} is not reachable"
+    ), report.reason
 
 
 async def test_a_silent_scheduler_fails_at_its_heartbeat_timeout(store: SQLiteStore) -> None:

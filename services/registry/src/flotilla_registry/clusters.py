@@ -125,6 +125,8 @@ class ClusterService:
         self._changed: dict[str, asyncio.Event] = {}
         self._max_workers: dict[str, int | None] = {}
         self._lifecycle: dict[str, Lifecycle] = {}
+        # Why each pending cluster's latest first heartbeat was refused (for its start timeout).
+        self._refused: dict[str, str] = {}
         #: When this service started (ms): no timeout deadline falls before it plus the
         #: timeout (see :mod:`.lifecycle`).
         self.started = now_ms()
@@ -210,6 +212,7 @@ class ClusterService:
         self._locks.pop(name, None)
         self._max_workers.pop(name, None)
         self._lifecycle.pop(name, None)
+        self._refused.pop(name, None)
 
     def _announce(self, c: ClusterRecord) -> None:
         """Tell watchers and waiters about a change of ``c``."""
@@ -508,6 +511,7 @@ class ClusterService:
             )
         except AddressRefused as exc:
             log.warning("cluster %s (user %s): first heartbeat refused: %s", c.name, c.owner, exc)
+            self._refused[c.name] = str(exc)
             raise InvalidRequest(str(exc)) from None
         return True
 
@@ -681,9 +685,12 @@ class ClusterService:
                 continue
             async with self._lock(c.name):
                 # Checked again under the lock: a heartbeat may have come in meanwhile.
-                reason = cluster_overdue(c, self._limits(c), now, self.started)
+                reason = cluster_overdue(
+                    c, self._limits(c), now, self.started, self._refused.get(c.name, "")
+                )
                 if reason is None or c.name not in self._active:
                     continue
+
                 c.target = Target.FAILED
                 c.reason = reason
                 await self._commit(c, self._stop_workers(c))

@@ -85,11 +85,14 @@ def _timeout(seconds: float) -> str:
     return f"{seconds:g}"
 
 
-def cluster_overdue(c: ClusterRecord, limits: Lifecycle, now: int, since: int) -> str | None:
+def cluster_overdue(
+    c: ClusterRecord, limits: Lifecycle, now: int, since: int, refused: str = ""
+) -> str | None:
     """Why cluster ``c`` must fail at ``now`` (ms), or None.
 
     ``since`` (ms) is when the registry started: no deadline falls before it plus the
-    timeout.
+    timeout. ``refused`` is why the scheduler's latest first heartbeat was refused, if
+    it was: what an operator needs to see (a network the registry cannot reach through?).
     """
     if c.target != Target.RUNNING:
         return None
@@ -104,7 +107,9 @@ def cluster_overdue(c: ClusterRecord, limits: Lifecycle, now: int, since: int) -
         return None
     if now - max(c.start_time, since) <= limits.cluster_start_timeout * 1000:
         return None
-    if c.observed == Observed.CREATED:
+    if refused:
+        why = f"its scheduler's first heartbeat was refused: {refused}"
+    elif c.observed == Observed.CREATED:
         why = f"no launcher of backend {c.backend!r} started it"
     else:
         why = "its scheduler started but never reported to the gateway"
