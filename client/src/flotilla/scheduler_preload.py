@@ -89,6 +89,15 @@ def _read_environment() -> tuple[str, str, str]:
     return api_url.rstrip("/"), token, cluster_name
 
 
+def _error_text(body: bytes | None) -> str:
+    """``: <message>`` of a gateway error body (``{"error": ...}``), else nothing."""
+    try:
+        error = json.loads(body or b"{}").get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {error}" if isinstance(error, str) and error else ""
+
+
 class _Handler(web.RequestHandler):
     def initialize(self, plugin: GatewayPlugin) -> None:
         self.plugin = plugin
@@ -419,7 +428,12 @@ class GatewayPlugin(SchedulerPlugin):
             return False
         if response.code >= 400:
             log.warning(
-                "cluster %s: %s %s returned %s", self.cluster_name, method, url, response.code
+                "cluster %s: %s %s returned %s%s",
+                self.cluster_name,
+                method,
+                url,
+                response.code,
+                _error_text(response.body),
             )
             return False
         return True
