@@ -186,6 +186,14 @@ def reap_leftover_cluster_processes(state_dir: Path) -> dict[str, list[int]]:
     return leftover
 
 
+def show_logs(directory: Path) -> None:
+    """With ``FLOTILLA_TEST_SHOW_LOGS`` set, print the tail of every ``*.log`` in
+    ``directory`` (pytest shows it for a failed test)."""
+    if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
+        for log in sorted(directory.glob("*.log")):
+            print(f"==== {log}\n{log.read_text(errors='replace')[-8000:]}")
+
+
 def upstream_python() -> str:
     """The interpreter of the upstream virtualenv: only the PyPI dask-gateway and dask."""
     python = os.environ.get("FLOTILLA_UPSTREAM_PYTHON", "")

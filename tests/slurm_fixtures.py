@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from gateway_stack import show_logs
 from slurm_cluster import (
     SlurmCluster,
     Unavailable,
@@ -53,9 +54,7 @@ def slurm() -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         leaked = cluster.stop()
-        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-            for log in sorted((cluster.root / "log").glob("*.log")):
-                print(f"==== {log}\n{log.read_text(errors='replace')[-4000:]}")
+        show_logs(cluster.root / "log")
         shutil.rmtree(cluster.root, ignore_errors=True)
     assert not leaked, f"job processes outlived their cancelled jobs: {leaked}"
 

@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, reap_leftover_cluster_processes, upstream_python, write_config
+from gateway_stack import (
+    Gateway,
+    reap_leftover_cluster_processes,
+    show_logs,
+    upstream_python,
+    write_config,
+)
 
 __all__ = [
     "ALICE",
@@ -278,7 +284,5 @@ def running_gateway(
     finally:
         stack.stop()
         leftover = reap_leftover_cluster_processes(state_dir)
-        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-            for log in sorted((state_dir / "logs").glob("*.log")):
-                print(f"==== {log.name}\n{log.read_text()[-5000:]}")
+        show_logs(state_dir / "logs")
         assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"

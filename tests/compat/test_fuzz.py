@@ -103,19 +103,7 @@ def test_fuzzed_requests(compat: CompatGateway, bystanders: dict[str, dict[str, 
         sent = credentials[who]
         response = case.call(base_url=compat.address, headers=sent, timeout=60)
         seen[(case.operation.label, response.status_code)] += 1
-        repro = case.as_curl_command(headers=sent)
-        assert response.status_code < 500, f"{response.status_code} {response.text}\n{repro}"
-        if response.status_code >= 400:
-            # schemathesis' Response: header names lower-cased, each with a list of values.
-            [content_type] = response.headers.get("content-type", [""])
-            assert content_type.startswith("application/json"), repro
-            body = response.json()
-            assert isinstance(body, dict) and isinstance(body.get("error"), str), repro
-        case.validate_response(
-            response,
-            checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
-            headers=sent,
-        )
+        _check_answer(case, response, sent)
 
     t0 = time.monotonic()
     fuzz()
@@ -148,6 +136,24 @@ def test_fuzzed_requests(compat: CompatGateway, bystanders: dict[str, dict[str, 
     for name in _active(compat, FUZZER) - {fuzzers}:
         assert compat.request("DELETE", f"/api/v1/clusters/{name}", FUZZER)[0] == 204
     wait_for(lambda: _active(compat, FUZZER) == {fuzzers}, 60, "the fuzzer's clusters to stop")
+
+
+def _check_answer(case: Any, response: Any, sent: dict[str, str]) -> None:
+    """No 5xx; every error a JSON ``{"error": str}``; status, content type and body as
+    docs/openapi.yaml declares them. Failures carry the request as a curl command."""
+    repro = case.as_curl_command(headers=sent)
+    assert response.status_code < 500, f"{response.status_code} {response.text}\n{repro}"
+    if response.status_code >= 400:
+        # schemathesis' Response: header names lower-cased, each with a list of values.
+        [content_type] = response.headers.get("content-type", [""])
+        assert content_type.startswith("application/json"), repro
+        body = response.json()
+        assert isinstance(body, dict) and isinstance(body.get("error"), str), repro
+    case.validate_response(
+        response,
+        checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
+        headers=sent,
+    )
 
 
 def _scheduler_environment(name: str) -> dict[str, str]:
@@ -254,15 +260,7 @@ def _fuzz_heartbeats(
         if response.status_code == 401:
             # Only when schemathesis dropped the credentials (it fuzzes their absence too).
             assert response.request.headers.get("Authorization") != sent["Authorization"], repro
-        assert response.status_code < 500, f"{response.status_code} {response.text}\n{repro}"
-        if response.status_code >= 400:
-            body = response.json()
-            assert isinstance(body, dict) and isinstance(body.get("error"), str), repro
-        case.validate_response(
-            response,
-            checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
-            headers=sent,
-        )
+        _check_answer(case, response, sent)
 
     fuzz()
     print(f"fuzzed heartbeats: {dict(sorted(seen.items()))}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, reap_leftover_cluster_processes, write_config
+from gateway_stack import Gateway, reap_leftover_cluster_processes, show_logs, write_config
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,6 +29,4 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         # killed by PID here so it cannot outlive the test run).
         leftover = reap_leftover_cluster_processes(state_dir)
         assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
-        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-            for log in sorted((state_dir / "logs").glob("*.log")):
-                print(f"==== {log.name}\n{log.read_text()[-5000:]}")
+        show_logs(state_dir / "logs")

@@ -30,6 +30,7 @@ from gateway_stack import (
     cluster_pids,
     cluster_process_groups,
     reap_leftover_cluster_processes,
+    show_logs,
     write_config,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -193,9 +194,7 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
         finally:
             embedded.stop()
             leftover = reap_leftover_cluster_processes(tmp_path)
-            if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-                for log in sorted((tmp_path / "logs").glob("*.log")):
-                    print(f"==== {log.name}\n{log.read_text()[-8000:]}")
+            show_logs(tmp_path / "logs")
             assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
 
 

@@ -24,7 +24,13 @@ import pytest
 from flotilla import BasicAuth
 from flotilla import Gateway as FlotillaGateway
 from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, reap_leftover_cluster_processes, upstream_python, write_config
+from gateway_stack import (
+    Gateway,
+    reap_leftover_cluster_processes,
+    show_logs,
+    upstream_python,
+    write_config,
+)
 from helpers import wait_for
 from slurm_cluster import SlurmCluster, make_root
 
@@ -147,9 +153,7 @@ def hpc(slurm: SlurmCluster, hpc_users: tuple[str, ...], job_python: Path) -> It
         stack.stop()
         leftover = reap_leftover_cluster_processes(state_dir)
         jobs = [j for user in hpc_users for j in slurm.jobs(user)]
-        if os.environ.get("FLOTILLA_TEST_SHOW_LOGS"):
-            for path in sorted((state_dir / "logs").glob("*.log")):
-                print(f"==== {path.name}\n{path.read_text()[-6000:]}")
+        show_logs(state_dir / "logs")
         shutil.rmtree(state_dir, ignore_errors=True)
     assert not leftover, f"local cluster processes left after the gateway stopped: {leftover}"
     assert not jobs, f"jobs left after the gateway stopped: {jobs}"

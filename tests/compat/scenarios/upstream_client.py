@@ -389,17 +389,18 @@ async def cluster_state(gateway: Gateway, name: str) -> dict[str, Any]:
 async def peer_access(gateway: Gateway, name: str) -> dict[str, Any]:
     """Another user's cluster: every call is refused, and how the client surfaces it."""
     return {
-        "get": await outcome(gateway.get_cluster(name)),
-        "connect": await outcome(gateway.connect(name)),
-        "scale": await outcome(gateway.scale_cluster(name, 1)),
-        "adapt": await outcome(gateway.adapt_cluster(name, minimum=0, maximum=1)),
-        "stop": await outcome(gateway.stop_cluster(name)),
+        **await _every_call(gateway, name),
         "listed": name in [c.name for c in await gateway.list_clusters()],
     }
 
 
 @step
 async def unknown_cluster(gateway: Gateway, name: str) -> dict[str, Any]:
+    return await _every_call(gateway, name)
+
+
+async def _every_call(gateway: Gateway, name: str) -> dict[str, Any]:
+    """The outcome of each call on cluster ``name`` (for one that is not the caller's)."""
     return {
         "get": await outcome(gateway.get_cluster(name)),
         "connect": await outcome(gateway.connect(name)),
