@@ -471,20 +471,17 @@ class ClusterService:
         c = await self._current(name)
         if c is None or c.target != Target.RUNNING:
             return  # stopping or gone: nothing to do (the reference answers 200 too)
-        checked = False
         if self.settings.check_addresses and c.observed != Observed.RUNNING:
-            # Before the lock: a TLS handshake with an address that may never answer.
-            checked = await self._check_first_addresses(c, addresses)
+            # Before the lock: a TLS handshake with an address that may never answer. A
+            # cluster that is RUNNING now stays so (or fails) while its target is, so no
+            # heartbeat becomes the first one unchecked while it waits for the lock.
+            await self._check_first_addresses(c, addresses)
         async with self._lock(name):
             if c.target != Target.RUNNING:
                 return  # stopped while we waited for the lock
             first = c.observed != Observed.RUNNING
             if first and not (addresses["scheduler_address"] and addresses["api_address"]):
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
-            if first and self.settings.check_addresses and not checked:
-                raise InvalidRequest(
-                    "the first heartbeat's addresses were not checked; send it again"
-                )
             c.last_heartbeat = now_ms()
             if first:
                 c.scheduler_address = addresses["scheduler_address"]
@@ -500,11 +497,11 @@ class ClusterService:
                 changed |= self._match_count(c)
             await self._commit(c, changed)
 
-    async def _check_first_addresses(self, c: ClusterRecord, addresses: dict[str, str]) -> bool:
-        """InvalidRequest unless the addresses are the cluster's scheduler's; False when
-        there is nothing to check (the heartbeat lacks them and is refused anyway)."""
+    async def _check_first_addresses(self, c: ClusterRecord, addresses: dict[str, str]) -> None:
+        """InvalidRequest unless the addresses are the cluster's scheduler's (a heartbeat
+        without them is refused under the lock anyway)."""
         if not (addresses["scheduler_address"] and addresses["api_address"]):
-            return False
+            return
         try:
             await check_first_addresses(
                 c.name, addresses, c.tls_cert, c.tls_key, self.settings.check_timeout
@@ -513,7 +510,6 @@ class ClusterService:
             log.warning("cluster %s (user %s): first heartbeat refused: %s", c.name, c.owner, exc)
             self._refused[c.name] = str(exc)
             raise InvalidRequest(str(exc)) from None
-        return True
 
     def _apply_worker_report(
         self, c: ClusterRecord, active: list[str], closing: list[str], closed: list[str]
