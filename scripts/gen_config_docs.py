@@ -13,6 +13,7 @@ MODULES = [
     "flotilla_auth.config",
     "flotilla_registry.config",
     "flotilla_registry.clusterconfig",
+    "flotilla_registry.quotas",
     "flotilla_launcher.config",
     "flotilla_launcher.backends.local",
     "flotilla_launcher.backends.sim",

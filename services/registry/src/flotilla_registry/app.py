@@ -29,6 +29,7 @@ from .config import KEYS_ENV, Registry
 from .crypto import FieldCipher, KeyConfigError, generate_key
 from .lifecycle import Housekeeping
 from .options import Options, OptionsError
+from .quotas import Quotas
 from .rest import make_app
 from .scheduler_api import SchedulerAPI
 from .servicer import (
@@ -112,6 +113,11 @@ class RegistryApp:
                 raise StartupError(
                     f"cluster configuration for backend {backend!r}: {exc}"
                 ) from None
+        try:
+            quotas = Quotas(config=self.config)
+            quotas.for_user("", ())  # checks the default
+        except TraitError as exc:
+            raise StartupError(f"c.Quotas: {exc}") from None
         url = registry.db_url or f"sqlite:///{deployment.state_path / 'registry.sqlite'}"
         self.store = make_store(registry, url)
         try:
@@ -127,6 +133,7 @@ class RegistryApp:
             logs_request_timeout=registry.logs_request_timeout,
             check_addresses=registry.check_scheduler_addresses,
             check_timeout=registry.scheduler_check_timeout,
+            quotas=quotas,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
         await self.service.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import json
@@ -10,7 +11,7 @@ import logging
 import secrets
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,16 @@ from .errors import (
 from .lifecycle import Lifecycle, cluster_overdue, late_workers
 from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
 from .options import Options, OptionsError, resolve_options
+from .quotas import (
+    Quota,
+    Quotas,
+    Shape,
+    Usage,
+    clamp_message,
+    quota_limit,
+    quota_refusal,
+    workers_allowed,
+)
 from .replication import LocalReplica, Replica
 from .scheduler_api import SchedulerAPI, SchedulerUnreachable
 from .store import Store
@@ -60,6 +71,8 @@ class ServiceSettings:
     # registry's configuration turns it on, tests with made-up addresses leave it off.
     check_addresses: bool = False
     check_timeout: float = 5.0
+    # Per-user limits over all of a user's active clusters (c.Quotas).
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ class ClusterService:
         # not O(every cluster).
         self._by_owner: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._owner_locks: dict[str, asyncio.Lock] = {}
+        self._shapes: dict[str, Shape] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._max_workers: dict[str, int | None] = {}
         self._lifecycle: dict[str, Lifecycle] = {}
@@ -184,6 +199,62 @@ class ClusterService:
         """Held while changing ``name``; with replicas, also its row in the database."""
         return self.replica.guard(name, self.local_lock(name))
 
+    @contextlib.asynccontextmanager
+    async def _owner_lock(self, owner: str, name: str) -> AsyncIterator[None]:
+        """:meth:`_lock` of ``name`` after the lock on everything ``owner`` reserves (held
+        while checking a quota; always taken in this order)."""
+        lock = self._owner_locks.setdefault(owner, asyncio.Lock())
+        async with lock, self.replica.guard(name, self.local_lock(name), owner):
+            yield
+        if not lock.locked() and owner not in self._by_owner:
+            self._owner_locks.pop(owner, None)
+
+    # -- quotas (see quotas.py) --------------------------------------------------------------
+
+    def _shape(self, c: ClusterRecord) -> Shape:
+        shape = self._shapes.get(c.name)
+        if shape is None:
+            shape = Shape.from_config_json(c.config)
+            if c.name in self._active:
+                self._shapes[c.name] = shape
+        return shape
+
+    def _quota(self, c: ClusterRecord, identity: Identity | None = None) -> Quota:
+        """The quota of ``c``'s owner: with the owner's groups from ``identity`` when the
+        owner is calling, else those stored with the cluster when it was created."""
+        if identity is not None and identity.user == c.owner and not identity.cluster:
+            groups: Iterable[str] = identity.groups
+        else:
+            try:
+                groups = json.loads(c.config).get("owner_groups") or ()
+            except (ValueError, AttributeError):
+                groups = ()
+        return self.settings.quotas.for_user(c.owner, groups)
+
+    async def _reserved(self, owner: str, but: str) -> Usage:
+        """What ``owner``'s active clusters other than ``but`` reserve, as stored (call
+        under :meth:`_owner_lock`: with replicas, this sees every committed change)."""
+        total = Usage()
+        for name, config, count in await self.store.reservations(owner):
+            if name != but:
+                held = self._shapes.get(name) or Shape.from_config_json(config)
+                total = total + held.usage(count)
+        return total
+
+    def _accrue(self, c: ClusterRecord) -> None:
+        """Account what ``c`` reserved since the last change, and its reservation from now."""
+        now = now_ms()
+        if c.accrued_until is not None and now > c.accrued_until:
+            seconds = (now - c.accrued_until) / 1000
+            c.core_seconds += c.accrued_cores * seconds
+            c.memory_seconds += c.accrued_memory * seconds
+        c.accrued_until = now
+        if c.target == Target.RUNNING:
+            held = self._shape(c).usage(c.count)
+            c.accrued_cores, c.accrued_memory = held.cores, held.memory
+        else:
+            c.accrued_cores = c.accrued_memory = 0.0
+
     async def _current(self, name: str) -> ClusterRecord | None:
         """The unfinished cluster ``name``, also one another replica just created."""
         return self._active.get(name) or await self.replica.fetch(name)
@@ -191,6 +262,7 @@ class ClusterService:
     async def _commit(self, c: ClusterRecord, workers: Iterable[str] = ()) -> None:
         """Persist a change, then tell watchers and waiters."""
         c.revision += 1
+        self._accrue(c)
         if c.finished and c.stop_time is None:
             c.stop_time = now_ms()
         worker_names = list(workers)
@@ -210,6 +282,7 @@ class ClusterService:
     def _forget(self, name: str) -> None:
         self._drop_active(name)
         self._locks.pop(name, None)
+        self._shapes.pop(name, None)
         self._max_workers.pop(name, None)
         self._lifecycle.pop(name, None)
         self._refused.pop(name, None)
@@ -261,10 +334,12 @@ class ClusterService:
                     f"Cluster token lacks permissions to {verb} cluster {c.name}"
                 )
             return
-        if c.owner != identity.user and not identity.admin:
-            raise PermissionDenied(
-                f"User {identity.user} lacks permissions to {verb} cluster {c.name}"
-            )
+        if c.owner != identity.user:
+            if not identity.admin:
+                raise PermissionDenied(
+                    f"User {identity.user} lacks permissions to {verb} cluster {c.name}"
+                )
+            log.info("admin %s: %s cluster %s of user %s", identity.user, verb, c.name, c.owner)
 
     async def _find(self, identity: Identity, name: str, verb: str) -> ClusterRecord:
         c = await self._current(name) or await self.store.get_cluster(name)
@@ -298,6 +373,9 @@ class ClusterService:
             raise InvalidRequest(str(exc)) from exc
         config = json.loads(resolved.to_json())
         config["max_workers"] = resolved.max_workers
+        # The owner's groups when created: their quota when someone else acts on it.
+        config["owner_groups"] = sorted(identity.groups)
+        quota = self.settings.quotas.for_user(identity.user, identity.groups)
         name = uuid.uuid4().hex
         cert, key = await asyncio.to_thread(new_keypair, name)
         c = ClusterRecord(
@@ -314,8 +392,17 @@ class ClusterService:
         self._max_workers[name] = resolved.max_workers
         self._lifecycle[name] = Lifecycle.from_config(config)
         try:
-            async with self._lock(name):
-                await self._commit(c)
+            if quota.limited:
+                async with self._owner_lock(identity.user, name):
+                    used = await self._reserved(identity.user, name)
+                    refusal = quota_refusal(identity.user, quota, used, self._shape(c).usage(0))
+                    if refusal is not None:
+                        log.info("cluster for %s refused: %s", identity.user, refusal.message)
+                        raise refusal
+                    await self._commit(c)
+            else:
+                async with self._lock(name):
+                    await self._commit(c)
         except BaseException:
             self._forget(name)  # not stored: it must not linger in memory
             raise
@@ -355,6 +442,46 @@ class ClusterService:
         out.sort(key=lambda c: c.start_time)
         return out
 
+    async def usage(self, identity: Identity, all_users: bool = False) -> list[dict[str, Any]]:
+        """What the caller's active clusters reserve now, their quota, and the core-hours
+        and memory-hours (GiB) reserved so far; with ``all_users`` (admins) every user's."""
+        self._require_user(identity)
+        if all_users and not identity.admin:
+            raise PermissionDenied(f"User {identity.user} is not an admin")
+        accrued = await self.store.accrued(None if all_users else identity.user)
+        owners = set(self._by_owner) | set(accrued) if all_users else {identity.user}
+        now = now_ms()
+        out = []
+        for owner in sorted(owners):
+            clusters = [self._active[n] for n in self._by_owner.get(owner, ())]
+            core_seconds, memory_seconds = accrued.get(owner, (0.0, 0.0))
+            used = Usage()
+            for c in clusters:
+                if c.target == Target.RUNNING:
+                    used = used + self._shape(c).usage(c.count)
+                since = (now - c.accrued_until) / 1000 if c.accrued_until else 0.0
+                core_seconds += c.core_seconds + c.accrued_cores * max(0.0, since)
+                memory_seconds += c.memory_seconds + c.accrued_memory * max(0.0, since)
+            if owner == identity.user:
+                quota = self.settings.quotas.for_user(owner, identity.groups)
+            elif clusters:
+                quota = self._quota(clusters[0])
+            else:
+                quota = self.settings.quotas.for_user(owner, ())
+            out.append(
+                {
+                    "user": owner,
+                    "clusters": used.clusters,
+                    "cores": used.cores,
+                    "memory": used.memory,
+                    "workers": used.workers,
+                    "quota": quota.to_dict(),
+                    "core_hours": core_seconds / 3600,
+                    "memory_gib_hours": memory_seconds / 3600 / 2**30,
+                }
+            )
+        return out
+
     async def stop(self, identity: Identity, name: str) -> None:
         c = await self._current(name)
         if c is None:
@@ -367,12 +494,15 @@ class ClusterService:
             if c.target != Target.RUNNING:
                 return
             c.target = Target.STOPPED
-            c.reason = (
-                "Stopped by its scheduler" if identity.cluster else f"Stopped by {identity.user}"
-            )
+            if identity.cluster:
+                c.reason = "Stopped by its scheduler"
+            elif identity.user != c.owner:
+                c.reason = f"Stopped by admin {identity.user}"
+            else:
+                c.reason = f"Stopped by {identity.user}"
             changed = self._stop_workers(c)
             await self._commit(c, changed)
-        log.info("cluster %s: stop requested (%s)", name, c.reason)
+        log.info("cluster %s (user %s): stop requested (%s)", name, c.owner, c.reason)
 
     async def stop_all(self, reason: str, wait_seconds: float) -> tuple[int, int]:
         """Stop every active cluster; wait up to ``wait_seconds`` for them to finish.
@@ -418,7 +548,22 @@ class ClusterService:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidRequest(f"Scale expects a non-negative integer, got {count}")
         c = await self._running(identity, name, "scale")
+        requested = count
         count, msg = clamp_scale(count, self._max_workers.get(name))
+        quota = self._quota(c, identity)
+        if quota.limited:
+            # The granted count is reserved now, so concurrent requests see it.
+            async with self._owner_lock(c.owner, name):
+                others = await self._reserved(c.owner, name)
+                allowed, binding, in_use = workers_allowed(count, quota, others, self._shape(c))
+                if binding is not None:
+                    msg = clamp_message(requested, allowed, quota, binding, in_use)
+                    count = allowed
+                if c.target != Target.RUNNING:
+                    raise ClusterNotRunning(name)
+                if c.count != count:
+                    c.count = count
+                    await self._commit(c)
         await self._send(c, {"op": "scale", "count": count})
         return msg is None, msg or ""
 
@@ -436,6 +581,22 @@ class ClusterService:
             raise InvalidRequest(f"Adapt expects minimum <= maximum, got {minimum} > {maximum}")
         c = await self._running(identity, name, "adapt")
         minimum, maximum, msg = clamp_adapt(minimum, maximum, self._max_workers.get(name))
+        quota = self._quota(c, identity)
+        if quota.limited:
+            # Nothing is reserved here: each heartbeat asking for more is checked again.
+            async with self._owner_lock(c.owner, name):
+                others = await self._reserved(c.owner, name)
+            wanted = maximum if maximum is not None else max(minimum or 0, 2**31 - 1)
+            allowed, binding, in_use = workers_allowed(wanted, quota, others, self._shape(c))
+            if binding is not None:
+                new_minimum = min(minimum or 0, allowed)
+                msg = (
+                    f"Adapt with `maximum={maximum}, minimum={minimum}` workers would exceed "
+                    f"quota {binding} of {quota_limit(quota, binding)} "
+                    f"(in use by your other clusters and this scheduler: {in_use}). "
+                    f"Using `maximum={allowed}, minimum={new_minimum}` instead."
+                )
+                minimum, maximum = new_minimum, allowed
         await self._send(
             c, {"op": "adapt", "minimum": minimum, "maximum": maximum, "active": active}
         )
@@ -476,9 +637,30 @@ class ClusterService:
             # cluster that is RUNNING now stays so (or fails) while its target is, so no
             # heartbeat becomes the first one unchecked while it waits for the lock.
             await self._check_first_addresses(c, addresses)
-        async with self._lock(name):
+        limit = self._max_workers.get(name)
+        count = min(count, limit) if limit is not None else count
+        quota = self._quota(c) if count > c.count else None
+        guard = (
+            self._owner_lock(c.owner, name)
+            if quota is not None and quota.limited
+            else self._lock(name)
+        )
+        async with guard:
             if c.target != Target.RUNNING:
                 return  # stopped while we waited for the lock
+            if quota is not None and quota.limited and count > c.count:
+                others = await self._reserved(c.owner, name)
+                allowed, binding, _ = workers_allowed(count, quota, others, self._shape(c))
+                if binding is not None and allowed != c.count:
+                    log.info(
+                        "cluster %s (user %s): scheduler asks for %d workers, quota %s allows %d",
+                        name,
+                        c.owner,
+                        count,
+                        binding,
+                        allowed,
+                    )
+                count = allowed
             first = c.observed != Observed.RUNNING
             if first and not (addresses["scheduler_address"] and addresses["api_address"]):
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
@@ -489,8 +671,7 @@ class ClusterService:
                 c.api_address = addresses["api_address"]
                 c.observed = Observed.RUNNING
                 log.info("cluster %s: running at %s", name, c.scheduler_address)
-            limit = self._max_workers.get(name)
-            c.count = min(count, limit) if limit is not None else count
+            c.count = count
             changed = self._apply_worker_report(c, active, closing, closed)
             changed |= self._fail_late_workers(c)
             if c.target == Target.RUNNING:

@@ -11,6 +11,7 @@ __all__ = [
     "InvalidRequest",
     "NotAuthenticated",
     "PermissionDenied",
+    "QuotaExceeded",
     "RegistryError",
     "StoreUnavailable",
 ]
@@ -51,6 +52,14 @@ class ClusterNotRunning(RegistryError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"cluster {name} is not running")
+
+
+class QuotaExceeded(RegistryError):
+    """A request would pass the owner's quota (409: dask-gateway's client shows the
+    message of a 409, not of a 403 or 429)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 409
 
 
 class StoreUnavailable(RegistryError):

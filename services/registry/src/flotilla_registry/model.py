@@ -90,6 +90,13 @@ class ClusterRecord:
     logs_answered: int = 0
     # Workers in a row that exited or timed out before connecting (worker_start_failure_limit).
     worker_start_failures: int = 0
+    # Accounting (quotas.py): core-seconds and byte-seconds reserved up to accrued_until
+    # (ms), and the cores and bytes reserved since then.
+    core_seconds: float = 0.0
+    memory_seconds: float = 0.0
+    accrued_until: int | None = None
+    accrued_cores: float = 0.0
+    accrued_memory: float = 0.0
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
     @property

@@ -33,7 +33,10 @@ from .crypto import FieldCipher, UndecryptableValue
 from .errors import StoreUnavailable
 from .model import ClusterRecord
 from .store import (
+    _ACCRUED_SQL,
     _CLUSTER_COLUMNS,
+    _KEEP_ACCRUED_SQL,
+    _RESERVATIONS_SQL,
     _WORKER_COLUMNS,
     Store,
     StoreSetupError,
@@ -53,6 +56,9 @@ CHANNEL = "flotilla_clusters"
 # Session advisory lock keys (any 64-bit numbers unique to Flotilla).
 _MIGRATION_LOCK = 0x466C6F74_696C6C01
 _LEADER_LOCK = 0x466C6F74_696C6C02
+# Class of the two-key transaction locks on owners (key: hashtext(owner)); the two-key
+# space is separate from the one-key locks above.
+_OWNER_LOCK_CLASS = 0x466C6F74
 
 # Errors that mean "the database is not reachable right now", not "the query is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -362,7 +368,8 @@ class PostgresStore(Store):
         return {r["process"]: r["output"] for r in rows}
 
     async def purge_finished(self, stopped_before: int) -> int:
-        async with self._conn("purging finished clusters") as conn:
+        async with self._conn("purging finished clusters") as conn, conn.transaction():
+            await conn.execute(_KEEP_ACCRUED_SQL.format(mark="$1"), stopped_before)
             status = await conn.execute(
                 "DELETE FROM clusters WHERE stop_time IS NOT NULL AND stop_time < $1",
                 stopped_before,
@@ -370,13 +377,27 @@ class PostgresStore(Store):
         # asyncpg returns the command tag, e.g. "DELETE 3".
         return int(status.split()[-1])
 
+    async def reservations(self, owner: str) -> list[tuple[str, str, int]]:
+        async with self._conn(f"reading the clusters of {owner}") as conn:
+            rows = await conn.fetch(_RESERVATIONS_SQL.format(mark="$1"), owner)
+        return [(r["name"], r["config"], int(r["count"])) for r in rows]
+
+    async def accrued(self, owner: str | None) -> dict[str, tuple[float, float]]:
+        where, args = ("", ()) if owner is None else (" WHERE owner = $1", (owner,))
+        async with self._conn("reading accounting") as conn:
+            rows = await conn.fetch(_ACCRUED_SQL.format(where=where), *args)
+        return {r[0]: (float(r[1] or 0), float(r[2] or 0)) for r in rows}
+
     # -- what replicas need -----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def locked(self, name: str) -> AsyncIterator[int | None]:
+    async def locked(self, name: str, owner: str = "") -> AsyncIterator[int | None]:
         """Hold cluster ``name``'s row lock for one change; yields its stored revision
         (None for a cluster not stored yet). Saves inside join this transaction, which
-        commits when the block ends without an exception."""
+        commits when the block ends without an exception.
+
+        With ``owner``, first that user's transaction advisory lock: quota checks of one
+        user take turns across replicas (always owner, then row: no deadlock)."""
         if self._tx() is not None:
             raise RuntimeError("locked() does not nest")
         with _unavailable_as_503(f"locking cluster {name}"):
@@ -385,6 +406,10 @@ class PostgresStore(Store):
             with _unavailable_as_503(f"locking cluster {name}"):
                 tx = conn.transaction()
                 await tx.start()
+                if owner:
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _OWNER_LOCK_CLASS, owner
+                    )
                 revision = await conn.fetchval(
                     "SELECT revision FROM clusters WHERE name = $1 FOR UPDATE", name
                 )

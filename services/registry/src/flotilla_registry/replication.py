@@ -51,8 +51,11 @@ class Replica(abc.ABC):
     leads: bool = True
 
     @abc.abstractmethod
-    def guard(self, name: str, lock: asyncio.Lock) -> AbstractAsyncContextManager[Any]:
-        """What ``ClusterService`` holds while it changes cluster ``name``."""
+    def guard(
+        self, name: str, lock: asyncio.Lock, owner: str = ""
+    ) -> AbstractAsyncContextManager[Any]:
+        """What ``ClusterService`` holds while it changes cluster ``name``; with ``owner``
+        also that user's lock across replicas (quota checks), taken first."""
 
     async def fetch(self, name: str) -> ClusterRecord | None:
         """A cluster missing from memory that another replica may have just created."""
@@ -68,7 +71,9 @@ class Replica(abc.ABC):
 class LocalReplica(Replica):
     """The only registry on its store: memory is the truth, the local lock suffices."""
 
-    def guard(self, name: str, lock: asyncio.Lock) -> AbstractAsyncContextManager[Any]:
+    def guard(
+        self, name: str, lock: asyncio.Lock, owner: str = ""
+    ) -> AbstractAsyncContextManager[Any]:
         return lock
 
 
@@ -87,12 +92,14 @@ class PostgresReplica(Replica):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def guard(self, name: str, lock: asyncio.Lock) -> AbstractAsyncContextManager[Any]:
-        return self._guarded(name, lock)
+    def guard(
+        self, name: str, lock: asyncio.Lock, owner: str = ""
+    ) -> AbstractAsyncContextManager[Any]:
+        return self._guarded(name, lock, owner)
 
     @contextlib.asynccontextmanager
-    async def _guarded(self, name: str, lock: asyncio.Lock) -> AsyncIterator[None]:
-        async with lock, self.store.locked(name) as stored_revision:
+    async def _guarded(self, name: str, lock: asyncio.Lock, owner: str) -> AsyncIterator[None]:
+        async with lock, self.store.locked(name, owner) as stored_revision:
             held = self.service.peek(name)
             if stored_revision is not None and (held is None or held.revision != stored_revision):
                 # Another replica changed it since we last looked (or our last save

@@ -54,9 +54,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _wait_flag(request: web.Request) -> bool:
-    if "wait" not in request.query:
+    return _flag(request, "wait")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A query flag: ``?name``, ``?name=1`` (any non-zero number); else False."""
+    if name not in request.query:
         return False
-    value = request.query["wait"]
+    value = request.query[name]
     if value == "":
         return True
     try:
@@ -153,9 +158,20 @@ class _Api:
     async def list_clusters(self, request: web.Request) -> web.Response:
         identity = self.identity(request)
         statuses = _statuses(request.query.get("status"))
+        if _flag(request, "all_users"):
+            # Not dask-gateway's (its client never asks): reports with their owners.
+            clusters = await self.service.list_clusters(identity, statuses, all_users=True)
+            return web.json_response(
+                {c.name: {**cluster_json(c), "owner": c.owner} for c in clusters}
+            )
         clusters = await self.service.list_clusters(identity, statuses)
         body = b"{" + b",".join(self._report(c) for c in clusters) + b"}"
         return web.Response(body=body, content_type="application/json")
+
+    async def usage(self, request: web.Request) -> web.Response:
+        """Not part of dask-gateway's API: quotas and what they are used for."""
+        usage = await self.service.usage(self.identity(request), _flag(request, "all_users"))
+        return web.json_response({"usage": usage})
 
     async def create(self, request: web.Request) -> web.Response:
         identity = self.identity(request)
@@ -221,4 +237,5 @@ def make_app(
     app.router.add_post(f"/api/v1/clusters/{name}/adapt", api.adapt)
     app.router.add_post(f"/api/v1/clusters/{name}/heartbeat", api.heartbeat)
     app.router.add_get(f"/api/v1/clusters/{name}/logs", api.logs)
+    app.router.add_get("/api/v1/usage", api.usage)
     return app

@@ -83,7 +83,41 @@ class Store(abc.ABC):
     async def purge_finished(self, stopped_before: int) -> int:
         """Delete finished clusters (``stop_time`` set) that stopped before
         ``stopped_before`` (ms since the epoch), with their workers and logs; returns how
-        many. Never touches a cluster without a ``stop_time``."""
+        many. Never touches a cluster without a ``stop_time``. What they accrued for
+        accounting is added to their owners' ``user_usage`` first."""
+
+    # Quotas and accounting (migration 0004, quotas.py).
+
+    @abc.abstractmethod
+    async def reservations(self, owner: str) -> list[tuple[str, str, int]]:
+        """``(name, config, count)`` of every unfinished cluster of ``owner`` whose target
+        is RUNNING, as stored (inside a change: as its transaction sees it)."""
+
+    @abc.abstractmethod
+    async def accrued(self, owner: str | None) -> dict[str, tuple[float, float]]:
+        """Owner -> (core-seconds, byte-seconds) accrued by their finished clusters,
+        purged ones included (every owner when None)."""
+
+
+_ACCRUED_SQL = (
+    "SELECT owner, SUM(core_seconds), SUM(memory_seconds) FROM ("
+    " SELECT owner, core_seconds, memory_seconds FROM clusters WHERE stop_time IS NOT NULL"
+    " UNION ALL SELECT owner, core_seconds, memory_seconds FROM user_usage"
+    ") AS finished{where} GROUP BY owner"
+)
+_RESERVATIONS_SQL = (
+    "SELECT name, config, count FROM clusters"
+    " WHERE owner = {mark} AND stop_time IS NULL AND target = 1"
+)
+# Adds what the clusters about to be purged accrued to their owners' totals.
+_KEEP_ACCRUED_SQL = (
+    "INSERT INTO user_usage (owner, core_seconds, memory_seconds)"
+    " SELECT owner, SUM(core_seconds), SUM(memory_seconds) FROM clusters"
+    " WHERE stop_time IS NOT NULL AND stop_time < {mark} GROUP BY owner"
+    " ON CONFLICT (owner) DO UPDATE SET"
+    " core_seconds = user_usage.core_seconds + EXCLUDED.core_seconds,"
+    " memory_seconds = user_usage.memory_seconds + EXCLUDED.memory_seconds"
+)
 
 
 _CLUSTER_COLUMNS = (
@@ -91,6 +125,7 @@ _CLUSTER_COLUMNS = (
     "target", "observed", "reason", "scheduler_address", "dashboard_address", "api_address",
     "count", "state", "start_time", "stop_time", "last_heartbeat", "revision",
     "logs_request", "logs_answered", "worker_start_failures",
+    "core_seconds", "memory_seconds", "accrued_until", "accrued_cores", "accrued_memory",
 )  # fmt: skip
 _WORKER_COLUMNS = (
     "cluster", "name", "target", "observed", "close_expected", "state", "reason",
@@ -105,6 +140,7 @@ def _cluster_row(c: ClusterRecord, cipher: FieldCipher | None) -> tuple[Any, ...
         int(c.target), int(c.observed), c.reason, c.scheduler_address, c.dashboard_address,
         c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
         c.revision, c.logs_request, c.logs_answered, c.worker_start_failures,
+        c.core_seconds, c.memory_seconds, c.accrued_until, c.accrued_cores, c.accrued_memory,
     )  # fmt: skip
 
 
@@ -320,12 +356,26 @@ class SQLiteStore(Store):
             return {process: text for process, text in await cur.fetchall()}
 
     async def purge_finished(self, stopped_before: int) -> int:
+        # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT (parsing ambiguity).
+        await self.db.execute(
+            _KEEP_ACCRUED_SQL.format(mark="?").replace(" GROUP BY", " AND 1 GROUP BY"),
+            (stopped_before,),
+        )
         cur = await self.db.execute(
             "DELETE FROM clusters WHERE stop_time IS NOT NULL AND stop_time < ?",
             (stopped_before,),
         )
         await self.db.commit()
         return int(cur.rowcount)
+
+    async def reservations(self, owner: str) -> list[tuple[str, str, int]]:
+        async with self.db.execute(_RESERVATIONS_SQL.format(mark="?"), (owner,)) as cur:
+            return [(r[0], r[1], int(r[2])) for r in await cur.fetchall()]
+
+    async def accrued(self, owner: str | None) -> dict[str, tuple[float, float]]:
+        where, args = ("", ()) if owner is None else (" WHERE owner = ?", (owner,))
+        async with self.db.execute(_ACCRUED_SQL.format(where=where), args) as cur:
+            return {r[0]: (float(r[1] or 0), float(r[2] or 0)) for r in await cur.fetchall()}
 
 
 def _is_memory(url: str) -> bool:
