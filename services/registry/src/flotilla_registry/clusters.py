@@ -219,6 +219,13 @@ class ClusterService:
                 self._shapes[c.name] = shape
         return shape
 
+    @staticmethod
+    def _held_workers(c: ClusterRecord) -> int:
+        """The workers ``c`` reserves: its granted count, or its live workers while it has
+        more (a scale down frees the share once they are gone)."""
+        live = sum(1 for w in c.workers.values() if w.target == Target.RUNNING)
+        return max(c.count, live)
+
     def _quota(self, c: ClusterRecord, identity: Identity | None = None) -> Quota:
         """The quota of ``c``'s owner: with the owner's groups from ``identity`` when the
         owner is calling, else those stored with the cluster when it was created."""
@@ -250,7 +257,7 @@ class ClusterService:
             c.memory_seconds += c.accrued_memory * seconds
         c.accrued_until = now
         if c.target == Target.RUNNING:
-            held = self._shape(c).usage(c.count)
+            held = self._shape(c).usage(self._held_workers(c))
             c.accrued_cores, c.accrued_memory = held.cores, held.memory
         else:
             c.accrued_cores = c.accrued_memory = 0.0
@@ -458,7 +465,7 @@ class ClusterService:
             used = Usage()
             for c in clusters:
                 if c.target == Target.RUNNING:
-                    used = used + self._shape(c).usage(c.count)
+                    used = used + self._shape(c).usage(self._held_workers(c))
                 since = (now - c.accrued_until) / 1000 if c.accrued_until else 0.0
                 core_seconds += c.core_seconds + c.accrued_cores * max(0.0, since)
                 memory_seconds += c.memory_seconds + c.accrued_memory * max(0.0, since)
@@ -648,7 +655,12 @@ class ClusterService:
         async with guard:
             if c.target != Target.RUNNING:
                 return  # stopped while we waited for the lock
-            if quota is not None and quota.limited and count > c.count:
+            if count > c.count and not (quota is not None and quota.limited):
+                # Another replica lowered the count meanwhile: asking for more again needs
+                # the quota check (the next heartbeat makes it).
+                if self._quota(c).limited:
+                    count = c.count
+            elif quota is not None and quota.limited and count > c.count:
                 others = await self._reserved(c.owner, name)
                 allowed, binding, _ = workers_allowed(count, quota, others, self._shape(c))
                 if binding is not None and allowed != c.count:

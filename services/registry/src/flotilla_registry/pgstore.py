@@ -379,8 +379,8 @@ class PostgresStore(Store):
 
     async def reservations(self, owner: str) -> list[tuple[str, str, int]]:
         async with self._conn(f"reading the clusters of {owner}") as conn:
-            rows = await conn.fetch(_RESERVATIONS_SQL.format(mark="$1"), owner)
-        return [(r["name"], r["config"], int(r["count"])) for r in rows]
+            rows = await conn.fetch(_RESERVATIONS_SQL.format(mark="$1", greatest="GREATEST"), owner)
+        return [(r[0], r[1], int(r[2])) for r in rows]
 
     async def accrued(self, owner: str | None) -> dict[str, tuple[float, float]]:
         where, args = ("", ()) if owner is None else (" WHERE owner = $1", (owner,))

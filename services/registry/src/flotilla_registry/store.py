@@ -105,9 +105,12 @@ _ACCRUED_SQL = (
     " UNION ALL SELECT owner, core_seconds, memory_seconds FROM user_usage"
     ") AS finished{where} GROUP BY owner"
 )
+# A cluster reserves its granted count, or its live workers while it has more (a scale
+# down frees the share once the workers are gone).
 _RESERVATIONS_SQL = (
-    "SELECT name, config, count FROM clusters"
-    " WHERE owner = {mark} AND stop_time IS NULL AND target = 1"
+    "SELECT c.name, c.config, {greatest}(c.count, (SELECT COUNT(*) FROM workers w"
+    " WHERE w.cluster = c.name AND w.target = 1)) FROM clusters c"
+    " WHERE c.owner = {mark} AND c.stop_time IS NULL AND c.target = 1"
 )
 # Adds what the clusters about to be purged accrued to their owners' totals.
 _KEEP_ACCRUED_SQL = (
@@ -369,7 +372,9 @@ class SQLiteStore(Store):
         return int(cur.rowcount)
 
     async def reservations(self, owner: str) -> list[tuple[str, str, int]]:
-        async with self.db.execute(_RESERVATIONS_SQL.format(mark="?"), (owner,)) as cur:
+        async with self.db.execute(
+            _RESERVATIONS_SQL.format(mark="?", greatest="MAX"), (owner,)
+        ) as cur:
             return [(r[0], r[1], int(r[2])) for r in await cur.fetchall()]
 
     async def accrued(self, owner: str | None) -> dict[str, tuple[float, float]]:
