@@ -147,6 +147,10 @@ def test_purdue_limits_through_the_upstream_client(stack: Stack) -> None:
     assert mine["user"] == "purdue" and mine["clusters"] == 0  # both stopped
     assert mine["quota"]["max_cores"] == 100 and mine["quota"]["max_memory"] == 400 * 2**30
     assert mine["core_hours"] > 0  # what the two clusters held while they ran
+    with FlotillaGateway(stack.address, auth=BasicAuth("purdue")) as gw:
+        (through_client,) = gw.usage()
+    assert through_client["quota"] == {**mine["quota"], "max_clusters": None}
+    assert through_client["core_hours"] >= mine["core_hours"]
 
 
 def _create(stack: Stack, user: str, **options: Any) -> tuple[int, Any]:
@@ -202,6 +206,14 @@ def test_admins_see_and_stop_everyone_users_only_their_own(stack: Stack) -> None
     # The admin's usage view has everyone; the admin stops alice's through REST.
     everyone = stack.request("GET", "/api/v1/usage?all_users=1", "ada")[2]["usage"]
     assert {"alice", "bob"} <= {u["user"] for u in everyone}
+    with FlotillaGateway(stack.address, auth=BasicAuth("ada")) as admin:
+        assert {"alice", "bob"} <= {u["user"] for u in admin.usage(all_users=True)}
+    with (
+        FlotillaGateway(stack.address, auth=BasicAuth("bob")) as bob,
+        pytest.raises(Exception) as denied,
+    ):
+        bob.usage(all_users=True)
+    assert "not an admin" in str(denied.value)
     assert stack.request("DELETE", f"/api/v1/clusters/{alice_cluster}", "ada")[0] == 204
     wait_for(
         lambda: (

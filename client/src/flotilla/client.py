@@ -1023,6 +1023,51 @@ class Gateway:
         """
         return self.sync(self._cluster_logs, cluster_name, **kwargs)
 
+    async def _usage(self, all_users: bool = False) -> list[dict[str, Any]]:
+        resp = await self._rpc("GetUsage", registry_pb2.GetUsageRequest(all_users=all_users))
+        out = []
+        for u in resp.usage:
+            quota = {
+                key: getattr(u.quota, field) if u.quota.HasField(field) else None
+                for key, field in (
+                    ("max_clusters", "max_clusters"),
+                    ("max_cores", "max_cores"),
+                    ("max_memory", "max_memory_bytes"),
+                    ("max_workers", "max_workers"),
+                )
+            }
+            out.append(
+                {
+                    "user": u.user,
+                    "clusters": u.clusters,
+                    "cores": u.cores,
+                    "memory": u.memory_bytes,
+                    "workers": u.workers,
+                    "quota": quota,
+                    "core_hours": u.core_hours,
+                    "memory_gib_hours": u.memory_gib_hours,
+                }
+            )
+        return out
+
+    def usage(self, all_users: bool = False, **kwargs: Any) -> Any:
+        """What your active clusters reserve, your quota, and your usage so far.
+
+        Parameters
+        ----------
+        all_users : bool, optional
+            One entry per user instead of only yours (admins only).
+
+        Returns
+        -------
+        usage : list of dict
+            Per user: ``user``; ``clusters``, ``cores``, ``memory`` (bytes) and
+            ``workers`` reserved now by active clusters (schedulers and granted workers);
+            ``quota`` (``max_clusters``, ``max_cores``, ``max_memory``, ``max_workers``,
+            None for no limit); ``core_hours`` and ``memory_gib_hours`` reserved so far.
+        """
+        return self.sync(self._usage, all_users=all_users, **kwargs)
+
     async def _get_versions(self) -> dict[str, dict[str, str]]:
         resp = await self._rpc("GetVersion", registry_pb2.GetVersionRequest())
         return {"server": {"version": resp.version}, "client": {"version": __version__}}

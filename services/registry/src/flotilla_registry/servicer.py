@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from flotilla.registry.v1 import (
@@ -136,6 +137,28 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         return registry_pb2.GetClusterLogsResponse(
             logs=[types_pb2.ProcessLog(process=p, text=text) for p, text in logs.items()]
         )
+
+    async def GetUsage(
+        self, request: registry_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetUsageResponse:
+        usage = await self.service.usage(_identity(context, self.key), request.all_users)
+        return registry_pb2.GetUsageResponse(usage=[_user_usage(u) for u in usage])
+
+
+def _user_usage(u: dict[str, Any]) -> registry_pb2.UserUsage:
+    limits = {k: v for k, v in u["quota"].items() if v is not None}
+    if "max_memory" in limits:
+        limits["max_memory_bytes"] = limits.pop("max_memory")
+    return registry_pb2.UserUsage(
+        user=u["user"],
+        clusters=u["clusters"],
+        cores=u["cores"],
+        memory_bytes=u["memory"],
+        workers=u["workers"],
+        quota=registry_pb2.Quota(**limits),
+        core_hours=u["core_hours"],
+        memory_gib_hours=u["memory_gib_hours"],
+    )
 
 
 def _observed(value: int) -> Observed | None:

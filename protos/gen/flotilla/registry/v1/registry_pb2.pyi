@@ -124,3 +124,47 @@ class GetClusterLogsResponse(_message.Message):
     LOGS_FIELD_NUMBER: _ClassVar[int]
     logs: _containers.RepeatedCompositeFieldContainer[_types_pb2.ProcessLog]
     def __init__(self, logs: _Optional[_Iterable[_Union[_types_pb2.ProcessLog, _Mapping]]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("all_users",)
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
+    all_users: bool
+    def __init__(self, all_users: _Optional[bool] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[UserUsage]
+    def __init__(self, usage: _Optional[_Iterable[_Union[UserUsage, _Mapping]]] = ...) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("max_clusters", "max_cores", "max_memory_bytes", "max_workers")
+    MAX_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CORES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    max_clusters: float
+    max_cores: float
+    max_memory_bytes: float
+    max_workers: float
+    def __init__(self, max_clusters: _Optional[float] = ..., max_cores: _Optional[float] = ..., max_memory_bytes: _Optional[float] = ..., max_workers: _Optional[float] = ...) -> None: ...
+
+class UserUsage(_message.Message):
+    __slots__ = ("user", "clusters", "cores", "memory_bytes", "workers", "quota", "core_hours", "memory_gib_hours")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    CORE_HOURS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_GIB_HOURS_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    clusters: int
+    cores: float
+    memory_bytes: float
+    workers: int
+    quota: Quota
+    core_hours: float
+    memory_gib_hours: float
+    def __init__(self, user: _Optional[str] = ..., clusters: _Optional[int] = ..., cores: _Optional[float] = ..., memory_bytes: _Optional[float] = ..., workers: _Optional[int] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., core_hours: _Optional[float] = ..., memory_gib_hours: _Optional[float] = ...) -> None: ...

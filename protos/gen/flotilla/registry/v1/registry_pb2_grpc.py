@@ -85,6 +85,11 @@ class RegistryServiceStub:
                 request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.SerializeToString,
                 response_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/flotilla.registry.v1.RegistryService/GetUsage',
+                request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -168,6 +173,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """What the caller's active clusters reserve, the caller's quota, and the core-hours
+        and memory-hours reserved so far (every user's for an admin with all_users).
+        Returns OK, PERMISSION_DENIED for all_users from a non-admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +229,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetClusterLogs,
                     request_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.FromString,
                     response_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageRequest.FromString,
+                    response_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -466,6 +485,33 @@ class RegistryService:
             '/flotilla.registry.v1.RegistryService/GetClusterLogs',
             flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.SerializeToString,
             flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.registry.v1.RegistryService/GetUsage',
+            flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageRequest.SerializeToString,
+            flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
