@@ -269,6 +269,16 @@ class ClusterConfig(LoggingConfigurable):
         ),
         config=True,
     )
+    max_lifetime = _Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds from a cluster's creation after which the registry stops it (STOPPED, "
+            "reason 'Cluster reached its max_lifetime of N s'), however busy it is. "
+            "0: no limit."
+        ),
+        config=True,
+    )
     cluster_max_workers = _Int(
         None,
         allow_none=True,
@@ -393,6 +403,7 @@ _CORE_KEYS = (
     "cluster_start_timeout",
     "worker_start_timeout",
     "worker_start_failure_limit",
+    "max_lifetime",
 )
 
 
@@ -451,6 +462,7 @@ class ResolvedClusterConfig:
     cluster_start_timeout: float = 60.0
     worker_start_timeout: float = 60.0
     worker_start_failure_limit: int = 3
+    max_lifetime: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

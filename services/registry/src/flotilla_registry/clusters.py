@@ -29,7 +29,7 @@ from .errors import (
     PermissionDenied,
     RegistryError,
 )
-from .lifecycle import Lifecycle, cluster_overdue, late_workers
+from .lifecycle import Lifecycle, cluster_expired, cluster_overdue, late_workers
 from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
 from .options import Options, OptionsError, resolve_options
 from .replication import LocalReplica, Replica
@@ -366,13 +366,16 @@ class ClusterService:
         async with self._lock(name):
             if c.target != Target.RUNNING:
                 return
-            c.target = Target.STOPPED
-            c.reason = (
-                "Stopped by its scheduler" if identity.cluster else f"Stopped by {identity.user}"
+            await self._stop_locked(
+                c, "Stopped by its scheduler" if identity.cluster else f"Stopped by {identity.user}"
             )
-            changed = self._stop_workers(c)
-            await self._commit(c, changed)
         log.info("cluster %s: stop requested (%s)", name, c.reason)
+
+    async def _stop_locked(self, c: ClusterRecord, reason: str) -> None:
+        """Stop ``c`` (a normal end: target STOPPED) and its workers; hold its lock."""
+        c.target = Target.STOPPED
+        c.reason = reason
+        await self._commit(c, self._stop_workers(c))
 
     async def stop_all(self, reason: str, wait_seconds: float) -> tuple[int, int]:
         """Stop every active cluster; wait up to ``wait_seconds`` for them to finish.
@@ -673,7 +676,8 @@ class ClusterService:
         return changed
 
     async def check_timeouts(self, now: int | None = None) -> int:
-        """Fail every cluster past its start or heartbeat deadline; returns how many."""
+        """Fail every cluster past its start or heartbeat deadline, then stop every one
+        past its lifetime (:func:`.lifecycle.cluster_expired`); returns how many ended."""
         now = now_ms() if now is None else now
         failed = 0
         for c in list(self._active.values()):
@@ -692,7 +696,22 @@ class ClusterService:
                 await self._commit(c, self._stop_workers(c))
             log.warning("cluster %s (user %s): failed: %s", c.name, c.owner, reason)
             failed += 1
-        return failed
+        return failed + await self._stop_expired(now)
+
+    async def _stop_expired(self, now: int) -> int:
+        """Stop every cluster :func:`.lifecycle.cluster_expired` ends; returns how many."""
+        stopped = 0
+        for c in list(self._active.values()):
+            if cluster_expired(c, self._limits(c), now, self.started) is None:
+                continue
+            async with self._lock(c.name):
+                reason = cluster_expired(c, self._limits(c), now, self.started)
+                if reason is None or c.name not in self._active:
+                    continue
+                await self._stop_locked(c, reason)
+            log.info("cluster %s (user %s): stopping: %s", c.name, c.owner, reason)
+            stopped += 1
+        return stopped
 
     # -- logs ------------------------------------------------------------------------------
 
