@@ -279,6 +279,19 @@ class ClusterConfig(LoggingConfigurable):
         ),
         config=True,
     )
+    no_client_timeout = _Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds a running cluster may go without any Dask client connected before the "
+            "registry stops it (its owner's notebook is gone); counted from the last "
+            "client's disconnection, or from the cluster becoming RUNNING if none ever "
+            "connected. Needs a scheduler preload that reports its clients "
+            "(flotilla.scheduler_preload); clusters whose preload does not (dask-gateway's) "
+            "are never stopped by it. 0: never."
+        ),
+        config=True,
+    )
     cluster_max_workers = _Int(
         None,
         allow_none=True,
@@ -404,6 +417,7 @@ _CORE_KEYS = (
     "worker_start_timeout",
     "worker_start_failure_limit",
     "max_lifetime",
+    "no_client_timeout",
 )
 
 
@@ -463,6 +477,7 @@ class ResolvedClusterConfig:
     worker_start_timeout: float = 60.0
     worker_start_failure_limit: int = 3
     max_lifetime: float = 0.0
+    no_client_timeout: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

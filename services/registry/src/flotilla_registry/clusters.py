@@ -460,6 +460,11 @@ class ClusterService:
         count = body.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidRequest("count must be a non-negative integer")
+        clients = body.get("clients")  # absent (dask-gateway's preload): unknown
+        if clients is not None and (
+            isinstance(clients, bool) or not isinstance(clients, int) or clients < 0
+        ):
+            raise InvalidRequest("clients must be a non-negative integer")
         active = _string_list(body, "active_workers")
         closing = _string_list(body, "closing_workers")
         closed = _string_list(body, "closed_workers")
@@ -486,6 +491,7 @@ class ClusterService:
             if first and not (addresses["scheduler_address"] and addresses["api_address"]):
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
             c.last_heartbeat = now_ms()
+            self._note_clients(c, clients, c.last_heartbeat)
             if first:
                 c.scheduler_address = addresses["scheduler_address"]
                 c.dashboard_address = addresses["dashboard_address"]
@@ -499,6 +505,17 @@ class ClusterService:
             if c.target == Target.RUNNING:
                 changed |= self._match_count(c)
             await self._commit(c, changed)
+
+    @staticmethod
+    def _note_clients(c: ClusterRecord, clients: int | None, now: int) -> None:
+        """Record a heartbeat's client count (None: not reported) for no_client_timeout:
+        the clock starts when a count of 0 follows one of more, or an unknown one (the
+        first heartbeat: the cluster just became RUNNING), and stops at any other."""
+        if clients is None or clients > 0:
+            c.clients_gone_since = None
+        elif c.clients != 0 or c.clients_gone_since is None:
+            c.clients_gone_since = now
+        c.clients = clients
 
     async def _check_first_addresses(self, c: ClusterRecord, addresses: dict[str, str]) -> None:
         """InvalidRequest unless the addresses are the cluster's scheduler's (a heartbeat
@@ -677,7 +694,8 @@ class ClusterService:
 
     async def check_timeouts(self, now: int | None = None) -> int:
         """Fail every cluster past its start or heartbeat deadline, then stop every one
-        past its lifetime (:func:`.lifecycle.cluster_expired`); returns how many ended."""
+        past its lifetime or left without clients (:func:`.lifecycle.cluster_expired`);
+        returns how many ended."""
         now = now_ms() if now is None else now
         failed = 0
         for c in list(self._active.values()):

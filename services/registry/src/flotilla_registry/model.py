@@ -90,6 +90,12 @@ class ClusterRecord:
     logs_answered: int = 0
     # Workers in a row that exited or timed out before connecting (worker_start_failure_limit).
     worker_start_failures: int = 0
+    # Dask clients connected at the latest heartbeat; None: unknown (a scheduler preload
+    # that does not report them, e.g. dask-gateway's). And since when (ms) none has been:
+    # set when a report of 0 follows one of more (or the first heartbeat reports 0),
+    # None while a client is connected or the count is unknown (no_client_timeout).
+    clients: int | None = None
+    clients_gone_since: int | None = None
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
     @property

@@ -91,6 +91,7 @@ _CLUSTER_COLUMNS = (
     "target", "observed", "reason", "scheduler_address", "dashboard_address", "api_address",
     "count", "state", "start_time", "stop_time", "last_heartbeat", "revision",
     "logs_request", "logs_answered", "worker_start_failures",
+    "clients", "clients_gone_since",
 )  # fmt: skip
 _WORKER_COLUMNS = (
     "cluster", "name", "target", "observed", "close_expected", "state", "reason",
@@ -105,6 +106,7 @@ def _cluster_row(c: ClusterRecord, cipher: FieldCipher | None) -> tuple[Any, ...
         int(c.target), int(c.observed), c.reason, c.scheduler_address, c.dashboard_address,
         c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
         c.revision, c.logs_request, c.logs_answered, c.worker_start_failures,
+        c.clients, c.clients_gone_since,
     )  # fmt: skip
 
 
