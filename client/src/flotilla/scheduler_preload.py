@@ -6,7 +6,9 @@ cluster works behind either gateway:
 
 * heartbeats ``POST {API_URL}/v1/clusters/{name}/heartbeat`` (``Authorization: token``)
   carrying the scheduler's addresses, the requested worker count and the workers that
-  are active, being closed and closed (workers are identified by their ``--name``);
+  are active, being closed and closed (workers are identified by their ``--name``), and
+  the number of connected Dask clients (``clients``, a Flotilla addition the gateway's
+  ``no_client_timeout`` needs; sent at once when a client connects or disconnects);
 * an HTTP API on ``--dg-api-address``: ``GET /api/health`` and ``POST /api/comm`` with
   ``{"op": "scale", "count": n}`` or ``{"op": "adapt", "minimum", "maximum", "active"}``;
 * adaptive scaling from ``Scheduler.adaptive_target`` and an optional idle timeout that
@@ -65,6 +67,9 @@ MAX_HEARTBEAT_GAP = 3600.0
 WORKER_CHANGE_DELAY = 3.0
 #: Timeout of each request to the gateway (seconds).
 REQUEST_TIMEOUT = 10.0
+#: Clients of the scheduler that are not a user's: its own (which it creates at start,
+#: without the ``add_client`` hook).
+INTERNAL_CLIENTS = frozenset({"fire-and-forget"})
 
 
 def _parse_address(address: str) -> tuple[str, int]:
@@ -176,6 +181,9 @@ class GatewayPlugin(SchedulerPlugin):
         self._names: dict[str, str] = {}  # worker address -> name
         self._retiring: set[str] = set()
         self._closed: set[str] = set()
+        #: Ids of Dask clients this plugin itself connects, if it ever does: not counted
+        #: among the connected clients (they do not mean a user is there).
+        self.own_clients: set[str] = set()
         self._targets: deque[int] = deque(maxlen=ADAPTIVE_WINDOW)
         self._last_activity = time.monotonic()
         self._wake = asyncio.Event()
@@ -262,6 +270,22 @@ class GatewayPlugin(SchedulerPlugin):
         self._closed.add(name)
         if not expected:
             self._heartbeat_soon(WORKER_CHANGE_DELAY)
+
+    def add_client(self, scheduler: Scheduler, client: str) -> None:
+        """Report the new client count at once (the gateway's no_client_timeout)."""
+        self._heartbeat_soon(0)
+
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        """Report the new client count at once: the last one leaving starts the grace."""
+        self._heartbeat_soon(0)
+
+    def connected_clients(self) -> int:
+        """Dask clients connected now, the scheduler's and this plugin's own left out."""
+        return sum(
+            1
+            for client in self.scheduler.clients
+            if client not in INTERNAL_CLIENTS and client not in self.own_clients
+        )
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         """Note scheduler activity for the idle timeout."""
@@ -361,6 +385,7 @@ class GatewayPlugin(SchedulerPlugin):
             "active_workers": sorted(n for n in self._active() if n not in closing),
             "closing_workers": sorted(self._retiring | closing),
             "closed_workers": sorted(self._closed),
+            "clients": self.connected_clients(),
         }
 
     def _choose_closing(self) -> list[str]:

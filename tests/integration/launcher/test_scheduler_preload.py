@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from distributed import Scheduler, Worker
+from distributed import Client, Scheduler, Worker
 from flotilla import scheduler_preload
 
 from .conftest import wait_for
@@ -115,6 +115,7 @@ async def test_heartbeats_api_and_scale_down_by_name(gateway: Gateway) -> None:
             "active_workers": [],
             "closing_workers": [],
             "closed_workers": [],
+            "clients": 0,
         }
         api = plugin.api_address
         async with aiohttp.ClientSession() as session, session.get(f"{api}/api/health") as r:
@@ -171,6 +172,26 @@ async def test_adaptive_clamps_and_turns_off_on_scale(gateway: Gateway) -> None:
         assert await post(api, {"op": "scale", "count": 3}) == 200
         await wait_for(lambda: gateway.beats[-1]["count"] == 3, 10, "count 3")
         assert plugin._adaptive_task is None
+
+
+async def test_clients_connecting_and_leaving_are_reported_at_once(gateway: Gateway) -> None:
+    """With no periodic heartbeats (period 0: hourly), each beat after the first is one
+    a client's arrival or departure triggered; the scheduler's own client never counts."""
+    async with scheduler("--dg-heartbeat-period", "0") as s:
+        plugin = s.plugins[scheduler_preload.GatewayPlugin.name]
+        await wait_for(lambda: gateway.beats, 10, "first heartbeat")
+        assert "fire-and-forget" in s.clients
+        assert [b["clients"] for b in gateway.beats] == [0]
+        async with Client(s.address, asynchronous=True) as first:
+            await wait_for(lambda: gateway.beats[-1]["clients"] == 1, 10, "one client")
+            async with Client(s.address, asynchronous=True):
+                await wait_for(lambda: gateway.beats[-1]["clients"] == 2, 10, "two clients")
+            await wait_for(lambda: gateway.beats[-1]["clients"] == 1, 10, "one client left")
+            plugin.own_clients.add(first.id)  # as if the plugin had opened it itself
+            assert plugin.connected_clients() == 0
+            plugin.own_clients.clear()
+        await wait_for(lambda: gateway.beats[-1]["clients"] == 0, 10, "no client left")
+        assert [b["clients"] for b in gateway.beats] == [0, 1, 2, 1, 0]
 
 
 async def test_idle_timeout_deletes_the_cluster(gateway: Gateway) -> None:

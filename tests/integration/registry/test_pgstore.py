@@ -85,3 +85,26 @@ async def _lock_and_read(store: PostgresStore, name: str, order: list[str]) -> i
     async with store.locked(name) as revision:
         order.append("b locked")
         return revision
+
+
+async def test_client_counts_are_kept_unknown_included(postgres: PostgresServer) -> None:
+    """Migration 0006: a heartbeat's client count (NULL when not reported) and since when
+    none has been connected, in ms since the epoch (needs BIGINT)."""
+    store = PostgresStore(postgres.new_database())
+    await store.open()
+    try:
+        unknown, gone = _record(), _record()
+        gone.clients, gone.clients_gone_since = 0, 1_767_225_600_123
+        await store.save_cluster(unknown)
+        await store.save_cluster(gone)
+        loaded = {c.name: c for c in await store.load_unfinished()}
+        assert (loaded[unknown.name].clients, loaded[unknown.name].clients_gone_since) == (
+            None,
+            None,
+        )
+        assert (loaded[gone.name].clients, loaded[gone.name].clients_gone_since) == (
+            0,
+            1_767_225_600_123,
+        )
+    finally:
+        await store.close()

@@ -59,6 +59,8 @@ def test_defaults_serialise_to_the_internals_document() -> None:
         "cluster_start_timeout": 60.0,
         "worker_start_timeout": 60.0,
         "worker_start_failure_limit": 3,
+        "max_lifetime": 0.0,
+        "no_client_timeout": 0.0,
     }
     # Same key order as docs/internals.md.
     assert list(json.loads(text))[:3] == ["scheduler_cmd", "worker_cmd", "scheduler_preload"]
@@ -186,6 +188,9 @@ def test_invalid_admin_value_raises_trait_error() -> None:
         ({"heartbeat_timeout": 0}, "heartbeat_timeout"),
         ({"worker_start_failure_limit": -1}, "'worker_start_failure_limit'"),
         ({"worker_start_failure_limit": True}, "'worker_start_failure_limit'"),
+        ({"max_lifetime": -1}, "'max_lifetime'"),
+        ({"max_lifetime": float("inf")}, "max_lifetime must be a finite number"),
+        ({"no_client_timeout": -0.5}, "'no_client_timeout'"),
         (
             {"heartbeat_period": 10, "heartbeat_timeout": 10},
             "heartbeat_timeout (10 s) must exceed heartbeat_period (10 s)",

@@ -269,6 +269,29 @@ class ClusterConfig(LoggingConfigurable):
         ),
         config=True,
     )
+    max_lifetime = _Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds from a cluster's creation after which the registry stops it (STOPPED, "
+            "reason 'Cluster reached its max_lifetime of N s'), however busy it is. "
+            "0: no limit."
+        ),
+        config=True,
+    )
+    no_client_timeout = _Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds a running cluster may go without any Dask client connected before the "
+            "registry stops it (its owner's notebook is gone); counted from the last "
+            "client's disconnection, or from the cluster becoming RUNNING if none ever "
+            "connected. Needs a scheduler preload that reports its clients "
+            "(flotilla.scheduler_preload); clusters whose preload does not (dask-gateway's) "
+            "are never stopped by it. 0: never."
+        ),
+        config=True,
+    )
     cluster_max_workers = _Int(
         None,
         allow_none=True,
@@ -393,6 +416,8 @@ _CORE_KEYS = (
     "cluster_start_timeout",
     "worker_start_timeout",
     "worker_start_failure_limit",
+    "max_lifetime",
+    "no_client_timeout",
 )
 
 
@@ -451,6 +476,8 @@ class ResolvedClusterConfig:
     cluster_start_timeout: float = 60.0
     worker_start_timeout: float = 60.0
     worker_start_failure_limit: int = 3
+    max_lifetime: float = 0.0
+    no_client_timeout: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

@@ -30,7 +30,7 @@ from .errors import (
     PermissionDenied,
     RegistryError,
 )
-from .lifecycle import Lifecycle, cluster_overdue, late_workers
+from .lifecycle import Lifecycle, cluster_expired, cluster_overdue, late_workers
 from .model import ClusterRecord, Observed, Status, Target, WorkerRecord, now_ms
 from .options import Options, OptionsError, resolve_options
 from .quotas import (
@@ -500,16 +500,20 @@ class ClusterService:
         async with self._lock(name):
             if c.target != Target.RUNNING:
                 return
-            c.target = Target.STOPPED
             if identity.cluster:
-                c.reason = "Stopped by its scheduler"
+                reason = "Stopped by its scheduler"
             elif identity.user != c.owner:
-                c.reason = f"Stopped by admin {identity.user}"
+                reason = f"Stopped by admin {identity.user}"
             else:
-                c.reason = f"Stopped by {identity.user}"
-            changed = self._stop_workers(c)
-            await self._commit(c, changed)
+                reason = f"Stopped by {identity.user}"
+            await self._stop_locked(c, reason)
         log.info("cluster %s (user %s): stop requested (%s)", name, c.owner, c.reason)
+
+    async def _stop_locked(self, c: ClusterRecord, reason: str) -> None:
+        """Stop ``c`` (a normal end: target STOPPED) and its workers; hold its lock."""
+        c.target = Target.STOPPED
+        c.reason = reason
+        await self._commit(c, self._stop_workers(c))
 
     async def stop_all(self, reason: str, wait_seconds: float) -> tuple[int, int]:
         """Stop every active cluster; wait up to ``wait_seconds`` for them to finish.
@@ -625,6 +629,11 @@ class ClusterService:
         count = body.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidRequest("count must be a non-negative integer")
+        clients = body.get("clients")  # absent (dask-gateway's preload): unknown
+        if clients is not None and (
+            isinstance(clients, bool) or not isinstance(clients, int) or clients < 0
+        ):
+            raise InvalidRequest("clients must be a non-negative integer")
         active = _string_list(body, "active_workers")
         closing = _string_list(body, "closing_workers")
         closed = _string_list(body, "closed_workers")
@@ -677,6 +686,7 @@ class ClusterService:
             if first and not (addresses["scheduler_address"] and addresses["api_address"]):
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
             c.last_heartbeat = now_ms()
+            self._note_clients(c, clients, c.last_heartbeat)
             if first:
                 c.scheduler_address = addresses["scheduler_address"]
                 c.dashboard_address = addresses["dashboard_address"]
@@ -689,6 +699,17 @@ class ClusterService:
             if c.target == Target.RUNNING:
                 changed |= self._match_count(c)
             await self._commit(c, changed)
+
+    @staticmethod
+    def _note_clients(c: ClusterRecord, clients: int | None, now: int) -> None:
+        """Record a heartbeat's client count (None: not reported) for no_client_timeout:
+        the clock starts when a count of 0 follows one of more, or an unknown one (the
+        first heartbeat: the cluster just became RUNNING), and stops at any other."""
+        if clients is None or clients > 0:
+            c.clients_gone_since = None
+        elif c.clients != 0 or c.clients_gone_since is None:
+            c.clients_gone_since = now
+        c.clients = clients
 
     async def _check_first_addresses(self, c: ClusterRecord, addresses: dict[str, str]) -> None:
         """InvalidRequest unless the addresses are the cluster's scheduler's (a heartbeat
@@ -866,7 +887,9 @@ class ClusterService:
         return changed
 
     async def check_timeouts(self, now: int | None = None) -> int:
-        """Fail every cluster past its start or heartbeat deadline; returns how many."""
+        """Fail every cluster past its start or heartbeat deadline, then stop every one
+        past its lifetime or left without clients (:func:`.lifecycle.cluster_expired`);
+        returns how many ended."""
         now = now_ms() if now is None else now
         failed = 0
         for c in list(self._active.values()):
@@ -885,7 +908,22 @@ class ClusterService:
                 await self._commit(c, self._stop_workers(c))
             log.warning("cluster %s (user %s): failed: %s", c.name, c.owner, reason)
             failed += 1
-        return failed
+        return failed + await self._stop_expired(now)
+
+    async def _stop_expired(self, now: int) -> int:
+        """Stop every cluster :func:`.lifecycle.cluster_expired` ends; returns how many."""
+        stopped = 0
+        for c in list(self._active.values()):
+            if cluster_expired(c, self._limits(c), now, self.started) is None:
+                continue
+            async with self._lock(c.name):
+                reason = cluster_expired(c, self._limits(c), now, self.started)
+                if reason is None or c.name not in self._active:
+                    continue
+                await self._stop_locked(c, reason)
+            log.info("cluster %s (user %s): stopping: %s", c.name, c.owner, reason)
+            stopped += 1
+        return stopped
 
     # -- logs ------------------------------------------------------------------------------
 

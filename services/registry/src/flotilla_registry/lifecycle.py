@@ -10,9 +10,16 @@ The registry fails a cluster (target FAILED, with a reason) when
   ``worker_start_timeout`` (see :func:`late_workers`; heartbeats are how the gateway
   learns that workers connected).
 
+and stops it (target STOPPED, a normal end, with a reason naming the setting) when
+
+* it is older than its ``max_lifetime`` (from its creation, pending or running; see
+  :func:`cluster_expired`);
+* it is RUNNING and no Dask client has been connected to it for ``no_client_timeout``
+  seconds: its owner's notebook is gone.
+
 The timeouts are per cluster (``c.ClusterConfig``, stored in each cluster's
-``config_json``) so option handlers can change them. Deadlines never fall before the
-registry started plus the timeout: while the registry (or auth, or Envoy) was down, no
+``config_json``) so option handlers can change them. Failure deadlines never fall before
+the registry started plus the timeout: while the registry (or auth, or Envoy) was down, no
 heartbeat could arrive, and that must not fail every cluster at once on restart.
 
 :class:`Housekeeping` runs the periodic checks: the timeouts every
@@ -32,19 +39,22 @@ from typing import Any
 from .model import ClusterRecord, Observed, Target, now_ms
 from .tasks import cancel_and_wait
 
-__all__ = ["Housekeeping", "Lifecycle", "cluster_overdue", "late_workers"]
+__all__ = ["Housekeeping", "Lifecycle", "cluster_expired", "cluster_overdue", "late_workers"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Lifecycle:
-    """One cluster's timeouts (seconds) and worker start-failure limit."""
+    """One cluster's timeouts (seconds) and worker start-failure limit; 0 turns
+    ``max_lifetime`` and ``no_client_timeout`` off."""
 
     cluster_start_timeout: float = 60.0
     heartbeat_timeout: float = 30.0
     worker_start_timeout: float = 60.0
     worker_start_failure_limit: int = 3
+    max_lifetime: float = 0.0
+    no_client_timeout: float = 0.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Lifecycle:
@@ -65,6 +75,8 @@ class Lifecycle:
             worker_start_failure_limit=int(
                 config.get("worker_start_failure_limit", defaults.worker_start_failure_limit)
             ),
+            max_lifetime=float(config.get("max_lifetime") or 0.0),
+            no_client_timeout=float(config.get("no_client_timeout") or 0.0),
         )
 
     @classmethod
@@ -117,6 +129,37 @@ def cluster_overdue(
         f"Cluster failed to start within cluster_start_timeout "
         f"({_timeout(limits.cluster_start_timeout)} s): {why}"
     )
+
+
+def cluster_expired(c: ClusterRecord, limits: Lifecycle, now: int, since: int) -> str | None:
+    """Why cluster ``c`` must stop at ``now`` (ms), or None: a normal end, not a failure.
+
+    ``max_lifetime`` counts from the cluster's creation (``start_time``), whatever the
+    registry did meanwhile (``since`` is not used for it): a lifetime is wall-clock time.
+
+    ``no_client_timeout`` counts from ``c.clients_gone_since`` (set by heartbeats that
+    report no client, see ``ClusterService.heartbeat``) and, like the failure deadlines,
+    never from before the registry started (``since``): while it was down, no heartbeat
+    could say that a client connected. A cluster whose scheduler does not report its
+    clients (``c.clients`` None: dask-gateway's preload) is never stopped for lack of them.
+    """
+    if c.target != Target.RUNNING:
+        return None
+    if limits.max_lifetime > 0 and now - c.start_time > limits.max_lifetime * 1000:
+        return f"Cluster reached its max_lifetime of {_timeout(limits.max_lifetime)} s"
+    if (
+        limits.no_client_timeout > 0
+        and c.observed == Observed.RUNNING
+        and c.clients == 0
+        and c.clients_gone_since is not None
+    ):
+        gone = now - max(c.clients_gone_since, since)
+        if gone > limits.no_client_timeout * 1000:
+            return (
+                f"No client connected for {_seconds(now - c.clients_gone_since)} s "
+                f"(no_client_timeout {_timeout(limits.no_client_timeout)} s)"
+            )
+    return None
 
 
 def late_workers(c: ClusterRecord, limits: Lifecycle, since: int) -> list[str]:

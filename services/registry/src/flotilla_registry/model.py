@@ -97,6 +97,12 @@ class ClusterRecord:
     accrued_until: int | None = None
     accrued_cores: float = 0.0
     accrued_memory: float = 0.0
+    # Dask clients connected at the latest heartbeat; None: unknown (a scheduler preload
+    # that does not report them, e.g. dask-gateway's). And since when (ms) none has been:
+    # set when a report of 0 follows one of more (or the first heartbeat reports 0),
+    # None while a client is connected or the count is unknown (no_client_timeout).
+    clients: int | None = None
+    clients_gone_since: int | None = None
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
     @property
