@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -175,3 +177,141 @@ async def test_concurrent_scales_over_two_replicas_never_pass_the_core_quota(
     assert len(samples) > 10
     over = [s for s in samples if s[1] > MAX_CORES or s[2] > MAX_CORES - 4]
     assert not over, f"quota passed: {over}"
+
+
+USERS = 50
+PER_USER = {"max_clusters": 2, "max_cores": 6}
+
+
+def _as(user: str, cluster: str = "") -> dict[str, str]:
+    return {IDENTITY_HEADER: sign_identity(Identity(user, cluster=cluster), IDENTITY_KEY)}
+
+
+async def _over_quota(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:
+    """Users holding more than their quota now, as stored."""
+    rows = await conn.fetch(
+        "SELECT c.owner, COUNT(*), SUM(1 + GREATEST(c.count, (SELECT COUNT(*) FROM workers w"
+        " WHERE w.cluster = c.name AND w.target = 1))) FROM clusters c"
+        " WHERE c.stop_time IS NULL AND c.target = 1 GROUP BY c.owner"
+    )
+    return [
+        (r[0], int(r[1]), int(r[2]))
+        for r in rows
+        if r[1] > PER_USER["max_clusters"] or r[2] > PER_USER["max_cores"]
+    ]
+
+
+async def test_fifty_users_with_a_replica_killed_keep_every_quota(
+    replicas: list[RegistryProcess], scheduler_api: str
+) -> None:
+    """50 users create 3 clusters each (2 allowed) and scale them, over both replicas;
+    one replica is SIGKILLed in the middle. A request to the killed replica is sent to the
+    other, as Envoy does; every answer is a success, a 4xx or a 503 (never a 500, never a
+    hang), no quota is passed at any moment sampled, and no cluster is lost or doubled."""
+    for reg in replicas:
+        reg.config.write_text(reg.config.read_text() + f"c.Quotas.default = {PER_USER!r}\n")
+        reg.start()
+    url = replicas[0].db_url
+    alive = list(replicas)
+    statuses: list[int] = []
+    created: dict[str, set[str]] = {}
+    unsure: set[str] = set()  # users with a create whose answer the kill cut off
+    rng = random.Random(50)
+    timeout = aiohttp.ClientTimeout(total=30)
+
+    async def call(
+        http: aiohttp.ClientSession, method: str, path: str, headers: dict[str, str], body: Any
+    ) -> tuple[int, Any]:
+        for _ in range(5):
+            reg = rng.choice(alive)
+            try:
+                async with http.request(
+                    method, reg.http + path, json=body, headers=headers
+                ) as resp:
+                    statuses.append(resp.status)
+                    return resp.status, await resp.json(content_type=None)
+            except (aiohttp.ClientConnectionError, aiohttp.ServerDisconnectedError):
+                if reg not in alive:
+                    return -1, None  # cut off by the kill: outcome unknown, tried again below
+                raise
+        raise AssertionError("no replica answered")
+
+    async def user_work(http: aiohttp.ClientSession, user: str) -> None:
+        mine = created.setdefault(user, set())
+        for _ in range(3):
+            status, reply = await call(http, "POST", "/api/v1/clusters/", _as(user), {})
+            if status == 201:
+                mine.add(reply["name"])
+            elif status == -1:
+                unsure.add(user)
+            else:
+                assert status in (409, 503), (status, reply)
+        for name in list(mine):
+            hb = {
+                "scheduler_address": "tls://127.0.0.1:10000",
+                "dashboard_address": "http://127.0.0.1:2000",
+                "api_address": scheduler_api,
+                "count": 0,
+            }
+            path = f"/api/v1/clusters/{name}/heartbeat"
+            assert (await call(http, "POST", path, _as(user, name), hb))[0] in (200, 503, -1)
+        for _ in range(3):
+            for name in list(mine):
+                path = f"/api/v1/clusters/{name}/scale"
+                status, _ = await call(http, "POST", path, _as(user), {"count": rng.randrange(7)})
+                assert status in (200, 409, 503, -1), status
+
+    samples = 0
+    killed_at: list[int] = []
+    over: list[Any] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal samples
+        conn = await asyncpg.connect(url)
+        try:
+            while not done.is_set():
+                over.extend(await _over_quota(conn))
+                samples += 1
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    async def kill_one() -> None:
+        # Mid-run: once a good share of the requests has been answered.
+        while len(statuses) < 150:
+            await asyncio.sleep(0.01)
+        alive.remove(replicas[1])
+        replicas[1].stop(signal.SIGKILL)
+        killed_at.append(len(statuses))
+
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        sampler = asyncio.create_task(sample())
+        await asyncio.gather(*(user_work(http, f"user{i:02d}") for i in range(USERS)), kill_one())
+        done.set()
+        await sampler
+
+    assert 500 not in statuses and all(s < 500 or s == 503 for s in statuses), sorted(set(statuses))
+    assert samples > 10 and not over, over[:10]
+    # The kill came mid-run, and the quota refused many requests before and after it.
+    assert killed_at and len(statuses) > killed_at[0] + 100, (killed_at, len(statuses))
+    assert statuses.count(409) >= USERS // 2, sorted(set(statuses))
+    conn = await asyncpg.connect(url)
+    try:
+        over.extend(await _over_quota(conn))
+        stored: dict[str, list[str]] = {}
+        for r in await conn.fetch("SELECT owner, name FROM clusters"):
+            stored.setdefault(r[0], []).append(r[1])
+    finally:
+        await conn.close()
+    assert not over
+    for user in created:
+        names = stored.get(user, [])
+        assert len(names) == len(set(names))
+        assert created[user] <= set(names), f"{user}: a created cluster was lost"
+        if user not in unsure:
+            assert set(names) == created[user], f"{user}: clusters nobody was told of"
+        assert len(names) <= PER_USER["max_clusters"]
+    # The surviving replica serves every user's clusters.
+    async with connect(replicas[0]) as a:
+        await a.listed()
