@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,22 +34,30 @@ pytestmark = pytest.mark.timeout(300)
 CONFIG = """
 from flotilla_registry.options import Options, Select
 
-c.Registry.backends = ["sim"]
+c.Registry.backends = ["sim", "local"]
 c.Registry.default_backend = "sim"
+c.Registry.backend_by_user = {"dora": "local"}
 c.Auth.admin_users = ["ada"]
 c.BasicAuthenticator.user_groups = {"gwen": ["gpu"]}
 c.Quotas.default = {"max_cores": 100, "max_memory": "400 G"}
+c.Quotas.users = {"dora": {"max_cores": 4}}
 c.ClusterConfig.scheduler_cores = 4
 c.ClusterConfig.scheduler_memory = "1 G"
 c.ClusterConfig.worker_cores = 16
 c.ClusterConfig.worker_memory = "64 G"
 c.ClusterConfig.cluster_max_workers = None
 
+def _small(options, user):
+    # dora's real Dask clusters: 1-core scheduler and workers, each within her 4 cores.
+    if user.name != "dora":
+        return {}
+    return {"scheduler_cores": 1, "worker_cores": 1, "worker_memory": "1 G"}
+
 def _options(user):
     accelerators = ["none", "a100"] if "gpu" in user.groups else ["none"]
     return Options(
         Select("accelerator", accelerators, default="none", label="Accelerator"),
-        handler=lambda options, user: {},
+        handler=_small,
     )
 
 c.Registry.cluster_options = _options
@@ -151,6 +161,47 @@ def test_purdue_limits_through_the_upstream_client(stack: Stack) -> None:
         (through_client,) = gw.usage()
     assert through_client["quota"] == {**mine["quota"], "max_clusters": None}
     assert through_client["core_hours"] >= mine["core_hours"]
+
+
+def test_concurrent_scales_of_real_clusters_stay_within_the_core_quota(stack: Stack) -> None:
+    """Two real Dask clusters of a user with 4 cores: 2 for the schedulers, so 2 workers
+    in all, however the two scale requests interleave (counted by Dask itself)."""
+    with FlotillaGateway(stack.address, auth=BasicAuth("dora")) as gw:
+        clusters = [gw.new_cluster(), gw.new_cluster()]
+        try:
+            clients = [c.get_client() for c in clusters]
+            seen: list[int] = []
+            stop = threading.Event()
+
+            def count_workers() -> None:
+                while not stop.is_set():
+                    seen.append(
+                        sum(len(c.scheduler_info(n_workers=-1)["workers"]) for c in clients)
+                    )
+                    stop.wait(0.05)
+
+            sampler = threading.Thread(target=count_workers)
+            sampler.start()
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    threads = [threading.Thread(target=c.scale, args=(3,)) for c in clusters]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                # Both together are clamped to 2 workers: one cluster got fewer than asked.
+                assert any("quota max_cores of 4 cores" in str(w.message) for w in caught)
+                wait_for(lambda: seen and seen[-1] == 2, 90, "the 2 workers the quota allows")
+            finally:
+                stop.set()
+                sampler.join()
+            assert max(seen) <= 2, seen
+            (usage,) = gw.usage()
+            assert (usage["cores"], usage["workers"]) == (4, 2)
+        finally:
+            for c in clusters:
+                c.shutdown()
 
 
 def _create(stack: Stack, user: str, **options: Any) -> tuple[int, Any]:
