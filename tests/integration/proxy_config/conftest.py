@@ -253,6 +253,8 @@ def wait_port() -> Callable[..., Awaitable[None]]:
 @pytest.fixture
 def envoy_binary() -> Path:
     if not os.access(ENVOY_BIN, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Envoy binary not found at {ENVOY_BIN}; `make test` installs it")
         pytest.skip(f"Envoy binary not found at {ENVOY_BIN}")
     return ENVOY_BIN
 

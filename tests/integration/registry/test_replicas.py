@@ -282,14 +282,23 @@ async def test_two_replicas_see_each_others_changes(replicas: list[RegistryProce
         # A long-poll on B is released by the heartbeat A receives.
         user = sign_identity(Identity("alice"), IDENTITY_KEY)
         started = time.monotonic()
+        sent = asyncio.Event()
+
+        async def on_sent(*_: Any) -> None:
+            sent.set()
+
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(on_sent)
+        polling = aiohttp.ClientSession(trace_configs=[tracing])
         poll = asyncio.create_task(
-            http.get(f"{b.http}/api/v1/clusters/{name}?wait", headers={IDENTITY_HEADER: user})
+            polling.get(f"{b.http}/api/v1/clusters/{name}?wait", headers={IDENTITY_HEADER: user})
         )
-        await asyncio.sleep(0.3)  # let the poll reach B and start waiting
+        await asyncio.wait_for(sent.wait(), 10)  # the poll is on its way to B
         assert not poll.done()
         assert await on_a.heartbeat(http, name, count=1) == 200
         async with await asyncio.wait_for(poll, 10) as resp:
             assert resp.status == 200 and (await resp.json())["status"] == "RUNNING"
+        await polling.close()
         assert time.monotonic() - started < 10  # released, not timed out at 20 s
 
         # ... B's route watch has the scheduler, B's launcher watch the worker to start.

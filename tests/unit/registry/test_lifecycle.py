@@ -342,25 +342,38 @@ async def test_housekeeping_runs_its_chores_until_stopped() -> None:
         return 0
 
     leading = False
+    asked: list[bool] = []
+    asked_thrice = asyncio.Event()
+
+    def leads() -> bool:
+        asked.append(leading)
+        if len(asked) >= 3:
+            asked_thrice.set()
+        return leading
+
     keeper = Housekeeping(
-        check, purge, check_period=0.01, cleanup_period=60, max_age=3600, leads=lambda: leading
+        check, purge, check_period=0.01, cleanup_period=60, max_age=3600, leads=leads
     )
     keeper.start()
-    await asyncio.sleep(0.1)
-    assert checks == [] and purges == []  # another replica leads
+    await asyncio.wait_for(asked_thrice.wait(), 10)  # three rounds while another leads
+    assert checks == [] and purges == []
     leading = True
     await asyncio.wait_for(done.wait(), 10)
     await keeper.stop()
     assert purges == []  # the purge runs at start (not leading then), then every 60 s
-    n = len(checks)
-    await asyncio.sleep(0.05)
-    assert len(checks) == n  # stopped
-    keeper = Housekeeping(check, purge, check_period=60, cleanup_period=60, max_age=3600)
+    n, rounds = len(checks), len(asked)
+    for _ in range(20):  # let anything still scheduled run
+        await asyncio.sleep(0)
+    assert (len(checks), len(asked)) == (n, rounds)  # stopped
+    purged = asyncio.Event()
+
+    async def purge_once(before: int) -> int:
+        purged.set()
+        return await purge(before)
+
+    keeper = Housekeeping(check, purge_once, check_period=60, cleanup_period=60, max_age=3600)
     keeper.start()
-    for _ in range(500):  # poll: the purge runs at start
-        if purges:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(purged.wait(), 10)  # the purge runs at start
     await keeper.stop()
     assert len(purges) == 1
 
