@@ -88,7 +88,7 @@ async def _lock_and_read(store: PostgresStore, name: str, order: list[str]) -> i
 
 
 async def test_client_counts_are_kept_unknown_included(postgres: PostgresServer) -> None:
-    """Migration 0006: a heartbeat's client count (NULL when not reported) and since when
+    """Migration 0005: a heartbeat's client count (NULL when not reported) and since when
     none has been connected, in ms since the epoch (needs BIGINT)."""
     store = PostgresStore(postgres.new_database())
     await store.open()
