@@ -294,3 +294,12 @@ async def test_the_absence_of_clients_survives_a_registry_restart(store: SQLiteS
     assert await restarted.check_timeouts(restarted.started + 2 * S) == 0
     assert await restarted.check_timeouts(restarted.started + 4 * S) == 1
     assert (await restarted.get(ALICE, c.name)).target == Target.STOPPED
+
+
+async def test_a_huge_client_count_is_stored_as_the_most_a_column_holds(
+    store: SQLiteStore,
+) -> None:
+    service = await make_service(store)
+    c = await service.create(ALICE, {})
+    await service.heartbeat(Identity("alice", cluster=c.name), c.name, beat(clients=10**13))
+    assert (await store.load_cluster(c.name)).clients == 2**31 - 1  # type: ignore[union-attr]

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
 #: Most log text one GetClusterLogs reply carries (the client accepts larger messages).
 MAX_LOGS_BYTES = 16 * 2**20
+#: Most workers or clients a heartbeat's report is stored as (the columns are 32-bit
+#: integers; more is the same to the gateway).
+_MAX_REPORTED = 2**31 - 1
 #: How recent an answered logs request must be to serve another caller (ms).
 LOGS_FRESH_MS = 1000
 
@@ -629,11 +632,14 @@ class ClusterService:
         count = body.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidRequest("count must be a non-negative integer")
+        count = min(count, _MAX_REPORTED)
         clients = body.get("clients")  # absent (dask-gateway's preload): unknown
         if clients is not None and (
             isinstance(clients, bool) or not isinstance(clients, int) or clients < 0
         ):
             raise InvalidRequest("clients must be a non-negative integer")
+        if clients is not None:
+            clients = min(clients, _MAX_REPORTED)
         active = _string_list(body, "active_workers")
         closing = _string_list(body, "closing_workers")
         closed = _string_list(body, "closed_workers")
