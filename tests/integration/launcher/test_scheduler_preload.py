@@ -126,11 +126,14 @@ async def test_heartbeats_api_and_scale_down_by_name(gateway: Gateway) -> None:
         assert await post(api, {"op": "scale", "count": -1}) == 422
         assert await post(api, None, raw="{not json") == 400
 
+        # Ask for the workers before they join: with a count of 0, a heartbeat in flight
+        # as they register would (rightly) retire one.
+        assert await post(api, {"op": "scale", "count": 2}) == 200
+        await wait_for(lambda: gateway.beats[-1]["count"] == 2, 10, "count 2")
         async with (
             Worker(s.address, name="wa", nthreads=1, dashboard_address="127.0.0.1:0"),
             Worker(s.address, name="wb", nthreads=1, dashboard_address="127.0.0.1:0"),
         ):
-            assert await post(api, {"op": "scale", "count": 2}) == 200
             await wait_for(
                 lambda: (
                     gateway.beats[-1]["count"] == 2
