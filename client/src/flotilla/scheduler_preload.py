@@ -6,9 +6,13 @@ cluster works behind either gateway:
 
 * heartbeats ``POST {API_URL}/v1/clusters/{name}/heartbeat`` (``Authorization: token``)
   carrying the scheduler's addresses, the requested worker count and the workers that
-  are active, being closed and closed (workers are identified by their ``--name``), and
-  the number of connected Dask clients (``clients``, a Flotilla addition the gateway's
-  ``no_client_timeout`` needs; sent at once when a client connects or disconnects);
+  are active, being closed and closed (workers are identified by their ``--name``), the
+  number of connected Dask clients (``clients``, a Flotilla addition the gateway's
+  ``no_client_timeout`` needs; sent at once when a client connects or disconnects) and
+  how far the event loop is behind (``loop_lag``, seconds, another addition);
+* heartbeats leave from a thread of their own: the event loop builds each message, but a
+  loop that stalls (a dashboard page being rendered, a task holding the loop) does not
+  stop them; while it is behind, the thread repeats the latest message with the lag;
 * an HTTP API on ``--dg-api-address``: ``GET /api/health`` and ``POST /api/comm`` with
   ``{"op": "scale", "count": n}`` or ``{"op": "adapt", "minimum", "maximum", "active"}``;
 * adaptive scaling from ``Scheduler.adaptive_target`` and an optional idle timeout that
@@ -31,7 +35,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
@@ -67,6 +74,11 @@ MAX_HEARTBEAT_GAP = 3600.0
 WORKER_CHANGE_DELAY = 3.0
 #: Timeout of each request to the gateway (seconds).
 REQUEST_TIMEOUT = 10.0
+#: A heartbeat is repeated from the sender thread when the event loop has handed it none
+#: for this many heartbeat periods.
+KEEPALIVE_PERIODS = 1.25
+#: How often the event loop notes that it runs; lag is the time since, beyond this.
+TICK_PERIOD = 0.5
 #: Clients of the scheduler that are not a user's: its own (which it creates at start,
 #: without the ``add_client`` hook).
 INTERNAL_CLIENTS = frozenset({"fire-and-forget"})
@@ -101,6 +113,114 @@ def _error_text(body: bytes | None) -> str:
     except (ValueError, AttributeError):
         return ""
     return f": {error}" if isinstance(error, str) and error else ""
+
+
+class _Sender:
+    """Sends heartbeats from a thread of its own, so they do not wait for the event loop.
+
+    The loop hands each message over with :meth:`submit` and gets whether the gateway took
+    it; when it has handed none for ``KEEPALIVE_PERIODS`` heartbeat periods (it is busy:
+    the scheduler still lives, its loop is behind), the thread sends the latest one
+    again, retrying failures with backoff. Every message carries ``loop_lag``: how far
+    behind the loop was (seconds) when it left.
+    """
+
+    def __init__(self, cluster_name: str, url: str, token: str, period: float) -> None:
+        self.cluster_name = cluster_name
+        self.url = url
+        self.token = token
+        self.keepalive = period * KEEPALIVE_PERIODS
+        self.last_tick = time.monotonic()
+        self._cond = threading.Condition()
+        self._pending: tuple[dict[str, Any], asyncio.Future[bool]] | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"flotilla-heartbeats-{cluster_name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def tick(self) -> None:
+        """The event loop ran (called from it every ``TICK_PERIOD``)."""
+        self.last_tick = time.monotonic()
+
+    def lag(self) -> float:
+        return round(max(0.0, time.monotonic() - self.last_tick - TICK_PERIOD), 1)
+
+    def submit(self, body: dict[str, Any]) -> asyncio.Future[bool]:
+        """Send ``body`` next (replacing one not sent yet); the future says if it was taken."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        with self._cond:
+            if self._pending is not None:
+                self._pending[1].cancel()
+            self._pending = (body, future)
+            self._cond.notify()
+        return future
+
+    def _run(self) -> None:
+        latest: dict[str, Any] | None = None
+        wait, backoff = self.keepalive, RETRY_DELAY
+        while True:
+            with self._cond:
+                if self._pending is None and not self._closed:
+                    self._cond.wait(wait)
+                if self._closed:
+                    return
+                item, self._pending = self._pending, None
+            if item is not None:
+                latest, future = item
+            elif latest is None:
+                continue
+            else:
+                future = None
+                log.warning(
+                    "cluster %s: event loop %.1f s behind; heartbeat sent from its thread",
+                    self.cluster_name,
+                    self.lag(),
+                )
+            ok = self.post({**latest, "loop_lag": self.lag()})
+            if future is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(_resolve, future, ok)
+            if ok or future is not None:  # the loop retries its own with backoff
+                wait, backoff = self.keepalive, RETRY_DELAY
+            else:
+                wait, backoff = backoff, min(backoff * 2, self.keepalive)
+
+    def post(self, body: dict[str, Any]) -> bool:
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+                response.read()
+            return True
+        except urllib.error.HTTPError as exc:
+            log.warning(
+                "cluster %s: POST %s returned %s%s",
+                self.cluster_name,
+                self.url,
+                exc.code,
+                _error_text(exc.read()),
+            )
+        except (OSError, ValueError) as exc:
+            log.warning("cluster %s: POST %s failed: %s", self.cluster_name, self.url, exc)
+        return False
+
+
+def _resolve(future: asyncio.Future[bool], ok: bool) -> None:
+    if not future.done():
+        future.set_result(ok)
 
 
 class _Handler(web.RequestHandler):
@@ -192,6 +312,7 @@ class GatewayPlugin(SchedulerPlugin):
         self._adaptive_task: asyncio.Task[None] | None = None
         self._server: HTTPServer | None = None
         self._client: AsyncHTTPClient | None = None
+        self._sender: _Sender | None = None
         self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -213,6 +334,15 @@ class GatewayPlugin(SchedulerPlugin):
         bound_port = sockets[0].getsockname()[1]
         self.api_address = f"http://{self._host()}:{bound_port}"
         self._client = AsyncHTTPClient(force_instance=True)
+        period = self.heartbeat_period if self.heartbeat_period > 0 else MAX_HEARTBEAT_GAP
+        self._sender = _Sender(
+            self.cluster_name,
+            f"{self.api_url}/v1/clusters/{self.cluster_name}/heartbeat",
+            self.token,
+            period,
+        )
+        self._sender.start()
+        self._spawn(self._tick_loop())
         self._spawn(self._heartbeat_loop())
         if self.idle_timeout > 0:
             self._spawn(self._idle_loop())
@@ -233,6 +363,9 @@ class GatewayPlugin(SchedulerPlugin):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -399,11 +532,16 @@ class GatewayPlugin(SchedulerPlugin):
 
     async def heartbeat(self) -> bool:
         """Send one heartbeat; on success, retire the workers it announced as closing."""
+        if self._sender is None:
+            return False
         closing = self._choose_closing()
         body = self.heartbeat_body(closing)
-        ok = await self._request(
-            "POST", f"{self.api_url}/v1/clusters/{self.cluster_name}/heartbeat", body
-        )
+        try:
+            ok = await self._sender.submit(body)
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            return False  # a newer message replaced it before it left
         if ok and closing:
             self._retiring.update(closing)
             self._spawn(self._retire(closing))
@@ -415,6 +553,11 @@ class GatewayPlugin(SchedulerPlugin):
             await self.scheduler.retire_workers(names=names, remove=True, close_workers=True)
         except Exception:
             log.exception("cluster %s: retiring workers failed", self.cluster_name)
+
+    async def _tick_loop(self) -> None:
+        while self._sender is not None:
+            self._sender.tick()
+            await asyncio.sleep(TICK_PERIOD)
 
     async def _heartbeat_loop(self) -> None:
         period = self.heartbeat_period if self.heartbeat_period > 0 else MAX_HEARTBEAT_GAP

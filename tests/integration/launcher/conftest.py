@@ -65,6 +65,8 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
         self.held: list[Any] = []
         self.logs: dict[str, dict[str, str]] = {}
         self.logs_answered: dict[str, int] = {}
+        #: The names of each ReportAlive call, by backend.
+        self.alive: list[tuple[str, list[str]]] = []
         self.api_url = ""
         self.grpc_address = ""
 
@@ -202,6 +204,12 @@ class FakeRegistry(internal_pb2_grpc.LauncherServiceServicer):  # type: ignore[m
         if request.answers_request:
             self.logs_answered[request.cluster_name] = request.answers_request
         return internal_pb2.SaveClusterLogsResponse()
+
+    async def ReportAlive(
+        self, request: internal_pb2.ReportAliveRequest, context: Any
+    ) -> internal_pb2.ReportAliveResponse:
+        self.alive.append((request.backend, list(request.names)))
+        return internal_pb2.ReportAliveResponse()
 
     def request_logs(self, name: str) -> int:
         """Ask the launcher for the current logs, as the registry does; returns the id."""

@@ -375,3 +375,28 @@ async def test_schedulers_and_workers_are_forked(
     await wait_for(lambda: registry.records[name].observed == STOPPED, 60, "cluster stopped")
     assert not alive(state)
     assert not procfs.group_members(nanny)
+
+
+async def test_live_schedulers_are_reported_and_stopped_ones_are_not(
+    registry: FakeRegistry, make_launcher: Any
+) -> None:
+    """Each status check tells the registry which schedulers are alive (a busy one keeps
+    its cluster); one stopped by SIGSTOP is not among them: it cannot run."""
+    await make_launcher()
+    busy, stopped = registry.add_cluster(), registry.add_cluster()
+    await wait_running(registry, busy)
+    await wait_running(registry, stopped)
+    both = ("local", sorted([busy, stopped]))
+
+    def last_report() -> tuple[str, list[str]] | None:
+        return (registry.alive[-1][0], sorted(registry.alive[-1][1])) if registry.alive else None
+
+    await wait_for(lambda: last_report() == both, 30, "a report of both alive")
+    pid = registry.state(stopped)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await wait_for(lambda: last_report() == ("local", [busy]), 30, "only one alive")
+        assert registry.records[stopped].target == types_pb2.TARGET_RUNNING  # not exited
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await wait_for(lambda: last_report() == both, 30, "both alive again")

@@ -80,6 +80,11 @@ class FakeStub:
         self.cluster_reports: list[internal_pb2.ReportClusterRequest] = []
         self.worker_reports: list[internal_pb2.ReportWorkerRequest] = []
         self.log_saves: list[internal_pb2.SaveClusterLogsRequest] = []
+        self.alive: list[list[str]] = []
+
+    async def ReportAlive(self, req: Any, **kwargs: Any) -> Any:
+        self.alive.append(list(req.names))
+        return internal_pb2.ReportAliveResponse()
 
     async def ReportCluster(self, req: Any, **kwargs: Any) -> Any:
         self.cluster_reports.append(req)

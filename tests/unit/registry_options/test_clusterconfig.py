@@ -53,6 +53,7 @@ def test_defaults_serialise_to_the_internals_document() -> None:
         "idle_timeout": 0.0,
         "heartbeat_period": 15.0,
         "heartbeat_timeout": 30.0,
+        "busy_timeout": 3600.0,
         "cluster_max_workers": None,
         "cluster_max_cores": None,
         "cluster_max_memory": None,

@@ -37,6 +37,11 @@ class ProcStat:
         """False for zombies (exited, not yet reaped) and dead entries."""
         return self.state not in ("Z", "X", "x")
 
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal (SIGSTOP, a terminal's ^Z) or by a tracer: it cannot run."""
+        return self.state in ("T", "t")
+
 
 def parse_stat(text: str) -> ProcStat:
     """Parse the text of ``/proc/<pid>/stat``.

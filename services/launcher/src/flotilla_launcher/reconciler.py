@@ -663,8 +663,11 @@ class Reconciler:
         statuses, wstatuses = await self.backend.check(
             [(s, st) for _, s, st in clusters], [(ws, st) for _, _, ws, st in workers]
         )
+        alive: list[str] = []
         for (name, _, _), status in zip(clusters, statuses, strict=True):
             tr = self._tracked.get(name)
+            if status.running and status.responsive:
+                alive.append(name)
             if not status.running and tr is not None and not tr.exit_reason:
                 tr.exit_reason = status.reason
                 self._queue.put(name)
@@ -674,6 +677,20 @@ class Reconciler:
             if not status.running and tw is not None and not tw.exit_reason:
                 tw.exit_reason = status.reason
                 self._queue.put(name)
+        if alive:
+            await self._report_alive(alive)
+
+    async def _report_alive(self, names: list[str]) -> None:
+        """Tell the registry which schedulers are alive (busy ones keep their clusters)."""
+        assert self._stub is not None
+        try:
+            await self._stub.ReportAlive(
+                internal_pb2.ReportAliveRequest(backend=self.backend_name, names=names),
+                metadata=self._metadata,
+                timeout=self.settings.rpc_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("backend %s: reporting live schedulers failed: %s", self.backend_name, exc)
 
     # -- introspection (tests, health) ----------------------------------------------------
 

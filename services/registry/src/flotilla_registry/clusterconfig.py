@@ -240,6 +240,18 @@ class ClusterConfig(LoggingConfigurable):
         ),
         config=True,
     )
+    busy_timeout = _Float(
+        3600.0,
+        min=0.0,
+        help=(
+            "Seconds a running cluster's scheduler may go without a heartbeat while its "
+            "launcher still sees the scheduler's process alive (an event loop stalled by "
+            "a long task or a heavy dashboard page is busy, not dead) before the cluster "
+            "is failed as for heartbeat_timeout. At most heartbeat_timeout: no such grace. "
+            "0: as long as the process lives."
+        ),
+        config=True,
+    )
     cluster_start_timeout = _Float(
         60.0,
         positive=True,
@@ -410,6 +422,7 @@ _CORE_KEYS = (
     "idle_timeout",
     "heartbeat_period",
     "heartbeat_timeout",
+    "busy_timeout",
     "cluster_max_workers",
     "cluster_max_cores",
     "cluster_max_memory",
@@ -470,6 +483,7 @@ class ResolvedClusterConfig:
     idle_timeout: float = 0.0
     heartbeat_period: float = 15.0
     heartbeat_timeout: float = 30.0
+    busy_timeout: float = 3600.0
     cluster_max_workers: int | None = None
     cluster_max_cores: float | None = None
     cluster_max_memory: int | None = None

@@ -58,6 +58,8 @@ MAX_LOGS_BYTES = 16 * 2**20
 #: Most workers or clients a heartbeat's report is stored as (the columns are 32-bit
 #: integers; more is the same to the gateway).
 _MAX_REPORTED = 2**31 - 1
+#: Event-loop lag (seconds) a heartbeat reports that the registry logs.
+_LAG_WORTH_LOGGING = 2.0
 #: How recent an answered logs request must be to serve another caller (ms).
 LOGS_FRESH_MS = 1000
 
@@ -640,6 +642,9 @@ class ClusterService:
             raise InvalidRequest("clients must be a non-negative integer")
         if clients is not None:
             clients = min(clients, _MAX_REPORTED)
+        lag = body.get("loop_lag", 0)  # flotilla's preload: how far its event loop is behind
+        if isinstance(lag, bool) or not isinstance(lag, int | float) or not 0 <= lag < 1e9:
+            raise InvalidRequest("loop_lag must be a non-negative number of seconds")
         active = _string_list(body, "active_workers")
         closing = _string_list(body, "closing_workers")
         closed = _string_list(body, "closed_workers")
@@ -693,6 +698,13 @@ class ClusterService:
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
             c.last_heartbeat = now_ms()
             self._note_clients(c, clients, c.last_heartbeat)
+            if lag >= _LAG_WORTH_LOGGING:
+                log.warning(
+                    "cluster %s (user %s): scheduler's event loop is %.1f s behind (busy)",
+                    name,
+                    c.owner,
+                    lag,
+                )
             if first:
                 c.scheduler_address = addresses["scheduler_address"]
                 c.dashboard_address = addresses["dashboard_address"]
@@ -891,6 +903,40 @@ class ClusterService:
             log.warning("cluster %s: worker %s: %s", c.name, n, w.reason)
             changed |= self._count_start_failure(c, w.reason)
         return changed
+
+    async def report_alive(
+        self, backend: str, names: Iterable[str], now: int | None = None
+    ) -> None:
+        """A launcher's status check found these clusters' scheduler processes alive.
+
+        Stored only for clusters whose heartbeats are late (by half their
+        ``heartbeat_timeout``, and not stored that recently): then the heartbeat deadline
+        counts from it (:func:`.lifecycle.cluster_overdue`). On-time clusters cost nothing.
+        """
+        now = now_ms() if now is None else now
+        for name in names:
+            c = self._active.get(name)
+            if c is None or not self._alive_worth_storing(c, backend, now):
+                continue
+            async with self._lock(name):
+                if name not in self._active or not self._alive_worth_storing(c, backend, now):
+                    continue
+                c.seen_alive = now
+                await self._commit(c)
+            silent = now - max(c.last_heartbeat or c.start_time, self.started)
+            log.warning(
+                "cluster %s (user %s): no heartbeat for %.0f s, but its launcher sees the "
+                "scheduler's process alive: a busy scheduler, kept running",
+                name,
+                c.owner,
+                silent / 1000,
+            )
+
+    def _alive_worth_storing(self, c: ClusterRecord, backend: str, now: int) -> bool:
+        if c.backend != backend or c.target != Target.RUNNING or c.observed != Observed.RUNNING:
+            return False
+        last = max(c.last_heartbeat or c.start_time, c.seen_alive or 0)
+        return now - last > self._limits(c).heartbeat_timeout * 500
 
     async def check_timeouts(self, now: int | None = None) -> int:
         """Fail every cluster past its start or heartbeat deadline, then stop every one

@@ -4,7 +4,9 @@ The registry fails a cluster (target FAILED, with a reason) when
 
 * it has not become RUNNING ``cluster_start_timeout`` seconds after its creation (a
   scheduler that hangs, or no launcher starting it);
-* it is RUNNING but its scheduler has sent no heartbeat for ``heartbeat_timeout`` seconds;
+* it is RUNNING but its scheduler has sent no heartbeat for ``heartbeat_timeout`` seconds,
+  unless its launcher saw the scheduler's process alive within that time (a busy event
+  loop, see ``ReportAlive``): then only after ``busy_timeout`` seconds without one;
 * ``worker_start_failure_limit`` workers in a row failed to start: exited before
   connecting, or still not connected at the first heartbeat after
   ``worker_start_timeout`` (see :func:`late_workers`; heartbeats are how the gateway
@@ -55,6 +57,7 @@ class Lifecycle:
     worker_start_failure_limit: int = 3
     max_lifetime: float = 0.0
     no_client_timeout: float = 0.0
+    busy_timeout: float = 3600.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Lifecycle:
@@ -69,6 +72,7 @@ class Lifecycle:
                 config.get("cluster_start_timeout") or defaults.cluster_start_timeout
             ),
             heartbeat_timeout=float(heartbeat),
+            busy_timeout=float(config.get("busy_timeout", defaults.busy_timeout)),
             worker_start_timeout=float(
                 config.get("worker_start_timeout") or defaults.worker_start_timeout
             ),
@@ -110,11 +114,20 @@ def cluster_overdue(
         return None
     if c.observed == Observed.RUNNING:
         last = max(c.last_heartbeat or c.start_time, since)
-        if now - last > limits.heartbeat_timeout * 1000:
+        timeout = limits.heartbeat_timeout * 1000
+        if now - last <= timeout:
+            return None
+        if not busy(c, limits, now):
             return (
                 f"Cluster's scheduler stopped sending heartbeats: none for "
                 f"{_seconds(now - last)} s (heartbeat_timeout "
                 f"{_timeout(limits.heartbeat_timeout)} s)"
+            )
+        if limits.busy_timeout and now - last > limits.busy_timeout * 1000:
+            return (
+                f"Cluster's scheduler stopped sending heartbeats: none for "
+                f"{_seconds(now - last)} s while its process ran (busy_timeout "
+                f"{_timeout(limits.busy_timeout)} s)"
             )
         return None
     if now - max(c.start_time, since) <= limits.cluster_start_timeout * 1000:
@@ -129,6 +142,14 @@ def cluster_overdue(
         f"Cluster failed to start within cluster_start_timeout "
         f"({_timeout(limits.cluster_start_timeout)} s): {why}"
     )
+
+
+def busy(c: ClusterRecord, limits: Lifecycle, now: int) -> bool:
+    """Whether ``c``'s launcher saw its scheduler's process alive within the last
+    ``heartbeat_timeout`` (and ``busy_timeout`` allows that grace at all)."""
+    if limits.busy_timeout and limits.busy_timeout <= limits.heartbeat_timeout:
+        return False
+    return c.seen_alive is not None and now - c.seen_alive <= limits.heartbeat_timeout * 1000
 
 
 def cluster_expired(c: ClusterRecord, limits: Lifecycle, now: int, since: int) -> str | None:

@@ -103,6 +103,9 @@ class ClusterRecord:
     # None while a client is connected or the count is unknown (no_client_timeout).
     clients: int | None = None
     clients_gone_since: int | None = None
+    # When (ms) the cluster's launcher last saw its scheduler process alive while its
+    # heartbeats were late: a busy scheduler, not a dead one (heartbeat_timeout).
+    seen_alive: int | None = None
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
     @property

@@ -216,6 +216,12 @@ class LauncherServicer(internal_pb2_grpc.LauncherServiceServicer):  # type: igno
         )
         return internal_pb2.SaveClusterLogsResponse()
 
+    async def ReportAlive(
+        self, request: internal_pb2.ReportAliveRequest, context: grpc.aio.ServicerContext
+    ) -> internal_pb2.ReportAliveResponse:
+        await self.service.report_alive(request.backend, list(request.names))
+        return internal_pb2.ReportAliveResponse()
+
 
 def _route_message(r: RouteInfo) -> internal_pb2.Route:
     return internal_pb2.Route(

@@ -129,7 +129,7 @@ _CLUSTER_COLUMNS = (
     "count", "state", "start_time", "stop_time", "last_heartbeat", "revision",
     "logs_request", "logs_answered", "worker_start_failures",
     "core_seconds", "memory_seconds", "accrued_until", "accrued_cores", "accrued_memory",
-    "clients", "clients_gone_since",
+    "clients", "clients_gone_since", "seen_alive",
 )  # fmt: skip
 _WORKER_COLUMNS = (
     "cluster", "name", "target", "observed", "close_expected", "state", "reason",
@@ -145,7 +145,7 @@ def _cluster_row(c: ClusterRecord, cipher: FieldCipher | None) -> tuple[Any, ...
         c.api_address, c.count, c.state, c.start_time, c.stop_time, c.last_heartbeat,
         c.revision, c.logs_request, c.logs_answered, c.worker_start_failures,
         c.core_seconds, c.memory_seconds, c.accrued_until, c.accrued_cores, c.accrued_memory,
-        c.clients, c.clients_gone_since,
+        c.clients, c.clients_gone_since, c.seen_alive,
     )  # fmt: skip
 
 

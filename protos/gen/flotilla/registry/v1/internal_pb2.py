@@ -25,53 +25,57 @@ _sym_db = _symbol_database.Default()
 from flotilla.registry.v1 import types_pb2 as flotilla_dot_registry_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#flotilla/registry/v1/internal.proto\x12\x14\x66lotilla.registry.v1\x1a flotilla/registry/v1/types.proto\"\'\n\x14WatchClustersRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\"_\n\x15WatchClustersResponse\x12\x0f\n\x07initial\x18\x01 \x01(\x08\x12\x35\n\x08\x63lusters\x18\x02 \x03(\x0b\x32#.flotilla.registry.v1.LaunchCluster\"\x81\x03\n\rLaunchCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12,\n\x06target\x18\x04 \x01(\x0e\x32\x1c.flotilla.registry.v1.Target\x12\x30\n\x08observed\x18\x05 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\x10\n\x08tls_cert\x18\x07 \x01(\t\x12\x0f\n\x07tls_key\x18\x08 \x01(\t\x12\r\n\x05token\x18\t \x01(\t\x12\x0f\n\x07\x61pi_url\x18\n \x01(\t\x12\x12\n\nstate_json\x18\x0b \x01(\t\x12\x33\n\x07workers\x18\x0c \x03(\x0b\x32\".flotilla.registry.v1.LaunchWorker\x12\x10\n\x08revision\x18\r \x01(\x03\x12\x19\n\x11scheduler_address\x18\x0e \x01(\t\x12\x14\n\x0clogs_request\x18\x0f \x01(\x03\"\x90\x01\n\x0cLaunchWorker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06target\x18\x02 \x01(\x0e\x32\x1c.flotilla.registry.v1.Target\x12\x30\n\x08observed\x18\x03 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x12\n\nstate_json\x18\x04 \x01(\t\"\x82\x01\n\x14ReportClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x08observed\x18\x02 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x12\n\nstate_json\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\"\x17\n\x15ReportClusterResponse\"\x9e\x01\n\x13ReportWorkerRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x13\n\x0bworker_name\x18\x02 \x01(\t\x12\x30\n\x08observed\x18\x03 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x12\n\nstate_json\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\"\x16\n\x14ReportWorkerResponse\"w\n\x16SaveClusterLogsRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12.\n\x04logs\x18\x02 \x03(\x0b\x32 .flotilla.registry.v1.ProcessLog\x12\x17\n\x0f\x61nswers_request\x18\x03 \x01(\x03\"\x19\n\x17SaveClusterLogsResponse\"\x14\n\x12WatchRoutesRequest\"S\n\x05Route\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x19\n\x11scheduler_address\x18\x02 \x01(\t\x12\x19\n\x11\x64\x61shboard_address\x18\x03 \x01(\t\"d\n\x13WatchRoutesResponse\x12\r\n\x05reset\x18\x01 \x01(\x08\x12-\n\x08upserted\x18\x02 \x03(\x0b\x32\x1b.flotilla.registry.v1.Route\x12\x0f\n\x07removed\x18\x03 \x03(\t\"@\n\x19VerifyClusterTokenRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\":\n\x1aVerifyClusterTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\r\n\x05owner\x18\x02 \x01(\t\">\n\x16StopAllClustersRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"=\n\x17StopAllClustersResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x05\x12\x11\n\tremaining\x18\x02 \x01(\x05\x32\xbe\x03\n\x0fLauncherService\x12j\n\rWatchClusters\x12*.flotilla.registry.v1.WatchClustersRequest\x1a+.flotilla.registry.v1.WatchClustersResponse0\x01\x12h\n\rReportCluster\x12*.flotilla.registry.v1.ReportClusterRequest\x1a+.flotilla.registry.v1.ReportClusterResponse\x12\x65\n\x0cReportWorker\x12).flotilla.registry.v1.ReportWorkerRequest\x1a*.flotilla.registry.v1.ReportWorkerResponse\x12n\n\x0fSaveClusterLogs\x12,.flotilla.registry.v1.SaveClusterLogsRequest\x1a-.flotilla.registry.v1.SaveClusterLogsResponse2t\n\x0cRouteService\x12\x64\n\x0bWatchRoutes\x12(.flotilla.registry.v1.WatchRoutesRequest\x1a).flotilla.registry.v1.WatchRoutesResponse0\x01\x32\x8e\x01\n\x13\x43lusterTokenService\x12w\n\x12VerifyClusterToken\x12/.flotilla.registry.v1.VerifyClusterTokenRequest\x1a\x30.flotilla.registry.v1.VerifyClusterTokenResponse2\x80\x01\n\x0e\x43ontrolService\x12n\n\x0fStopAllClusters\x12,.flotilla.registry.v1.StopAllClustersRequest\x1a-.flotilla.registry.v1.StopAllClustersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#flotilla/registry/v1/internal.proto\x12\x14\x66lotilla.registry.v1\x1a flotilla/registry/v1/types.proto\"4\n\x12ReportAliveRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"\x15\n\x13ReportAliveResponse\"\'\n\x14WatchClustersRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\"_\n\x15WatchClustersResponse\x12\x0f\n\x07initial\x18\x01 \x01(\x08\x12\x35\n\x08\x63lusters\x18\x02 \x03(\x0b\x32#.flotilla.registry.v1.LaunchCluster\"\x81\x03\n\rLaunchCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12,\n\x06target\x18\x04 \x01(\x0e\x32\x1c.flotilla.registry.v1.Target\x12\x30\n\x08observed\x18\x05 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\x10\n\x08tls_cert\x18\x07 \x01(\t\x12\x0f\n\x07tls_key\x18\x08 \x01(\t\x12\r\n\x05token\x18\t \x01(\t\x12\x0f\n\x07\x61pi_url\x18\n \x01(\t\x12\x12\n\nstate_json\x18\x0b \x01(\t\x12\x33\n\x07workers\x18\x0c \x03(\x0b\x32\".flotilla.registry.v1.LaunchWorker\x12\x10\n\x08revision\x18\r \x01(\x03\x12\x19\n\x11scheduler_address\x18\x0e \x01(\t\x12\x14\n\x0clogs_request\x18\x0f \x01(\x03\"\x90\x01\n\x0cLaunchWorker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06target\x18\x02 \x01(\x0e\x32\x1c.flotilla.registry.v1.Target\x12\x30\n\x08observed\x18\x03 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x12\n\nstate_json\x18\x04 \x01(\t\"\x82\x01\n\x14ReportClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x08observed\x18\x02 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x12\n\nstate_json\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\"\x17\n\x15ReportClusterResponse\"\x9e\x01\n\x13ReportWorkerRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x13\n\x0bworker_name\x18\x02 \x01(\t\x12\x30\n\x08observed\x18\x03 \x01(\x0e\x32\x1e.flotilla.registry.v1.Observed\x12\x12\n\nstate_json\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\"\x16\n\x14ReportWorkerResponse\"w\n\x16SaveClusterLogsRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12.\n\x04logs\x18\x02 \x03(\x0b\x32 .flotilla.registry.v1.ProcessLog\x12\x17\n\x0f\x61nswers_request\x18\x03 \x01(\x03\"\x19\n\x17SaveClusterLogsResponse\"\x14\n\x12WatchRoutesRequest\"S\n\x05Route\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x19\n\x11scheduler_address\x18\x02 \x01(\t\x12\x19\n\x11\x64\x61shboard_address\x18\x03 \x01(\t\"d\n\x13WatchRoutesResponse\x12\r\n\x05reset\x18\x01 \x01(\x08\x12-\n\x08upserted\x18\x02 \x03(\x0b\x32\x1b.flotilla.registry.v1.Route\x12\x0f\n\x07removed\x18\x03 \x03(\t\"@\n\x19VerifyClusterTokenRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\":\n\x1aVerifyClusterTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\r\n\x05owner\x18\x02 \x01(\t\">\n\x16StopAllClustersRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"=\n\x17StopAllClustersResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x05\x12\x11\n\tremaining\x18\x02 \x01(\x05\x32\xa2\x04\n\x0fLauncherService\x12j\n\rWatchClusters\x12*.flotilla.registry.v1.WatchClustersRequest\x1a+.flotilla.registry.v1.WatchClustersResponse0\x01\x12h\n\rReportCluster\x12*.flotilla.registry.v1.ReportClusterRequest\x1a+.flotilla.registry.v1.ReportClusterResponse\x12\x65\n\x0cReportWorker\x12).flotilla.registry.v1.ReportWorkerRequest\x1a*.flotilla.registry.v1.ReportWorkerResponse\x12n\n\x0fSaveClusterLogs\x12,.flotilla.registry.v1.SaveClusterLogsRequest\x1a-.flotilla.registry.v1.SaveClusterLogsResponse\x12\x62\n\x0bReportAlive\x12(.flotilla.registry.v1.ReportAliveRequest\x1a).flotilla.registry.v1.ReportAliveResponse2t\n\x0cRouteService\x12\x64\n\x0bWatchRoutes\x12(.flotilla.registry.v1.WatchRoutesRequest\x1a).flotilla.registry.v1.WatchRoutesResponse0\x01\x32\x8e\x01\n\x13\x43lusterTokenService\x12w\n\x12VerifyClusterToken\x12/.flotilla.registry.v1.VerifyClusterTokenRequest\x1a\x30.flotilla.registry.v1.VerifyClusterTokenResponse2\x80\x01\n\x0e\x43ontrolService\x12n\n\x0fStopAllClusters\x12,.flotilla.registry.v1.StopAllClustersRequest\x1a-.flotilla.registry.v1.StopAllClustersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flotilla.registry.v1.internal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHCLUSTERSREQUEST']._serialized_start=95
-  _globals['_WATCHCLUSTERSREQUEST']._serialized_end=134
-  _globals['_WATCHCLUSTERSRESPONSE']._serialized_start=136
-  _globals['_WATCHCLUSTERSRESPONSE']._serialized_end=231
-  _globals['_LAUNCHCLUSTER']._serialized_start=234
-  _globals['_LAUNCHCLUSTER']._serialized_end=619
-  _globals['_LAUNCHWORKER']._serialized_start=622
-  _globals['_LAUNCHWORKER']._serialized_end=766
-  _globals['_REPORTCLUSTERREQUEST']._serialized_start=769
-  _globals['_REPORTCLUSTERREQUEST']._serialized_end=899
-  _globals['_REPORTCLUSTERRESPONSE']._serialized_start=901
-  _globals['_REPORTCLUSTERRESPONSE']._serialized_end=924
-  _globals['_REPORTWORKERREQUEST']._serialized_start=927
-  _globals['_REPORTWORKERREQUEST']._serialized_end=1085
-  _globals['_REPORTWORKERRESPONSE']._serialized_start=1087
-  _globals['_REPORTWORKERRESPONSE']._serialized_end=1109
-  _globals['_SAVECLUSTERLOGSREQUEST']._serialized_start=1111
-  _globals['_SAVECLUSTERLOGSREQUEST']._serialized_end=1230
-  _globals['_SAVECLUSTERLOGSRESPONSE']._serialized_start=1232
-  _globals['_SAVECLUSTERLOGSRESPONSE']._serialized_end=1257
-  _globals['_WATCHROUTESREQUEST']._serialized_start=1259
-  _globals['_WATCHROUTESREQUEST']._serialized_end=1279
-  _globals['_ROUTE']._serialized_start=1281
-  _globals['_ROUTE']._serialized_end=1364
-  _globals['_WATCHROUTESRESPONSE']._serialized_start=1366
-  _globals['_WATCHROUTESRESPONSE']._serialized_end=1466
-  _globals['_VERIFYCLUSTERTOKENREQUEST']._serialized_start=1468
-  _globals['_VERIFYCLUSTERTOKENREQUEST']._serialized_end=1532
-  _globals['_VERIFYCLUSTERTOKENRESPONSE']._serialized_start=1534
-  _globals['_VERIFYCLUSTERTOKENRESPONSE']._serialized_end=1592
-  _globals['_STOPALLCLUSTERSREQUEST']._serialized_start=1594
-  _globals['_STOPALLCLUSTERSREQUEST']._serialized_end=1656
-  _globals['_STOPALLCLUSTERSRESPONSE']._serialized_start=1658
-  _globals['_STOPALLCLUSTERSRESPONSE']._serialized_end=1719
-  _globals['_LAUNCHERSERVICE']._serialized_start=1722
-  _globals['_LAUNCHERSERVICE']._serialized_end=2168
-  _globals['_ROUTESERVICE']._serialized_start=2170
-  _globals['_ROUTESERVICE']._serialized_end=2286
-  _globals['_CLUSTERTOKENSERVICE']._serialized_start=2289
-  _globals['_CLUSTERTOKENSERVICE']._serialized_end=2431
-  _globals['_CONTROLSERVICE']._serialized_start=2434
-  _globals['_CONTROLSERVICE']._serialized_end=2562
+  _globals['_REPORTALIVEREQUEST']._serialized_start=95
+  _globals['_REPORTALIVEREQUEST']._serialized_end=147
+  _globals['_REPORTALIVERESPONSE']._serialized_start=149
+  _globals['_REPORTALIVERESPONSE']._serialized_end=170
+  _globals['_WATCHCLUSTERSREQUEST']._serialized_start=172
+  _globals['_WATCHCLUSTERSREQUEST']._serialized_end=211
+  _globals['_WATCHCLUSTERSRESPONSE']._serialized_start=213
+  _globals['_WATCHCLUSTERSRESPONSE']._serialized_end=308
+  _globals['_LAUNCHCLUSTER']._serialized_start=311
+  _globals['_LAUNCHCLUSTER']._serialized_end=696
+  _globals['_LAUNCHWORKER']._serialized_start=699
+  _globals['_LAUNCHWORKER']._serialized_end=843
+  _globals['_REPORTCLUSTERREQUEST']._serialized_start=846
+  _globals['_REPORTCLUSTERREQUEST']._serialized_end=976
+  _globals['_REPORTCLUSTERRESPONSE']._serialized_start=978
+  _globals['_REPORTCLUSTERRESPONSE']._serialized_end=1001
+  _globals['_REPORTWORKERREQUEST']._serialized_start=1004
+  _globals['_REPORTWORKERREQUEST']._serialized_end=1162
+  _globals['_REPORTWORKERRESPONSE']._serialized_start=1164
+  _globals['_REPORTWORKERRESPONSE']._serialized_end=1186
+  _globals['_SAVECLUSTERLOGSREQUEST']._serialized_start=1188
+  _globals['_SAVECLUSTERLOGSREQUEST']._serialized_end=1307
+  _globals['_SAVECLUSTERLOGSRESPONSE']._serialized_start=1309
+  _globals['_SAVECLUSTERLOGSRESPONSE']._serialized_end=1334
+  _globals['_WATCHROUTESREQUEST']._serialized_start=1336
+  _globals['_WATCHROUTESREQUEST']._serialized_end=1356
+  _globals['_ROUTE']._serialized_start=1358
+  _globals['_ROUTE']._serialized_end=1441
+  _globals['_WATCHROUTESRESPONSE']._serialized_start=1443
+  _globals['_WATCHROUTESRESPONSE']._serialized_end=1543
+  _globals['_VERIFYCLUSTERTOKENREQUEST']._serialized_start=1545
+  _globals['_VERIFYCLUSTERTOKENREQUEST']._serialized_end=1609
+  _globals['_VERIFYCLUSTERTOKENRESPONSE']._serialized_start=1611
+  _globals['_VERIFYCLUSTERTOKENRESPONSE']._serialized_end=1669
+  _globals['_STOPALLCLUSTERSREQUEST']._serialized_start=1671
+  _globals['_STOPALLCLUSTERSREQUEST']._serialized_end=1733
+  _globals['_STOPALLCLUSTERSRESPONSE']._serialized_start=1735
+  _globals['_STOPALLCLUSTERSRESPONSE']._serialized_end=1796
+  _globals['_LAUNCHERSERVICE']._serialized_start=1799
+  _globals['_LAUNCHERSERVICE']._serialized_end=2345
+  _globals['_ROUTESERVICE']._serialized_start=2347
+  _globals['_ROUTESERVICE']._serialized_end=2463
+  _globals['_CLUSTERTOKENSERVICE']._serialized_start=2466
+  _globals['_CLUSTERTOKENSERVICE']._serialized_end=2608
+  _globals['_CONTROLSERVICE']._serialized_start=2611
+  _globals['_CONTROLSERVICE']._serialized_end=2739
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReportAliveRequest(_message.Message):
+    __slots__ = ("backend", "names")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, backend: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReportAliveResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class WatchClustersRequest(_message.Message):
     __slots__ = ("backend",)
     BACKEND_FIELD_NUMBER: _ClassVar[int]

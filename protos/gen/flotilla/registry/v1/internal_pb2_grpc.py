@@ -59,6 +59,11 @@ class LauncherServiceStub:
                 request_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsRequest.SerializeToString,
                 response_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsResponse.FromString,
                 _registered_method=True)
+        self.ReportAlive = channel.unary_unary(
+                '/flotilla.registry.v1.LauncherService/ReportAlive',
+                request_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportAliveRequest.SerializeToString,
+                response_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportAliveResponse.FromString,
+                _registered_method=True)
 
 
 class LauncherServiceServicer:
@@ -103,6 +108,16 @@ class LauncherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportAlive(self, request, context):
+        """The clusters whose scheduler processes the launcher's periodic status check found
+        alive and able to run: while one's heartbeats are late (a busy event loop), its
+        heartbeat deadline counts from here instead, up to its busy_timeout. One call per
+        check of a backend; unknown and finished names are ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LauncherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +140,11 @@ def add_LauncherServiceServicer_to_server(servicer, server):
                     servicer.SaveClusterLogs,
                     request_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsRequest.FromString,
                     response_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsResponse.SerializeToString,
+            ),
+            'ReportAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAlive,
+                    request_deserializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportAliveRequest.FromString,
+                    response_serializer=flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportAliveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -240,6 +260,33 @@ class LauncherService:
             '/flotilla.registry.v1.LauncherService/SaveClusterLogs',
             flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsRequest.SerializeToString,
             flotilla_dot_registry_dot_v1_dot_internal__pb2.SaveClusterLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.registry.v1.LauncherService/ReportAlive',
+            flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportAliveRequest.SerializeToString,
+            flotilla_dot_registry_dot_v1_dot_internal__pb2.ReportAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,

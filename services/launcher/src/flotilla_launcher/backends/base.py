@@ -135,10 +135,16 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class ProcessStatus:
-    """Result of a status check: still running, or gone and why (user-safe, no log text)."""
+    """Result of a status check: still running, or gone and why (user-safe, no log text).
+
+    ``responsive``: a running process that can run (not stopped): the launcher tells the
+    registry a scheduler so seen is alive, and late heartbeats alone do not fail a busy
+    one. A backend that cannot see inside a job (a batch system) leaves it True.
+    """
 
     running: bool
     reason: str = ""
+    responsive: bool = True
 
 
 class Backend(Configurable):

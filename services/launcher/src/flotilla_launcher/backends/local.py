@@ -694,7 +694,8 @@ class LocalBackend(Backend):
         if not pid:
             return ProcessStatus(False, f"{what} process not found (no checkpoint)")
         if procfs.same_process(int(pid), int(state.get("start_time", -1))):
-            return ProcessStatus(True)
+            st = procfs.read_stat(int(pid))
+            return ProcessStatus(True, responsive=st is not None and not st.stopped)
         popen = self._children.pop(int(pid), None)
         code = popen.poll() if popen is not None else None
         if code is None and self._forkserver is not None:
