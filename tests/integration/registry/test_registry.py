@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -244,6 +245,11 @@ async def test_rest_accepts_auth_session_cookies(registry: RegistryApp) -> None:
     good = sessions.encode("alice", frozenset({"g"}), admin=False)
     forged = sessions.encode("alice", frozenset(), admin=True)[:-4] + "AAAA"
     expired = sessions.encode("alice", frozenset(), admin=False, now=0)
+    # Valid for another 240 s, but its roles were decided longer ago than the refresh
+    # period: the client must go through auth again.
+    stale = sessions.encode(
+        "alice", frozenset(), admin=False, now=time.time() - sessions.roles_refresh_seconds - 60
+    )
     url = f"http://127.0.0.1:{registry.http_port}/api/v1/clusters/"
     async with aiohttp.ClientSession() as http:
         headers = {"Cookie": f"x=1; {sessions.name}={good}"}
@@ -253,7 +259,7 @@ async def test_rest_accepts_auth_session_cookies(registry: RegistryApp) -> None:
         async with http.get(url, headers=headers) as r:
             assert r.status == 200
             assert list(await r.json()) == [name]
-        for bad in (forged, expired, "garbage"):
+        for bad in (forged, expired, stale, "garbage"):
             async with http.get(url, headers={"Cookie": f"{sessions.name}={bad}"}) as r:
                 assert r.status == 401
                 assert r.headers["WWW-Authenticate"] == "Basic"

@@ -17,7 +17,7 @@ from flotilla_auth.checker import Checker
 from flotilla_auth.servicer import AuthorizationServicer
 from flotilla_auth.tokens import TokenVerificationUnavailable
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity, verify_identity
-from flotilla_common.sessions import SessionCookies
+from flotilla_common.sessions import Session, SessionCookies
 from google.rpc import code_pb2
 from traitlets.config import Config
 
@@ -68,6 +68,7 @@ def make_servicer(
     admin_groups: tuple[str, ...] = (),
     tokens: FakeTokens | None = None,
     authenticator: Authenticator | None = None,
+    roles_refresh_seconds: int = 60,
 ) -> AuthorizationServicer:
     config = Config()
     config.BasicAuthenticator.password = password
@@ -75,7 +76,9 @@ def make_servicer(
     checker = Checker(
         authenticator=authenticator or BasicAuthenticator(config=config),
         token_verifier=tokens or FakeTokens({}),
-        cookies=SessionCookies(COOKIE_KEY, COOKIE, 300),
+        cookies=SessionCookies(
+            COOKIE_KEY, COOKIE, 300, roles_refresh_seconds=roles_refresh_seconds
+        ),
         identity_key=IDENTITY_KEY,
         admin_users=admin_users,
         admin_groups=admin_groups,
@@ -507,6 +510,119 @@ async def test_admin_flag(user: str, admin: bool) -> None:
     )
     resp = await check(servicer, "GET", "/api/v1/options", {"authorization": basic(user, "secret")})
     assert identity_of(resp).admin is admin
+
+
+# -- roles: decided once, refreshed after roles_refresh_seconds ---------------------------------
+
+
+def minted(user: str, groups: frozenset[str] = frozenset(), admin: bool = False, age: float = 0):
+    """A cookie whose roles auth decided ``age`` seconds ago (still within its max age)."""
+    return SessionCookies(COOKIE_KEY, COOKIE, 300).encode(
+        user, groups, admin, now=time.time() - age
+    )
+
+
+def decoded(resp: external_auth_pb2.CheckResponse) -> Session:
+    session = SessionCookies(COOKIE_KEY, COOKIE, 300).decode(session_cookie(resp))
+    assert session is not None
+    return session
+
+
+async def test_cookie_roles_are_those_decided_at_login_until_the_refresh_period() -> None:
+    """Auth no longer re-checks configured admins on a cookie (the registry, which checks
+    cookies itself, could not): the roles are the cookie's while they are current."""
+    servicer = make_servicer(admin_users=("bob",), user_groups={"bob": ["gpu"]})
+    resp = await check(
+        servicer, "GET", "/api/v1/options", {"cookie": f"{COOKIE}={minted('bob', age=50)}"}
+    )
+    assert identity_of(resp) == Identity("bob")
+    assert "set-cookie" not in client_headers(resp)
+
+
+@pytest.mark.parametrize("age", [61, 250])
+async def test_out_of_date_roles_are_decided_again_keeping_the_expiry(age: float) -> None:
+    servicer = make_servicer(admin_users=("bob",), user_groups={"bob": ["gpu"]})
+    old = minted("bob", frozenset({"cpu"}), age=age)
+    resp = await check(servicer, "GET", "/api/v1/options", {"cookie": f"{COOKIE}={old}"})
+    assert identity_of(resp) == Identity("bob", frozenset({"gpu"}), admin=True)
+    fresh = decoded(resp)
+    assert (fresh.groups, fresh.admin) == (frozenset({"gpu"}), True)
+    assert abs(fresh.decided - time.time()) < 5
+    # A refresh is not a login: the session still ends when the first cookie would.
+    before = SessionCookies(COOKIE_KEY, COOKIE, 300).decode(old)
+    assert before is not None and fresh.expires == before.expires
+    # ... and the new cookie is current: no refresh on the next request.
+    again = await check(
+        servicer, "GET", "/api/v1/options", {"cookie": f"{COOKIE}={session_cookie(resp)}"}
+    )
+    assert identity_of(again).admin and "set-cookie" not in client_headers(again)
+
+
+async def test_lost_rights_are_lost_at_refresh() -> None:
+    servicer = make_servicer(roles_refresh_seconds=5)
+    old = minted("ada", frozenset({"ops"}), admin=True, age=6)
+    resp = await check(servicer, "GET", "/api/v1/options", {"cookie": f"{COOKIE}={old}"})
+    assert identity_of(resp) == Identity("ada")
+
+
+async def test_cookie_without_decision_time_counts_as_out_of_date() -> None:
+    """Cookies minted before they recorded when their roles were decided."""
+    payload = json.dumps(
+        {"u": "bob", "g": [], "a": True, "e": int(time.time()) + 200}, separators=(",", ":")
+    ).encode()
+    cookies = SessionCookies(COOKIE_KEY, COOKIE, 300)
+    value = ".".join(
+        base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+        for part in (payload, cookies._mac(payload))
+    )
+    session = cookies.decode(value)
+    assert session is not None and session.decided == 0
+    assert not cookies.roles_current(session)
+    resp = await check(make_servicer(), "GET", "/api/v1/options", {"cookie": f"{COOKIE}={value}"})
+    assert identity_of(resp) == Identity("bob")  # the flag it carried is not taken
+
+
+def test_roles_current_bounds() -> None:
+    cookies = SessionCookies(COOKIE_KEY, COOKIE, 300, roles_refresh_seconds=10)
+    now = 1_000_000.0
+    session = cookies.decode(cookies.encode("a", frozenset(), False, now=now), now=now)
+    assert session is not None
+    assert cookies.roles_current(session, now=now + 9.5)
+    assert not cookies.roles_current(session, now=now + 10)
+    assert not cookies.roles_current(session, now=now - 2)  # decided "in the future"
+
+
+class CredentialsOnly(Authenticator):
+    """An authenticator that cannot tell a user's roles without their credentials."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+        self.refreshed: list[str] = []
+
+    async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
+        return AuthResult("bob", frozenset({"new"})) if "authorization" in headers else None
+
+    async def refresh(self, user: str) -> AuthResult | None:
+        self.refreshed.append(user)
+        if self.fail:
+            raise AuthenticatorError("directory down", status_code=503)
+        return None
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_out_of_date_roles_need_credentials_when_the_authenticator_cannot_tell(
+    fail: bool,
+) -> None:
+    authenticator = CredentialsOnly(fail)
+    servicer = make_servicer(authenticator=authenticator)
+    cookie = {"cookie": f"{COOKIE}={minted('bob', frozenset({'old'}), age=61)}"}
+    assert_denied(await check(servicer, "GET", "/api/v1/options", cookie))
+    assert authenticator.refreshed == ["bob"]
+    # The client's retry carries its credentials: a new login, with a new cookie.
+    resp = await check(servicer, "GET", "/api/v1/options", {**cookie, "authorization": "X y"})
+    assert identity_of(resp) == Identity("bob", frozenset({"new"}))
+    assert decoded(resp).groups == frozenset({"new"})
 
 
 # -- gRPC --------------------------------------------------------------------------------------

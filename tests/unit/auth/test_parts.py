@@ -100,6 +100,7 @@ def test_auth_defaults_and_overrides() -> None:
     assert auth.authenticator_class == "basic"
     assert auth.cookie_name == "flotilla-session"
     assert auth.cookie_max_age_seconds == 300
+    assert auth.roles_refresh_seconds == 60
     assert auth.admin_users == [] and auth.admin_groups == []
     config = Config()
     config.Auth.cookie_name = "s"

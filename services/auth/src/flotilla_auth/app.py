@@ -73,6 +73,7 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
             settings.cookie_name,
             settings.cookie_max_age_seconds,
             settings.cookie_secure,
+            settings.roles_refresh_seconds,
         ),
         identity_key=deployment.secret("identity_key"),
         admin_users=settings.admin_users,

@@ -91,6 +91,17 @@ class Authenticator(Configurable):
         """
         raise NotImplementedError
 
+    async def refresh(self, user: str) -> AuthResult | None:
+        """The current groups (and admin flag) of ``user``, who authenticated earlier,
+        without credentials: asked when the roles in a session cookie are older than
+        ``c.Auth.roles_refresh_seconds``.
+
+        Returns ``None`` when this authenticator cannot tell without credentials (the
+        default) or no longer knows the user: the client must authenticate again.
+        May raise ``AuthenticatorError`` like ``authenticate``.
+        """
+        return None
+
     async def close(self) -> None:
         """Release resources (HTTP sessions, caches) at shutdown."""
 

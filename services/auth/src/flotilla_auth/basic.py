@@ -59,4 +59,12 @@ class BasicAuthenticator(config.BasicAuthenticator, Authenticator):
         ):
             log.info("wrong password for user %s", user)
             return None
+        return self._result(user)
+
+    async def refresh(self, user: str) -> AuthResult | None:
+        """Users name themselves, so anyone who once passed is still ``user``; the
+        groups are the configured ones now."""
+        return self._result(user)
+
+    def _result(self, user: str) -> AuthResult:
         return AuthResult(user=user, groups=frozenset(self.user_groups.get(user, ())))

@@ -7,7 +7,10 @@ Protocol-free: ``servicer`` turns Envoy's ``CheckRequest`` into a ``RequestInfo`
 2. ``Authorization: token <tok>`` on a cluster's heartbeat or DELETE: the registry's
    verdict on the token; heartbeats accept nothing else, a DELETE falls back to 3.
 3. A valid session cookie, else the configured authenticator (Basic by default);
-   a credential check also returns a fresh session cookie.
+   a credential check also returns a fresh session cookie. Roles (groups, admin) are
+   decided here only, when a cookie is minted; a cookie's roles older than
+   ``c.Auth.roles_refresh_seconds`` are decided again (``Authenticator.refresh``, else
+   the request's credentials) and the cookie re-minted with its expiry kept.
 
 Whatever the client sent under ``x-flotilla-*`` never reaches a service: the identity
 header is overwritten with a signed one, the rest are removed.
@@ -22,9 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
-from flotilla_common.sessions import SessionCookies, read_cookie
+from flotilla_common.sessions import Session, SessionCookies, read_cookie
 
-from .authenticator import Authenticator, AuthenticatorError, split_authorization
+from .authenticator import Authenticator, AuthenticatorError, AuthResult, split_authorization
 from .tokens import TokenVerificationUnavailable, TokenVerifier
 
 __all__ = ["Checker", "Decision", "RequestInfo"]
@@ -185,19 +188,66 @@ class Checker:
         log.debug("cluster %s (owner %s) authenticated by token", cluster, owner)
         return self._allow(request, Identity(user=owner, cluster=cluster))
 
+    def _decide(self, result: AuthResult) -> Identity:
+        """The one place roles are decided: the authenticator's, plus configured admins."""
+        admin = result.admin or self.is_admin(result.user, result.groups)
+        return Identity(user=result.user, groups=result.groups, admin=admin)
+
+    def _with_cookie(
+        self,
+        request: RequestInfo,
+        identity: Identity,
+        extra: tuple[tuple[str, str], ...] = (),
+        expires: int | None = None,
+    ) -> Decision:
+        cookie = self.cookies.encode(
+            identity.user, identity.groups, identity.admin, expires=expires
+        )
+        return self._allow(
+            request,
+            identity,
+            response_headers=(*extra, ("set-cookie", self.cookies.set_cookie(cookie))),
+        )
+
+    async def _refresh(self, request: RequestInfo, session: Session) -> Decision | None:
+        """Roles decided again for a session whose roles are out of date, or ``None``
+        when the authenticator cannot tell without credentials."""
+        try:
+            result = await self.authenticator.refresh(session.user)
+        except AuthenticatorError as exc:
+            log.warning("cannot refresh the roles of user %s: %s", session.user, exc)
+            return None
+        except Exception:
+            log.exception("authenticator crashed refreshing the roles of user %s", session.user)
+            return None
+        if result is None or result.user != session.user:
+            log.info("roles of user %s out of date; asking for credentials", session.user)
+            return None
+        identity = self._decide(result)
+        changed = (identity.groups, identity.admin) != (session.groups, session.admin)
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
+            "roles of user %s refreshed: groups %s, admin=%s%s",
+            session.user,
+            sorted(identity.groups),
+            identity.admin,
+            " (changed)" if changed else "",
+        )
+        return self._with_cookie(request, identity, expires=session.expires)
+
     async def _check_user(self, request: RequestInfo) -> Decision:
         cookie_header = request.headers.get("cookie", "")
         if cookie_header:
             value = read_cookie(cookie_header, self.cookies.name)
             session = self.cookies.decode(value) if value else None
-            if session is not None:
-                identity = Identity(
-                    user=session.user,
-                    groups=session.groups,
-                    admin=session.admin or self.is_admin(session.user, session.groups),
-                )
+            if session is not None and self.cookies.roles_current(session):
+                identity = Identity(user=session.user, groups=session.groups, admin=session.admin)
                 log.debug("user %s authenticated by session cookie", session.user)
                 return self._allow(request, identity)
+            if session is not None:
+                refreshed = await self._refresh(request, session)
+                if refreshed is not None:
+                    return refreshed
 
         challenge = self.authenticator.challenge
         try:
@@ -213,15 +263,6 @@ class Checker:
             log.debug("authentication required for %s %s", request.method, request.route)
             return _deny(401, AUTH_REQUIRED, challenge)
 
-        admin = result.admin or self.is_admin(result.user, result.groups)
-        identity = Identity(user=result.user, groups=result.groups, admin=admin)
-        cookie = self.cookies.encode(result.user, result.groups, admin)
-        log.info("user %s authenticated (admin=%s)", result.user, admin)
-        return self._allow(
-            request,
-            identity,
-            response_headers=(
-                *result.response_headers,
-                ("set-cookie", self.cookies.set_cookie(cookie)),
-            ),
-        )
+        identity = self._decide(result)
+        log.info("user %s authenticated (admin=%s)", result.user, identity.admin)
+        return self._with_cookie(request, identity, result.response_headers)

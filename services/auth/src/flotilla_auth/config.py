@@ -6,7 +6,11 @@ Only traits live here, so the configuration reference can be generated from the
 
 from __future__ import annotations
 
-from flotilla_common.sessions import DEFAULT_COOKIE_NAME, DEFAULT_MAX_AGE_SECONDS
+from flotilla_common.sessions import (
+    DEFAULT_COOKIE_NAME,
+    DEFAULT_MAX_AGE_SECONDS,
+    DEFAULT_ROLES_REFRESH_SECONDS,
+)
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
@@ -39,6 +43,18 @@ class Auth(Configurable):
         help=(
             "Seconds a session cookie is accepted in place of credentials. The browser is "
             "told to keep it twice as long (Max-Age); after this the client re-authenticates."
+        ),
+        config=True,
+    )
+    roles_refresh_seconds = Integer(
+        DEFAULT_ROLES_REFRESH_SECONDS,
+        min=1,
+        help=(
+            "Seconds the groups and admin flag a session cookie carries are used as they "
+            "are. Past that, auth decides them again (asking the authenticator, or the "
+            "client's credentials when it cannot tell without them) and the registry "
+            "answers 401 to the cookie alone, so a change of a user's groups or admin "
+            "rights takes effect within this period, not only when the cookie expires."
         ),
         config=True,
     )

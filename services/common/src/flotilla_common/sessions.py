@@ -8,8 +8,14 @@ itself on the REST API's session route, which Envoy sends there without asking a
 (a request with the cookie and no ``Authorization`` header): a cookie stands for the
 identity auth vouched for until it expires, so checking it is a signature check, not
 a round trip. The settings stay in ``c.Auth`` (``cookie_name``,
-``cookie_max_age_seconds``, ``cookie_secure``); :func:`session_cookies` reads them for
-any service.
+``cookie_max_age_seconds``, ``cookie_secure``, ``roles_refresh_seconds``);
+:func:`session_cookies` reads them for any service.
+
+Roles (groups and the admin flag) are decided in one place, auth, when it mints a
+cookie, and the cookie records when. Every service takes them from the cookie only
+while they are younger than the refresh period (:meth:`SessionCookies.roles_current`);
+past it, auth decides them again and the registry answers 401, so a change of a
+user's groups or admin rights takes effect within that period.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from traitlets.config import Config
 __all__ = [
     "DEFAULT_COOKIE_NAME",
     "DEFAULT_MAX_AGE_SECONDS",
+    "DEFAULT_ROLES_REFRESH_SECONDS",
     "Session",
     "SessionCookies",
     "cookie_name",
@@ -40,6 +47,8 @@ log = logging.getLogger(__name__)
 #: Defaults of ``c.Auth.cookie_name`` and ``c.Auth.cookie_max_age_seconds``.
 DEFAULT_COOKIE_NAME = "flotilla-session"
 DEFAULT_MAX_AGE_SECONDS = 300
+#: Default of ``c.Auth.roles_refresh_seconds``.
+DEFAULT_ROLES_REFRESH_SECONDS = 60
 
 # Domain separation: the MAC covers this prefix, so no other value signed with the
 # same key can pass for a session.
@@ -54,6 +63,9 @@ class Session:
     groups: frozenset[str] = field(default_factory=frozenset)
     admin: bool = False
     expires: int = 0
+    #: When auth decided ``groups`` and ``admin`` (epoch seconds); 0 if the cookie does
+    #: not say (minted before cookies recorded it), so they count as out of date.
+    decided: int = 0
 
 
 def _b64(data: bytes) -> str:
@@ -89,24 +101,47 @@ class SessionCookies:
         How long the service accepts a cookie; browsers keep it twice as long.
     secure
         Add the ``Secure`` attribute.
+    roles_refresh_seconds
+        How long the roles in a cookie are taken as they are.
     """
 
-    def __init__(self, key: str, name: str, max_age_seconds: int, secure: bool = False) -> None:
+    def __init__(
+        self,
+        key: str,
+        name: str,
+        max_age_seconds: int,
+        secure: bool = False,
+        roles_refresh_seconds: int = DEFAULT_ROLES_REFRESH_SECONDS,
+    ) -> None:
         self._key = key.encode("utf-8")
         self.name = name
         self.max_age_seconds = max_age_seconds
         self.secure = secure
+        self.roles_refresh_seconds = roles_refresh_seconds
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, _CONTEXT + payload, hashlib.sha256).digest()
 
     def encode(
-        self, user: str, groups: frozenset[str], admin: bool, now: float | None = None
+        self,
+        user: str,
+        groups: frozenset[str],
+        admin: bool,
+        now: float | None = None,
+        expires: int | None = None,
     ) -> str:
-        """A cookie value for this user, valid for ``max_age_seconds`` from ``now``."""
+        """A cookie value for this user with roles decided at ``now``, valid for
+        ``max_age_seconds`` from then or until ``expires`` (a refresh keeps the
+        login's expiry)."""
         issued = int(now if now is not None else time.time())
         payload = json.dumps(
-            {"u": user, "g": sorted(groups), "a": admin, "e": issued + self.max_age_seconds},
+            {
+                "u": user,
+                "g": sorted(groups),
+                "a": admin,
+                "e": issued + self.max_age_seconds if expires is None else expires,
+                "d": issued,
+            },
             separators=(",", ":"),
         ).encode("utf-8")
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
@@ -128,8 +163,9 @@ class SessionCookies:
                 groups=frozenset(str(g) for g in data["g"]),
                 admin=bool(data["a"]),
                 expires=int(data["e"]),
+                decided=int(data.get("d", 0)),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         current = now if now is not None else time.time()
         # The second bound applies a lowered max age to cookies minted before the change.
@@ -138,6 +174,12 @@ class SessionCookies:
         if not session.user:
             return None
         return session
+
+    def roles_current(self, session: Session, now: float | None = None) -> bool:
+        """Whether the session's groups and admin flag were decided less than
+        ``roles_refresh_seconds`` ago (else auth must decide them again)."""
+        current = now if now is not None else time.time()
+        return current - self.roles_refresh_seconds < session.decided <= current + 1
 
     def set_cookie(self, value: str) -> str:
         """The ``Set-Cookie`` header value carrying ``value``."""
@@ -172,4 +214,5 @@ def session_cookies(config: Config) -> SessionCookies:
         cookie_name(config),
         int(auth.get("cookie_max_age_seconds", DEFAULT_MAX_AGE_SECONDS)),
         bool(auth.get("cookie_secure", False)),
+        int(auth.get("roles_refresh_seconds", DEFAULT_ROLES_REFRESH_SECONDS)),
     )

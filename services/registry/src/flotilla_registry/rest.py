@@ -125,13 +125,19 @@ class _Api:
 
     def identity(self, request: web.Request) -> Identity:
         """Who is calling: the identity auth signed for this request, or else the
-        session cookie auth issued earlier (Envoy's session route skips auth)."""
+        session cookie auth issued earlier (Envoy's session route skips auth), while
+        the roles in it are current; past that the client must go through auth (401)."""
         header = request.headers.get(IDENTITY_HEADER)
         if header is None and self.sessions is not None:
             value = read_cookie(request.headers.get("Cookie", ""), self.sessions.name)
             session = self.sessions.decode(value) if value else None
-            if session is not None:
+            if session is not None and self.sessions.roles_current(session):
                 return Identity(user=session.user, groups=session.groups, admin=session.admin)
+            if session is not None:
+                raise NotAuthenticated(
+                    "Authentication required",
+                    log_message=f"roles of user {session.user}'s session out of date",
+                )
         try:
             return verify_identity(header, self.key)
         except InvalidIdentity as exc:
