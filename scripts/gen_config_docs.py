@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from importlib.metadata import entry_points
 
 from traitlets.config import Configurable
 
@@ -12,7 +13,7 @@ MODULES = [
     "flotilla_common.embedded",
     "flotilla_auth.config",
     "flotilla_registry.config",
-    "flotilla_registry.clusterconfig",
+    "flotilla_common.clusterconfig",
     "flotilla_registry.quotas",
     "flotilla_launcher.config",
     "flotilla_launcher.backends.local",
@@ -30,7 +31,9 @@ def main() -> None:
     print("Set options in one Python file, `c.<Class>.<option> = value`, passed to every")
     print("service with `--config FILE` (or `$FLOTILLA_CONFIG`).\n")
     seen: set[type] = set()
-    for module_name in MODULES:
+    # Backends' cluster configuration classes, wherever the backend declared them.
+    declared = sorted({ep.module for ep in entry_points(group="flotilla.cluster_configs")})
+    for module_name in MODULES + [m for m in declared if m not in MODULES]:
         try:
             module = importlib.import_module(module_name)
         except ImportError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flotilla_registry._units import parse_bytes
+from flotilla_common.units import parse_bytes
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 ``c.ClusterConfig.<option>`` in the configuration file sets the defaults for every cluster.
 When a cluster is created, the option handler's overrides (see :mod:`.options`) are applied
 on top, validated, and frozen into a :class:`ResolvedClusterConfig`, which is stored as the
-cluster's ``config_json`` (``docs/internals.md``) and read by launchers.
+cluster's ``config_json`` (``docs/internals.md``) and read by launchers. The configuration
+classes themselves, and which one a backend's clusters use, are
+:mod:`flotilla_common.clusterconfig`'s (re-exported here).
 
 Limits are per cluster (dask-gateway removed per-user limits): ``cluster_max_workers``,
 ``cluster_max_cores`` and ``cluster_max_memory`` give the effective worker limit
@@ -14,18 +16,21 @@ Limits are per cluster (dask-gateway removed per-user limits): ``cluster_max_wor
 from __future__ import annotations
 
 import json
-import logging
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from traitlets import Dict, Float, Integer, List, TraitError, TraitType, Unicode, default
-from traitlets.config import Config, LoggingConfigurable
+from flotilla_common.clusterconfig import (
+    CORE_KEYS,
+    ClusterConfig,
+    PBSClusterConfig,
+    SlurmClusterConfig,
+    config_class_for,
+)
+from traitlets import TraitError
+from traitlets.config import Config
 
-from ._units import parse_bytes
 from .options import OptionsError
 
 __all__ = [
@@ -40,398 +45,12 @@ __all__ = [
     "resolve_cluster_config",
 ]
 
-log = logging.getLogger(__name__)
-
 _GiB = 2**30
 
 #: The most workers any cluster gets, whatever its limits (or without any). Without a
 #: ceiling, one ``scale(10**9)`` on a cluster with no limit has the registry create a
 #: billion worker records in one heartbeat, stalling it for every user.
 WORKERS_CEILING = 10_000
-
-
-# ---------------------------------------------------------------------------------------------
-# Trait types
-
-
-class _Int(Integer[Any, Any]):
-    """An Integer that refuses booleans (traitlets accepts True as 1)."""
-
-    def validate(self, obj: Any, value: Any) -> Any:
-        if isinstance(value, bool):
-            self.error(obj, value)
-        return super().validate(obj, value)
-
-
-class _Float(Float[Any, Any]):
-    """A finite Float that refuses booleans, optionally with an exclusive lower bound."""
-
-    def __init__(self, *args: Any, positive: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.positive = positive
-
-    def validate(self, obj: Any, value: Any) -> Any:
-        if isinstance(value, bool):
-            self.error(obj, value)
-        value = super().validate(obj, value)
-        if value is None:
-            return value
-        if not math.isfinite(value):
-            raise TraitError(f"{self.name} must be a finite number, got {value!r}")
-        if self.positive and value <= 0:
-            raise TraitError(f"{self.name} must be greater than 0, got {value!r}")
-        return value
-
-
-class _Memory(TraitType[int | None, int | float | str | None]):
-    """A number of bytes: an int, or a string with a binary unit (``"2 G"``, ``"512 M"``)."""
-
-    info_text = "a number of bytes or a string with a binary unit (K, M, G, T), e.g. '2 G'"
-
-    def __init__(self, default_value: Any = None, *, minimum: int = 0, **kwargs: Any) -> None:
-        super().__init__(default_value, **kwargs)
-        self.minimum = minimum
-
-    def validate(self, obj: Any, value: Any) -> int | None:
-        if value is None and self.allow_none:
-            return None
-        try:
-            parsed = parse_bytes(value)
-        except ValueError as exc:
-            raise TraitError(f"{self.name}: {exc}") from None
-        if parsed < self.minimum:
-            raise TraitError(f"{self.name} must be at least {self.minimum} bytes, got {value!r}")
-        return parsed
-
-
-class _Environment(Dict):
-    """Environment variables: names and values a process environment can hold.
-
-    Checked here so a bad name is a 422 when the cluster is requested, rather than a
-    cluster that fails when its launcher cannot spawn the scheduler.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(value_trait=Unicode(), key_trait=Unicode(), **kwargs)
-
-    def validate(self, obj: Any, value: Any) -> Any:
-        value = super().validate(obj, value)
-        for name, text in value.items():
-            if not name or "=" in name or "\0" in name:
-                raise TraitError(
-                    f"environment variable names must be non-empty, without '=' or NUL; "
-                    f"got {name!r}"
-                )
-            if "\0" in text:
-                raise TraitError(f"environment variable {name} must not contain NUL")
-        return value
-
-
-class _Command(List[str]):
-    """A command as a list of arguments; a single string is one argument (not shell-split)."""
-
-    def __init__(self, default_value: list[str], **kwargs: Any) -> None:
-        super().__init__(Unicode(), default_value=default_value, minlen=1, **kwargs)
-
-    def validate(self, obj: Any, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        elif isinstance(value, tuple):
-            value = list(value)
-        return super().validate(obj, value)
-
-
-# ---------------------------------------------------------------------------------------------
-# ClusterConfig
-
-
-class ClusterConfig(LoggingConfigurable):
-    """What each cluster runs and how much it may use (``c.ClusterConfig``).
-
-    Backends may subclass it to add their own options (an image, a queue...); those are
-    overridable by option handlers and serialised into ``config_json`` like the rest.
-    """
-
-    scheduler_cmd = _Command(
-        ["dask", "scheduler"],
-        help=(
-            "Command that starts a cluster's scheduler, as a list of arguments (a single "
-            "string is taken as one argument, not split). Flotilla appends its own flags."
-        ),
-        config=True,
-    )
-    worker_cmd = _Command(
-        ["dask", "worker"],
-        help=(
-            "Command that starts a worker, as a list of arguments (a single string is "
-            "taken as one argument, not split). Flotilla appends its own flags."
-        ),
-        config=True,
-    )
-    scheduler_preload = Unicode(
-        "flotilla.scheduler_preload",
-        help=(
-            "Module the scheduler preloads (--preload) to talk to the gateway: heartbeats, "
-            "scale and adapt requests, idle timeout."
-        ),
-        config=True,
-    )
-    environment = _Environment(
-        help="Environment variables (name -> string value) for the scheduler and the workers.",
-        config=True,
-    )
-    worker_cores = _Int(
-        1,
-        min=1,
-        help="Cores reserved for each worker (count). Also the default of worker_threads.",
-        config=True,
-    )
-    worker_threads = _Int(
-        0,
-        min=0,
-        help="Threads per worker (--nthreads, count). 0: the same as worker_cores.",
-        config=True,
-    )
-    worker_memory = _Memory(
-        2 * _GiB,
-        minimum=1,
-        help=(
-            "Memory limit of each worker (--memory-limit), in bytes. Accepts an int or a "
-            "string with a binary unit: '512 M', '1.5 G', '2 G' (K=2**10 ... T=2**40)."
-        ),
-        config=True,
-    )
-    scheduler_cores = _Int(1, min=1, help="Cores reserved for the scheduler (count).", config=True)
-    scheduler_memory = _Memory(
-        2 * _GiB,
-        minimum=1,
-        help="Memory reserved for the scheduler, in bytes (int or '2 G'-style string).",
-        config=True,
-    )
-    adaptive_period = _Float(
-        3.0,
-        positive=True,
-        help="Seconds between adaptive-scaling decisions of the scheduler (--dg-adaptive-period).",
-        config=True,
-    )
-    idle_timeout = _Float(
-        0.0,
-        min=0.0,
-        help=(
-            "Seconds a cluster may stay idle (no tasks, no clients) before it is shut "
-            "down. 0 disables the timeout."
-        ),
-        config=True,
-    )
-    heartbeat_period = _Float(
-        15.0,
-        positive=True,
-        help="Seconds between the scheduler's heartbeats to the gateway (--dg-heartbeat-period).",
-        config=True,
-    )
-    heartbeat_timeout = _Float(
-        None,
-        allow_none=True,
-        positive=True,
-        help=(
-            "Seconds a running cluster's scheduler may go without a heartbeat before the "
-            "cluster is failed ('heartbeat timed out'). Must exceed heartbeat_period. "
-            "None: twice heartbeat_period (dask-gateway's cluster_heartbeat_timeout)."
-        ),
-        config=True,
-    )
-    busy_timeout = _Float(
-        3600.0,
-        min=0.0,
-        help=(
-            "Seconds a running cluster's scheduler may go without a heartbeat while its "
-            "launcher still sees the scheduler's process alive (an event loop stalled by "
-            "a long task or a heavy dashboard page is busy, not dead) before the cluster "
-            "is failed as for heartbeat_timeout. At most heartbeat_timeout: no such grace. "
-            "0: as long as the process lives."
-        ),
-        config=True,
-    )
-    cluster_start_timeout = _Float(
-        60.0,
-        positive=True,
-        help=(
-            "Seconds from a cluster's creation to its scheduler's first heartbeat before the "
-            "cluster is failed (a scheduler that hangs, a launcher that never starts it)."
-        ),
-        config=True,
-    )
-    worker_start_timeout = _Float(
-        60.0,
-        positive=True,
-        help=(
-            "Seconds from a worker's creation until its scheduler reports it connected; a "
-            "worker later than that is stopped and counts as a failed start. The gateway "
-            "learns of connected workers from heartbeats, so this is checked at the first "
-            "heartbeat after the deadline."
-        ),
-        config=True,
-    )
-    worker_start_failure_limit = _Int(
-        3,
-        min=0,
-        help=(
-            "Fail the cluster after this many consecutive workers failed to start (exited "
-            "or timed out before connecting). 0: never."
-        ),
-        config=True,
-    )
-    max_lifetime = _Float(
-        0.0,
-        min=0.0,
-        help=(
-            "Seconds from a cluster's creation after which the registry stops it (STOPPED, "
-            "reason 'Cluster reached its max_lifetime of N s'), however busy it is. "
-            "0: no limit."
-        ),
-        config=True,
-    )
-    no_client_timeout = _Float(
-        0.0,
-        min=0.0,
-        help=(
-            "Seconds a running cluster may go without any Dask client connected before the "
-            "registry stops it (its owner's notebook is gone); counted from the last "
-            "client's disconnection, or from the cluster becoming RUNNING if none ever "
-            "connected. Needs a scheduler preload that reports its clients "
-            "(flotilla.scheduler_preload); clusters whose preload does not (dask-gateway's) "
-            "are never stopped by it. 0: never."
-        ),
-        config=True,
-    )
-    cluster_max_workers = _Int(
-        None,
-        allow_none=True,
-        min=0,
-        help=(
-            "Maximum number of workers per cluster (count). None: no explicit limit; "
-            "cluster_max_cores and cluster_max_memory may still imply one. No cluster ever "
-            "gets more than 10000 workers."
-        ),
-        config=True,
-    )
-    cluster_max_cores = _Float(
-        None,
-        allow_none=True,
-        min=0.0,
-        help=(
-            "Maximum cores per cluster, scheduler included (count). Limits the workers to "
-            "(cluster_max_cores - scheduler_cores) // worker_cores. None: no limit."
-        ),
-        config=True,
-    )
-    cluster_max_memory = _Memory(
-        None,
-        allow_none=True,
-        help=(
-            "Maximum memory per cluster, scheduler included, in bytes (int or '16 G'-style "
-            "string). Limits the workers to (cluster_max_memory - scheduler_memory) // "
-            "worker_memory. None: no limit."
-        ),
-        config=True,
-    )
-
-    @default("log")
-    def _default_log(self) -> logging.Logger:
-        # Unknown c.ClusterConfig keys are logged here (rather than raised as warnings).
-        return log
-
-
-# A name a batch system knows: a partition, queue, account, QOS, reservation.
-_BATCH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}$")
-
-
-class _BatchName(Unicode[str, str]):
-    """A partition, queue or account name, or empty for the launcher's own setting.
-
-    It ends up on a submit command line or in a job script's ``#PBS`` lines, so anything
-    but letters, digits and ``_.@+-`` (a space, a newline, a leading dash) is a 422 here.
-    """
-
-    def validate(self, obj: Any, value: Any) -> Any:
-        value = super().validate(obj, value)
-        if value and not _BATCH_NAME_RE.match(value):
-            raise TraitError(
-                f"{self.name} must be empty or a name of at most 128 letters, digits and "
-                f"'_.@+-' (not starting with '.@+-'), got {value!r}"
-            )
-        return value
-
-
-def _batch_name(what: str, setting: str) -> _BatchName:
-    return _BatchName(
-        "",
-        help=f"{what} of this cluster's jobs; empty: the launcher's {setting}.",
-        config=True,
-    )
-
-
-class SlurmClusterConfig(ClusterConfig):
-    """``ClusterConfig`` of clusters on the ``slurm`` backend (``c.SlurmClusterConfig``).
-
-    Where each cluster's jobs run, per cluster: an option handler can return
-    ``{"partition": "gpu"}``. Empty values leave the launcher's ``c.SlurmBackend``
-    settings in force. Slurm itself decides whether the owner may use what they chose.
-    """
-
-    partition = _batch_name("Slurm partition (--partition)", "c.SlurmBackend.partition")
-    account = _batch_name("Slurm account (--account)", "c.SlurmBackend.account")
-    qos = _batch_name("Slurm quality of service (--qos)", "c.SlurmBackend.qos")
-    reservation = _batch_name("Slurm reservation (--reservation)", "c.SlurmBackend.reservation")
-
-
-class PBSClusterConfig(ClusterConfig):
-    """``ClusterConfig`` of clusters on the ``pbs`` backend (``c.PBSClusterConfig``).
-
-    Queue and account per cluster; empty values leave ``c.PBSBackend``'s in force.
-    """
-
-    queue = _batch_name("PBS queue (-q)", "c.PBSBackend.queue")
-    account = _batch_name("PBS account (-A)", "c.PBSBackend.account")
-
-
-#: The configuration class of each backend's clusters; other backends use ClusterConfig.
-_BACKEND_CONFIG_CLASSES: dict[str, type[ClusterConfig]] = {
-    "slurm": SlurmClusterConfig,
-    "pbs": PBSClusterConfig,
-}
-
-
-def config_class_for(backend: str) -> type[ClusterConfig]:
-    """The ``ClusterConfig`` (sub)class whose fields configure ``backend``'s clusters."""
-    return _BACKEND_CONFIG_CLASSES.get(backend, ClusterConfig)
-
-
-# The keys of config_json, in the order of docs/internals.md.
-_CORE_KEYS = (
-    "scheduler_cmd",
-    "worker_cmd",
-    "scheduler_preload",
-    "environment",
-    "worker_cores",
-    "worker_threads",
-    "worker_memory",
-    "scheduler_cores",
-    "scheduler_memory",
-    "adaptive_period",
-    "idle_timeout",
-    "heartbeat_period",
-    "heartbeat_timeout",
-    "busy_timeout",
-    "cluster_max_workers",
-    "cluster_max_cores",
-    "cluster_max_memory",
-    "cluster_start_timeout",
-    "worker_start_timeout",
-    "worker_start_failure_limit",
-    "max_lifetime",
-    "no_client_timeout",
-)
 
 
 def _config_traits(cls: type[ClusterConfig]) -> list[str]:
@@ -513,7 +132,7 @@ class ResolvedClusterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config_json`` object: the keys of ``docs/internals.md``, then ``extra``."""
-        data: dict[str, Any] = {key: _thawed(getattr(self, key)) for key in _CORE_KEYS}
+        data: dict[str, Any] = {key: _thawed(getattr(self, key)) for key in CORE_KEYS}
         for key in sorted(self.extra):
             data[key] = _thawed(self.extra[key])
         return data
@@ -528,8 +147,8 @@ class ResolvedClusterConfig:
 
         Does not re-validate: the input is trusted stored output of :meth:`to_dict`.
         """
-        core = {key: _frozen(data[key]) for key in _CORE_KEYS if key in data}
-        extra = {key: _frozen(value) for key, value in data.items() if key not in _CORE_KEYS}
+        core = {key: _frozen(data[key]) for key in CORE_KEYS if key in data}
+        extra = {key: _frozen(value) for key, value in data.items() if key not in CORE_KEYS}
         return cls(**core, extra=MappingProxyType(extra))
 
     @classmethod
@@ -604,13 +223,13 @@ def resolve_cluster_config(
             f"cluster memory limit of {max_memory}"
         )
 
-    extra = {name: values[name] for name in sorted(allowed) if name not in _CORE_KEYS}
+    extra = {name: values[name] for name in sorted(allowed) if name not in CORE_KEYS}
     for name, value in extra.items():
         try:
             json.dumps(value)
         except (TypeError, ValueError):
             raise OptionsError(f"Invalid value for {name}: not JSON-serialisable") from None
-    core = {name: _frozen(values[name]) for name in _CORE_KEYS}
+    core = {name: _frozen(values[name]) for name in CORE_KEYS}
     return ResolvedClusterConfig(
         **core, extra=MappingProxyType({k: _frozen(v) for k, v in extra.items()})
     )

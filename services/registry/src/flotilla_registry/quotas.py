@@ -27,10 +27,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flotilla_common.units import parse_bytes
 from traitlets import Dict, TraitError, validate
 from traitlets.config import Configurable
 
-from ._units import parse_bytes
 from .errors import QuotaExceeded
 
 __all__ = [

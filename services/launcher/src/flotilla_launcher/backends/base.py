@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any
 
+from flotilla_common import clusterconfig
 from traitlets.config import Configurable
 
 __all__ = [
@@ -50,22 +51,31 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def _default(key: str) -> Any:
+    """The default of ``c.ClusterConfig.<key>``: one definition for registry and launcher."""
+    return clusterconfig.ClusterConfig.class_traits()[key].default()
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
-    """The resolved cluster configuration (``LaunchCluster.config_json``)."""
+    """The resolved cluster configuration (``LaunchCluster.config_json``).
 
-    scheduler_cmd: tuple[str, ...] = ("dask", "scheduler")
-    worker_cmd: tuple[str, ...] = ("dask", "worker")
-    scheduler_preload: str = "flotilla.scheduler_preload"
+    Its fields are the keys of :data:`flotilla_common.clusterconfig.CORE_KEYS` launchers
+    use, with the same defaults (``worker_threads`` is resolved by the registry).
+    """
+
+    scheduler_cmd: tuple[str, ...] = tuple(_default("scheduler_cmd"))
+    worker_cmd: tuple[str, ...] = tuple(_default("worker_cmd"))
+    scheduler_preload: str = _default("scheduler_preload")
     environment: Mapping[str, str] = field(default_factory=dict)
-    worker_cores: float = 1
+    worker_cores: float = _default("worker_cores")
     worker_threads: int = 1
-    worker_memory: int = 2 * 2**30
-    scheduler_cores: float = 1
-    scheduler_memory: int = 2 * 2**30
-    adaptive_period: float = 3.0
-    idle_timeout: float = 0.0
-    heartbeat_period: float = 15.0
+    worker_memory: int = _default("worker_memory")
+    scheduler_cores: float = _default("scheduler_cores")
+    scheduler_memory: int = _default("scheduler_memory")
+    adaptive_period: float = _default("adaptive_period")
+    idle_timeout: float = _default("idle_timeout")
+    heartbeat_period: float = _default("heartbeat_period")
     #: The keys this class does not name (the registry's limits, the fields of a
     #: backend's own ``<Backend>ClusterConfig`` such as ``partition``), as stored.
     extra: Mapping[str, Any] = field(default_factory=dict)
