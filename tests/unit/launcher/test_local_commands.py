@@ -16,13 +16,8 @@ from flotilla_launcher.backends.base import (
     check_name,
     load_backend,
 )
-from flotilla_launcher.backends.local import (
-    LocalBackend,
-    RunAs,
-    build_environment,
-    scheduler_command,
-    worker_command,
-)
+from flotilla_launcher.backends.commands import scheduler_command, worker_command
+from flotilla_launcher.backends.local import LocalBackend, RunAs, build_environment
 from traitlets.config import Config
 
 KEEP = ["PATH", "PYTHONPATH", "LANG", "LC_ALL", "VIRTUAL_ENV"]

@@ -46,7 +46,7 @@ from traitlets import Dict, Enum, Float, Integer, List, Unicode, default
 
 from .. import batch_helper
 from .base import Backend, BackendError, ClusterSpec, ProcessStatus, WorkerSpec, check_name
-from .local import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
+from .commands import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
 
 __all__ = [
     "Account",

@@ -54,26 +54,20 @@ from ..forkserver import (
 from .base import (
     Backend,
     BackendError,
-    ClusterConfig,
     ClusterSpec,
     ProcessStatus,
     WorkerSpec,
     check_name,
 )
+from .commands import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
 
 __all__ = [
     "LocalBackend",
     "RunAs",
     "build_environment",
-    "gateway_environment",
-    "scheduler_command",
-    "worker_command",
 ]
 
 log = logging.getLogger(__name__)
-
-CERT_FILE = "dask.crt"
-KEY_FILE = "dask.pem"
 
 # Switches to the owner's account, then execs the command. Spawning through it lets
 # subprocess use vfork: with user=/group= it must fork(), and fork() in a process with
@@ -102,61 +96,6 @@ class RunAs:
     gid: int
     groups: tuple[int, ...]
     home: str
-
-
-def _fmt(value: float) -> str:
-    return repr(float(value))
-
-
-def scheduler_command(config: ClusterConfig, host: str = "127.0.0.1") -> list[str]:
-    """The scheduler's command line (internals.md, "Launcher contract").
-
-    ``host`` is the interface it listens on (batch jobs: ``0.0.0.0``, every interface of
-    their node; the address it advertises is then the node's own).
-    """
-    return [
-        *config.scheduler_cmd,
-        "--protocol",
-        "tls",
-        "--port",
-        "0",
-        "--host",
-        host,
-        "--dashboard-address",
-        f"{host}:0",
-        "--preload",
-        config.scheduler_preload,
-        "--dg-api-address",
-        f"{host}:0",
-        "--dg-heartbeat-period",
-        _fmt(config.heartbeat_period),
-        "--dg-adaptive-period",
-        _fmt(config.adaptive_period),
-        "--dg-idle-timeout",
-        _fmt(config.idle_timeout),
-    ]
-
-
-def worker_command(
-    config: ClusterConfig, worker_name: str, scheduler_address: str, host: str = "127.0.0.1"
-) -> list[str]:
-    """A worker's command line; ``scheduler_address`` is ``host:port`` (or a full URL).
-
-    ``host`` is the interface its dashboard listens on.
-    """
-    address = scheduler_address if "://" in scheduler_address else f"tls://{scheduler_address}"
-    return [
-        *config.worker_cmd,
-        address,
-        "--dashboard-address",
-        f"{host}:0",
-        "--name",
-        worker_name,
-        "--nthreads",
-        str(config.worker_threads),
-        "--memory-limit",
-        str(config.worker_memory),
-    ]
 
 
 def build_environment(
@@ -193,28 +132,6 @@ def build_environment(
             cluster, str(certs_dir / CERT_FILE), str(certs_dir / KEY_FILE), worker_name
         )
     )
-    return env
-
-
-def gateway_environment(
-    cluster: ClusterSpec, cert: str, key: str, worker_name: str | None
-) -> dict[str, str]:
-    """The variables every backend sets for a scheduler (``worker_name`` None) or worker.
-
-    They come after the cluster configuration's ``environment``, which cannot override them.
-    """
-    role = "SCHEDULER" if worker_name is None else "WORKER"
-    env = {
-        "DASK_GATEWAY_API_URL": cluster.api_url,
-        "DASK_GATEWAY_API_TOKEN": cluster.token,
-        "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
-        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
-        f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT": cert,
-        f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY": key,
-    }
-    if worker_name is not None:
-        env["DASK_GATEWAY_WORKER_NAME"] = worker_name
     return env
 
 
