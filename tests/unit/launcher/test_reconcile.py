@@ -30,6 +30,7 @@ class FakeBackend(Backend):
         self.fail_start = ""
         self.logs: dict[str, str] = {}
         self.log_reads: list[tuple[str, dict[str, Any], int, int]] = []
+        self.hook_specs: list[tuple[str, ClusterSpec]] = []
 
     async def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
         yield {"workdir": f"/w/{cluster.name}"}
@@ -40,6 +41,7 @@ class FakeBackend(Backend):
         yield {"workdir": f"/w/{cluster.name}", "pid": 100 + len(self.started)}
 
     async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
+        self.hook_specs.append(("stop", cluster))
         self.stopped.append(cluster.name)
         self.alive.discard(cluster.name)
 
@@ -71,6 +73,7 @@ class FakeBackend(Backend):
     async def read_logs(
         self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
     ) -> dict[str, str]:
+        self.hook_specs.append(("logs", cluster))
         self.log_reads.append((cluster.name, dict(state), tail_bytes, total_bytes))
         return dict(self.logs)
 
@@ -223,6 +226,99 @@ async def test_stop_stops_workers_and_scheduler_then_reports_stopped(
     )
     await reconciler._reconcile("c1")
     assert reconciler.cached("c1") is None and "c1" not in reconciler._tracked
+
+
+class WholeClusterBackend(FakeBackend):
+    """A resource manager that runs the whole cluster: stopping it stops the workers."""
+
+    stops_workers_with_cluster = True
+
+
+def _stopping_with_workers() -> internal_pb2.LaunchCluster:
+    return record(
+        target=types_pb2.TARGET_STOPPED,
+        observed=types_pb2.OBSERVED_RUNNING,
+        workers=[
+            internal_pb2.LaunchWorker(
+                name=name, target=RUNNING, observed=types_pb2.OBSERVED_RUNNING
+            )
+            for name in ("w1", "w2")
+        ]
+        + [
+            internal_pb2.LaunchWorker(
+                name="w0", target=types_pb2.TARGET_STOPPED, observed=types_pb2.OBSERVED_STOPPED
+            )
+        ],
+    )
+
+
+def test_backends_stop_their_workers_one_by_one_by_default() -> None:
+    assert Backend.stops_workers_with_cluster is False
+    assert WholeClusterBackend.stops_workers_with_cluster is True
+
+
+async def test_a_backend_that_stops_workers_with_its_cluster_gets_one_stop() -> None:
+    backend = WholeClusterBackend()
+    reconciler = Reconciler(backend, "local", "127.0.0.1:1", "secret")
+    stub = FakeStub()
+    reconciler._stub = stub  # type: ignore[assignment]
+    reconciler._apply(initial(_stopping_with_workers()))
+    await reconciler._reconcile("c1")
+    assert backend.stopped == ["c1"]  # no stop_worker calls
+    # The workers that were running are reported stopped all the same, then the cluster.
+    assert sorted(r.worker_name for r in stub.worker_reports) == ["w1", "w2"]
+    assert {r.observed for r in stub.worker_reports} == {types_pb2.OBSERVED_STOPPED}
+    assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED
+
+
+async def test_a_failed_whole_cluster_stop_reports_no_worker_stopped() -> None:
+    class Failing(WholeClusterBackend):
+        async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
+            raise RuntimeError("qdel timed out")
+
+    reconciler = Reconciler(Failing(), "local", "127.0.0.1:1", "secret")
+    stub = FakeStub()
+    reconciler._stub = stub  # type: ignore[assignment]
+    reconciler._apply(initial(_stopping_with_workers()))
+    with pytest.raises(RuntimeError, match="qdel"):
+        await reconciler._reconcile("c1")
+    assert stub.worker_reports == [] and stub.cluster_reports == []
+
+
+async def test_the_stop_and_logs_hooks_get_the_clusters_own_spec(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, _ = setup
+    rec = record(
+        target=types_pb2.TARGET_STOPPED,
+        observed=types_pb2.OBSERVED_RUNNING,
+        config_json=json.dumps({"worker_cores": 4, "partition": "gpu"}),
+        tls_cert="CERT",
+        tls_key="KEY",
+    )
+    reconciler._apply(initial(rec))
+    await reconciler._reconcile("c1")
+    assert [hook for hook, _ in backend.hook_specs] == ["stop", "logs"]
+    for _, spec in backend.hook_specs:
+        assert spec.config.worker_cores == 4 and spec.config.extra["partition"] == "gpu"
+        assert (spec.token, spec.api_url, spec.tls_cert) == ("t", "http://x/api", "CERT")
+
+
+async def test_a_cluster_with_a_broken_configuration_still_stops(
+    setup: tuple[Reconciler, FakeBackend, FakeStub],
+) -> None:
+    reconciler, backend, stub = setup
+    rec = record(
+        target=types_pb2.TARGET_STOPPED,
+        observed=types_pb2.OBSERVED_RUNNING,
+        config_json=json.dumps({"worker_cmd": []}),
+    )
+    reconciler._apply(initial(rec))
+    await reconciler._reconcile("c1")
+    assert backend.stopped == ["c1"]
+    [(_, spec), _] = backend.hook_specs
+    assert spec.config.worker_cmd == ("dask", "worker") and spec.token == "t"
+    assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED
 
 
 async def test_workers_wait_for_the_scheduler_address(

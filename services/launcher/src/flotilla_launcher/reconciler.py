@@ -323,7 +323,7 @@ class Reconciler:
     async def _read_logs(
         self, rec: internal_pb2.LaunchCluster, state: Mapping[str, Any]
     ) -> dict[str, str]:
-        spec = ClusterSpec(rec.name, rec.owner, ClusterConfig(), "", "", "", "")
+        spec = self._spec_for_stop(rec)
         try:
             return await self.backend.read_logs(
                 spec, state, self.settings.log_tail_bytes, self.settings.log_total_bytes
@@ -371,6 +371,22 @@ class Reconciler:
             token=rec.token,
             api_url=rec.api_url,
         )
+
+    def _spec_for_stop(self, rec: internal_pb2.LaunchCluster) -> ClusterSpec:
+        """The cluster's spec for the stop and logs hooks: its own, with the default
+        configuration if its own does not parse (such a cluster must still stop)."""
+        try:
+            return self._spec(rec)
+        except (BackendError, ValueError, TypeError):
+            return ClusterSpec(
+                name=rec.name,
+                owner=rec.owner,
+                config=ClusterConfig(),
+                tls_cert=rec.tls_cert,
+                tls_key=rec.tls_key,
+                token=rec.token,
+                api_url=rec.api_url,
+            )
 
     async def _reconcile(self, name: str) -> None:
         """Bring cluster ``name`` one step closer to its target (level-triggered)."""
@@ -501,16 +517,9 @@ class Reconciler:
         self, rec: internal_pb2.LaunchCluster, tr: _Tracked, state: dict[str, Any]
     ) -> None:
         log.info("cluster %s (user %s): stopping", rec.name, rec.owner)
-        spec = ClusterSpec(
-            name=rec.name,
-            owner=rec.owner,
-            config=ClusterConfig(),
-            tls_cert="",
-            tls_key="",
-            token="",
-            api_url="",
-        )
+        spec = self._spec_for_stop(rec)
         names = {w.name for w in rec.workers} | set(tr.workers)
+        with_cluster = self.backend.stops_workers_with_cluster
         records = {w.name: w for w in rec.workers}
 
         async def stop_worker(wname: str) -> None:
@@ -519,8 +528,11 @@ class Reconciler:
             wobs = max(w.observed if w else CREATED, tw.observed)
             if wobs == STOPPED:
                 return
-            wstate = tw.state if tw.state is not None else _load_state(w.state_json if w else "")
-            await self.backend.stop_worker(WorkerSpec(spec, wname, ""), wstate)
+            if not with_cluster:
+                wstate = (
+                    tw.state if tw.state is not None else _load_state(w.state_json if w else "")
+                )
+                await self.backend.stop_worker(WorkerSpec(spec, wname, ""), wstate)
             tw.observed = STOPPED
             await self._send_worker(
                 tw,
@@ -529,14 +541,29 @@ class Reconciler:
                 ),
             )
 
-        # Workers first, while their scheduler still answers: a worker whose scheduler is
-        # already gone hangs in its shutdown trying to unregister, until SIGTERM.
-        results = await asyncio.gather(
-            *(stop_worker(n) for n in sorted(names)), return_exceptions=True
-        )
-        results.append(
-            *await asyncio.gather(self.backend.stop_cluster(spec, state), return_exceptions=True)
-        )
+        if with_cluster:
+            # The backend's stop_cluster stops the workers too (a resource manager that
+            # runs the whole cluster): once it returned, they are reported stopped.
+            results: list[BaseException | None] = list(
+                await asyncio.gather(self.backend.stop_cluster(spec, state), return_exceptions=True)
+            )
+            if not any(isinstance(r, BaseException) for r in results):
+                results += await asyncio.gather(
+                    *(stop_worker(n) for n in sorted(names)), return_exceptions=True
+                )
+        else:
+            # Workers first, while their scheduler still answers: a worker whose scheduler
+            # is already gone hangs in its shutdown trying to unregister, until SIGTERM.
+            results = list(
+                await asyncio.gather(
+                    *(stop_worker(n) for n in sorted(names)), return_exceptions=True
+                )
+            )
+            results.append(
+                *await asyncio.gather(
+                    self.backend.stop_cluster(spec, state), return_exceptions=True
+                )
+            )
         for result in results:
             if isinstance(result, BaseException):
                 raise result

@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, ClassVar
 
 from flotilla_common import clusterconfig
 from traitlets.config import Configurable
@@ -170,6 +170,12 @@ class Backend(Configurable):
 
     #: The name the registry assigns clusters to (``LaunchCluster.backend``).
     backend_name: str = ""
+
+    #: Capability: :meth:`stop_cluster` stops the cluster's workers too (a resource
+    #: manager that runs the whole cluster as one unit). The reconciler then stops the
+    #: cluster and reports its workers stopped without calling :meth:`stop_worker` for
+    #: each; workers retired while the cluster runs are still stopped one by one.
+    stops_workers_with_cluster: ClassVar[bool] = False
 
     def start_cluster(self, cluster: ClusterSpec) -> AsyncIterator[dict[str, Any]]:
         """Start the scheduler, yielding checkpoint state as it progresses.
