@@ -112,8 +112,10 @@ class BasicAuthenticator(Configurable):
 
 
 class KerberosAuthenticator(Configurable):
-    """Kerberos through SPNEGO, ``Authorization: Negotiate`` (the dask-gateway client's
-    ``auth="kerberos"``); names as in dask-gateway-server's ``KerberosAuthenticator``."""
+    """Kerberos via SPNEGO, ``Negotiate`` (the dask-gateway client's ``auth="kerberos"``).
+
+    Option names as in dask-gateway-server's ``KerberosAuthenticator``.
+    """
 
     keytab = Unicode(
         "dask_gateway.keytab",
