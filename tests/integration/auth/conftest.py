@@ -1,18 +1,9 @@
-"""Fixtures of the auth integration tests: a real Kerberos realm (tests/krb5_realm.py)."""
+"""Fixtures of the auth integration tests (the session KDC ``kdc`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from krb5_realm import Krb5Realm, krb5_realm
-
-
-@pytest.fixture(scope="session")
-def kdc() -> Iterator[Krb5Realm]:
-    """One KDC for the whole run, stopped by PID at the end."""
-    with krb5_realm() as realm:
-        yield realm
+from krb5_realm import Krb5Realm
 
 
 @pytest.fixture
