@@ -37,6 +37,8 @@ $(ENVOY): $(UV)
 # What a new user has: only the unmodified dask-gateway client (with its Kerberos extra,
 # pykerberos, built against libkrb5-dev) and dask[array].
 $(UPSTREAM_VENV)/.installed: $(UV)
+	command -v krb5-config >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends libkrb5-dev gcc python3.11-dev; }
 	$(UV) venv --quiet --python $(PYTHON) $(UPSTREAM_VENV)
 	$(UV) pip install --quiet --python $(UPSTREAM_VENV)/bin/python \
 		"dask-gateway[kerberos]==2026.3.0" "dask[array]==2026.8.0" distributed==2026.8.0
