@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from krb5_realm import Krb5Realm, krb5_realm
 from postgres import PostgresServer, postgres_server
+from yarn_cluster import YarnCluster, yarn_cluster
 
 # The Envoy `make setup` installs, unless FLOTILLA_ENVOY names another (`make test` sets
 # it; this serves a bare `pytest`).
@@ -36,3 +37,11 @@ def kdc() -> Iterator[Krb5Realm]:
     """One private Kerberos KDC for the whole run (tests/krb5_realm.py), stopped by PID."""
     with krb5_realm() as realm:
         yield realm
+
+
+@pytest.fixture(scope="session")
+def yarn() -> Iterator[YarnCluster]:
+    """One private single-node YARN for the whole run (tests/yarn_cluster.py), stopped by
+    PID. Hadoop's jars are resolved once into .cache/yarn/."""
+    with yarn_cluster() as cluster:
+        yield cluster
