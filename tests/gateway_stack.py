@@ -9,6 +9,7 @@ import signal
 import textwrap
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,22 @@ def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
         + extra
     )
     return config, f"http://127.0.0.1:{public}"
+
+
+@contextlib.contextmanager
+def running_gateway(state_dir: Path, extra: str = "") -> Iterator[Gateway]:
+    """A whole gateway configured by :func:`write_config` (plus ``extra``), stopped on exit;
+    a cluster process it left behind is killed by PID and fails the test."""
+    config, address = write_config(state_dir, extra)
+    stack = EmbeddedStack(str(config))
+    try:
+        stack.start()
+        yield Gateway(address, stack, state_dir)
+    finally:
+        stack.stop()
+        leftover = reap_leftover_cluster_processes(state_dir)
+        show_logs(state_dir / "logs")
+        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
 
 
 def cluster_pids(name: str) -> list[int]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -58,3 +61,24 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
     )
+
+
+def apt_install(packages: Sequence[str]) -> str | None:
+    """Install Debian ``packages`` (waiting for a held dpkg lock); ``None`` when done, else
+    one line saying why not (not root, no apt-get, or apt-get's last error line)."""
+    names = " and ".join(packages)
+    if os.geteuid() != 0:
+        return f"{names} are missing and installing them needs root"
+    if shutil.which("apt-get") is None:
+        return f"{names} are missing and there is no apt-get"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=900"]
+    for argv in (
+        ["apt-get", "update", "-q", *lock],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock, *packages],
+    ):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+        if done.returncode != 0:
+            last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+            return f"`{' '.join(argv[:2])}` failed: {last}"
+    return None

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from helpers import free_port, wait_for
+from helpers import apt_install, free_port, wait_for
 
 __all__ = ["Krb5Realm", "krb5_realm"]
 
@@ -60,22 +60,9 @@ def _tool(name: str) -> str | None:
 def _install() -> None:
     if all(_tool(t) for t in TOOLS):
         return
-    if os.geteuid() != 0:
-        _unavailable(f"{' and '.join(PACKAGES)} are missing and installing them needs root")
-    if shutil.which("apt-get") is None:
-        _unavailable(f"{' and '.join(PACKAGES)} are missing and there is no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-o", "DPkg::Lock::Timeout=900"],
-        [
-            "apt-get", "install", "-y", "--no-install-recommends",
-            "-o", "DPkg::Lock::Timeout=900", *PACKAGES,
-        ],
-    ):  # fmt: skip
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            _unavailable(f"`{' '.join(argv[:2])}` failed: {last}")
+    failed = apt_install(PACKAGES)
+    if failed:
+        _unavailable(failed)
     missing = [t for t in TOOLS if not _tool(t)]
     if missing:
         _unavailable(f"installed {' '.join(PACKAGES)} but found no {', '.join(missing)}")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import pytest
-from helpers import free_port
+from helpers import apt_install, free_port
 
 __all__ = ["PostgresServer", "postgres_server"]
 
@@ -71,22 +71,9 @@ def _install() -> Path:
     bindir = _bindir()
     if bindir is not None:
         return bindir
-    if os.geteuid() != 0:
-        _unavailable("the postgresql package is missing and installing it needs root")
-    if shutil.which("apt-get") is None:
-        _unavailable("the postgresql package is missing and there is no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-o", "DPkg::Lock::Timeout=900"],
-        [
-            "apt-get", "install", "-y", "--no-install-recommends",
-            "-o", "DPkg::Lock::Timeout=900", "postgresql",
-        ],
-    ):  # fmt: skip
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            _unavailable(f"`{' '.join(argv[:2])}` failed: {last}")
+    failed = apt_install(("postgresql",))
+    if failed:
+        _unavailable(failed)
     bindir = _bindir()
     if bindir is None:
         _unavailable("installed postgresql but found no /usr/lib/postgresql/*/bin/initdb")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers import free_ports, wait_for
+from helpers import apt_install, free_ports, wait_for
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "sudo", "slurm-wlm-torque")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "munged", "sudo", "qsub")
@@ -48,21 +48,9 @@ def ensure_installed() -> None:
     """Install Slurm, munge, sudo and the PBS wrappers from Debian packages if missing."""
     if all(_which(b) for b in BINARIES):
         return
-    if os.geteuid() != 0:
-        raise Unavailable("Slurm is not installed, and installing it needs root")
-    if not shutil.which("apt-get"):
-        raise Unavailable("Slurm is not installed and there is no apt-get to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=900"]
-    steps = [
-        ["apt-get", *lock, "update", "-q"],
-        ["apt-get", "install", "-y", "-q", *lock, "--no-install-recommends", *PACKAGES],
-    ]
-    for argv in steps:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise Unavailable(f"cannot install Slurm ({' '.join(argv[:2])}): {lines[-1:]}")
+    failed = apt_install(PACKAGES)
+    if failed:
+        raise Unavailable(f"cannot install Slurm: {failed}")
     missing = [b for b in BINARIES if not _which(b)]
     if missing:
         raise Unavailable(f"installed Slurm but {missing} are still missing")

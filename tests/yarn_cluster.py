@@ -51,7 +51,7 @@ from typing import Any, NoReturn
 from xml.sax.saxutils import escape
 
 import pytest
-from helpers import free_ports, wait_for
+from helpers import apt_install, free_ports, wait_for
 
 __all__ = ["YarnCluster", "yarn_cluster"]
 
@@ -107,22 +107,9 @@ def _install() -> Path:
     java_home = _java_home()
     if java_home is not None and shutil.which("mvn"):
         return java_home
-    if os.geteuid() != 0:
-        _unavailable(f"{' and '.join(PACKAGES)} are missing and installing them needs root")
-    if shutil.which("apt-get") is None:
-        _unavailable(f"{' and '.join(PACKAGES)} are missing and there is no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-o", "DPkg::Lock::Timeout=900"],
-        [
-            "apt-get", "install", "-y", "--no-install-recommends",
-            "-o", "DPkg::Lock::Timeout=900", *PACKAGES,
-        ],
-    ):  # fmt: skip
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            _unavailable(f"`{' '.join(argv[:2])}` failed: {last}")
+    failed = apt_install(PACKAGES)
+    if failed:
+        _unavailable(failed)
     java_home = _java_home()
     if java_home is None or not shutil.which("mvn"):
         _unavailable(f"installed {' '.join(PACKAGES)} but found no Java 17 or no mvn")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import Gateway, reap_leftover_cluster_processes, show_logs, write_config
+from gateway_stack import Gateway, running_gateway
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -17,16 +16,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    state_dir = tmp_path_factory.mktemp("gateway")
-    config, address = write_config(state_dir)
-    stack = EmbeddedStack(str(config))
-    try:
-        stack.start()
-        yield Gateway(address, stack, state_dir)
-    finally:
-        stack.stop()
-        # Stopping the gateway stops its clusters; anything left is a bug (and is
-        # killed by PID here so it cannot outlive the test run).
-        leftover = reap_leftover_cluster_processes(state_dir)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
-        show_logs(state_dir / "logs")
+    # Stopping the gateway stops its clusters; anything left is a bug (and is killed by
+    # PID so it cannot outlive the test run).
+    with running_gateway(tmp_path_factory.mktemp("gateway")) as gateway:
+        yield gateway

@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 from flotilla import BasicAuth, ClusterStatus, Gateway
-from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
-from gateway_stack import reap_leftover_cluster_processes, write_config
+from gateway_stack import running_gateway
 from helpers import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,16 +62,8 @@ HOLD_GIL = f"import ctypes; ctypes.PyDLL(None).sleep({HELD})"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("busy")
-    config, address = write_config(state_dir, SCENARIOS)
-    embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        yield Stack(address, embedded, state_dir)
-    finally:
-        embedded.stop()
-        leftover = reap_leftover_cluster_processes(state_dir)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(tmp_path_factory.mktemp("busy"), SCENARIOS) as gateway:
+        yield gateway
 
 
 @pytest.fixture

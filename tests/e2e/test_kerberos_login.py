@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flotilla_common.embedded import EmbeddedStack
-from gateway_stack import reap_leftover_cluster_processes, upstream_python, write_config
+from gateway_stack import running_gateway, upstream_python
 from krb5_realm import Krb5Realm
 
 pytestmark = pytest.mark.timeout(180)
@@ -37,19 +36,12 @@ CLIENT = textwrap.dedent(
 def address(kdc: Krb5Realm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for name, value in kdc.env.items():
         monkeypatch.setenv(name, value)  # inherited by the gateway's services
-    config, url = write_config(
-        tmp_path,
+    extra = (
         f'\nc.Auth.authenticator_class = "kerberos"\n'
-        f"c.KerberosAuthenticator.keytab = {str(kdc.keytab)!r}\n",
+        f"c.KerberosAuthenticator.keytab = {str(kdc.keytab)!r}\n"
     )
-    embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        yield url.replace("127.0.0.1", "localhost")
-    finally:
-        embedded.stop()
-        leftover = reap_leftover_cluster_processes(tmp_path)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(tmp_path, extra) as gateway:
+        yield gateway.address.replace("127.0.0.1", "localhost")
 
 
 def test_upstream_client_logs_in_with_kerberos(

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 from flotilla import BasicAuth, ClusterReport, ClusterStatus, Gateway, GatewayClusterError
-from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
 from gateway_stack import (
     cluster_pids,
-    reap_leftover_cluster_processes,
-    write_config,
+    running_gateway,
 )
 from helpers import wait_for
 
@@ -85,16 +83,8 @@ c.LocalBackend.sigterm_timeout = 2.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("lifecycle")
-    config, address = write_config(state_dir, SCENARIOS)
-    embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        yield Stack(address, embedded, state_dir)
-    finally:
-        embedded.stop()
-        leftover = reap_leftover_cluster_processes(state_dir)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(tmp_path_factory.mktemp("lifecycle"), SCENARIOS) as gateway:
+        yield gateway
 
 
 @pytest.fixture

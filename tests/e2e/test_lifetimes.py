@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 from flotilla import BasicAuth, ClusterStatus, Gateway
-from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
 from gateway_stack import (
     cluster_pids,
-    reap_leftover_cluster_processes,
+    running_gateway,
     upstream_python,
-    write_config,
 )
 from helpers import wait_for
 
@@ -65,17 +63,9 @@ def _upstream_bin() -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("lifetimes")
     extra = SCENARIOS.format(upstream_bin=_upstream_bin(), lifetime=LIFETIME, grace=GRACE)
-    config, address = write_config(state_dir, extra)
-    embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        yield Stack(address, embedded, state_dir)
-    finally:
-        embedded.stop()
-        leftover = reap_leftover_cluster_processes(state_dir)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(tmp_path_factory.mktemp("lifetimes"), extra) as gateway:
+        yield gateway
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
 from gateway_stack import (
     cluster_pids,
-    reap_leftover_cluster_processes,
+    running_gateway,
     upstream_python,
-    write_config,
 )
 from helpers import wait_for
 from postgres import PostgresServer
@@ -29,15 +28,9 @@ SCENARIO = Path(__file__).parent / "scenarios" / "upstream_lifecycle.py"
 @pytest.fixture
 def pg_stack(tmp_path: Path, postgres: PostgresServer) -> Iterator[tuple[EmbeddedStack, str]]:
     """A gateway whose registry uses a fresh PostgreSQL database (key from the runner)."""
-    config, address = write_config(tmp_path, f"\nc.Registry.db_url = {postgres.new_database()!r}\n")
-    stack = EmbeddedStack(str(config))
-    try:
-        stack.start()
-        yield stack, address
-    finally:
-        stack.stop()
-        leftover = reap_leftover_cluster_processes(tmp_path)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    extra = f"\nc.Registry.db_url = {postgres.new_database()!r}\n"
+    with running_gateway(tmp_path, extra) as gateway:
+        yield gateway.stack, gateway.address
 
 
 def test_upstream_client_on_postgres(pg_stack: tuple[EmbeddedStack, str]) -> None:

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 from flotilla import BasicAuth, ClusterStatus
 from flotilla import Gateway as FlotillaGateway
-from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
-from gateway_stack import reap_leftover_cluster_processes, upstream_python, write_config
+from gateway_stack import running_gateway, upstream_python
 from helpers import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -113,16 +112,8 @@ PURDUE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("quotas")
-    config, address = write_config(state_dir, CONFIG)
-    embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        yield Stack(address, embedded, state_dir)
-    finally:
-        embedded.stop()
-        leftover = reap_leftover_cluster_processes(state_dir)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(tmp_path_factory.mktemp("quotas"), CONFIG) as gateway:
+        yield gateway
 
 
 def test_purdue_limits_through_the_upstream_client(stack: Stack) -> None:

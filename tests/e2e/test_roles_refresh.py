@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 from flotilla import BasicAuth, GatewayPermissionError
 from flotilla import Gateway as FlotillaGateway
-from flotilla_common.embedded import EmbeddedStack
 from gateway_stack import Gateway as Stack
-from gateway_stack import reap_leftover_cluster_processes, upstream_python, write_config
+from gateway_stack import running_gateway, upstream_python
 from helpers import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -74,15 +73,8 @@ WATCH = textwrap.dedent(
 
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    config, address = write_config(tmp_path, CONFIG)
-    embedded = EmbeddedStack(str(config))
-    try:
-        embedded.start()
-        yield Stack(address, embedded, tmp_path)
-    finally:
-        embedded.stop()
-        leftover = reap_leftover_cluster_processes(tmp_path)
-        assert not leftover, f"cluster processes left after the gateway stopped: {leftover}"
+    with running_gateway(tmp_path, CONFIG) as gateway:
+        yield gateway
 
 
 def restart_auth(stack: Stack) -> None:
