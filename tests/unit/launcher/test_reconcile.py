@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +19,7 @@ from flotilla_launcher.backends.base import (
     ProcessStatus,
     WorkerSpec,
 )
+from flotilla_launcher.config import Launcher
 from flotilla_launcher.reconciler import Reconciler
 
 RUNNING = types_pb2.TARGET_RUNNING
@@ -454,3 +458,40 @@ async def test_a_registry_without_logs_does_not_block_the_stop(
     )
     await reconciler._reconcile("c1")
     assert stub.cluster_reports[-1].observed == types_pb2.OBSERVED_STOPPED
+
+
+async def test_a_pushed_change_runs_the_status_check_at_once_and_coalesces() -> None:
+    """Backend.changed() from any thread wakes the check loop long before its period;
+    many calls before the check runs make one check."""
+    backend = FakeBackend()
+    reconciler = Reconciler(
+        backend, "local", "127.0.0.1:1", "secret", Launcher(status_check_period=3600)
+    )
+    checks: list[float] = []
+    ran = asyncio.Event()
+
+    async def check_now() -> None:
+        checks.append(asyncio.get_running_loop().time())
+        ran.set()
+
+    reconciler.check_now = check_now  # type: ignore[method-assign]
+    backend.changed()  # before the loop runs: nothing to wake, no error
+    loop_task = asyncio.create_task(reconciler._check_loop())
+    try:
+        await asyncio.sleep(0)  # the loop is waiting now
+        pushers = [threading.Thread(target=backend.changed) for _ in range(5)]
+        for t in pushers:
+            t.start()
+        for t in pushers:
+            t.join()
+        await asyncio.wait_for(ran.wait(), 5)
+        ran.clear()
+        await asyncio.sleep(0.2)
+        assert len(checks) == 1  # five pushes before the check: one check
+        backend.changed()  # from the loop's own thread
+        await asyncio.wait_for(ran.wait(), 5)
+        assert len(checks) == 2
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task

@@ -17,6 +17,7 @@ the record carries an unanswered ``logs_request``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -136,6 +137,10 @@ class Reconciler:
         self._workers: list[asyncio.Task[None]] = []
         #: Set once the first ``initial`` message of the watch has been applied.
         self.synced = asyncio.Event()
+        #: Set by :meth:`Backend.changed` (any thread): the check loop runs at once.
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        backend.on_change(self._backend_changed)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -651,9 +656,27 @@ class Reconciler:
 
     # -- status checks --------------------------------------------------------------------
 
+    def _backend_changed(self) -> None:
+        """:meth:`Backend.changed`: wake the check loop (thread-safe, coalesced)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._changed.set()
+        else:
+            loop.call_soon_threadsafe(self._changed.set)
+
     async def _check_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.settings.status_check_period)
+            # The period, or sooner when the backend pushed a change.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.settings.status_check_period)
+            self._changed.clear()
             try:
                 await self.check_now()
             except asyncio.CancelledError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -245,6 +245,26 @@ class Backend(Configurable):
 
     async def start(self) -> None:
         """Called once when the launcher starts, before any other hook (optional)."""
+
+    # -- pushing status changes -------------------------------------------------------------
+
+    _change_listener: Callable[[], None] | None = None
+
+    def on_change(self, listener: Callable[[], None] | None) -> None:
+        """Set what :meth:`changed` calls (the reconciler sets it before :meth:`start`)."""
+        self._change_listener = listener
+
+    def changed(self) -> None:
+        """Tell the launcher that something changed: run the status check soon.
+
+        A backend that learns of a change between check periods (a watch event, a driver
+        that restarted, a start that failed in the background) calls this instead of
+        waiting for the next period. Any thread may call it, any number of times: calls
+        before the check runs are coalesced into one :meth:`check`. Without a listener
+        (a backend driven directly, in tests) it does nothing.
+        """
+        if self._change_listener is not None:
+            self._change_listener()
 
     async def close(self) -> None:
         """Release backend resources when the launcher exits; never stops clusters."""
