@@ -14,6 +14,7 @@ from flotilla_common.clusterconfig import (
     ClusterConfig,
     PBSClusterConfig,
     SlurmClusterConfig,
+    YarnClusterConfig,
     batch_name,
     config_class_for,
 )
@@ -62,6 +63,39 @@ def test_an_unknown_backend_gets_the_plain_class() -> None:
 def test_the_batch_backends_classes_are_found_through_their_entry_points() -> None:
     assert config_class_for("slurm") is SlurmClusterConfig
     assert config_class_for("pbs") is PBSClusterConfig
+    assert config_class_for("yarn") is YarnClusterConfig
+
+
+def test_yarn_settings_carry_to_the_launcher() -> None:
+    files = {
+        "env": {"source": "hdfs:///envs/py.tar.gz", "type": "archive", "visibility": "public"},
+        "data.csv": "/srv/data.csv",
+    }
+    resolved = resolve_cluster_config(
+        Config(),
+        {"queue": "science", "localize_files": files, "worker_setup": "source env/bin/activate"},
+        config_class=YarnClusterConfig,
+    )
+    extra = base.ClusterConfig.from_json(resolved.to_json()).extra
+    assert extra["queue"] == "science"
+    assert extra["localize_files"] == files
+    assert extra["worker_setup"] == "source env/bin/activate"
+    assert extra["scheduler_setup"] == ""
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a/b": "/x"}, "not a plain file name"),
+        ({"env": ""}, "must be a path"),
+        ({"env": {"type": "archive"}}, "must be a path"),
+    ],
+)
+def test_bad_localize_files_are_refused_naming_the_entry(
+    files: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(Exception, match=message):
+        YarnClusterConfig(localize_files=files)
 
 
 def test_a_registered_backend_gets_its_class_and_its_options(

@@ -33,6 +33,7 @@ __all__ = [
     "ClusterConfig",
     "PBSClusterConfig",
     "SlurmClusterConfig",
+    "YarnClusterConfig",
     "batch_name",
     "config_class_for",
 ]
@@ -387,6 +388,58 @@ class PBSClusterConfig(ClusterConfig):
 
     queue = batch_name("PBS queue (-q)", "c.PBSBackend.queue")
     account = batch_name("PBS account (-A)", "c.PBSBackend.account")
+
+
+class _LocalizeFiles(Dict):
+    """``localize_files``: local name -> a path string, or a dict of ``skein.File`` fields.
+
+    Checked here for shape only (the registry has no skein): a value is a non-empty string
+    or a dict with a non-empty string ``source``; names are plain file names.
+    """
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        value = super().validate(obj, value)
+        for name, item in value.items():
+            if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+                raise TraitError(f"localize_files: {name!r} is not a plain file name")
+            if isinstance(item, str) and item:
+                continue
+            if isinstance(item, dict) and isinstance(item.get("source"), str) and item["source"]:
+                continue
+            raise TraitError(
+                f"localize_files[{name!r}] must be a path or a dict with a 'source' path"
+            )
+        return value
+
+
+class YarnClusterConfig(ClusterConfig):
+    """``ClusterConfig`` of clusters on the ``yarn`` backend (``c.YarnClusterConfig``).
+
+    The names and meanings of dask-gateway-server's ``YarnClusterConfig``: each cluster
+    is one YARN application in ``queue``; ``localize_files`` are made available in every
+    container's working directory (archives ``.tar.gz``/``.zip`` unpacked as a directory);
+    ``scheduler_setup``/``worker_setup`` are shell run before the scheduler's or a
+    worker's command (activating an environment, say).
+    """
+
+    queue = BatchName(
+        "default",
+        help="The YARN queue this cluster's application is submitted to.",
+        config=True,
+    )
+    localize_files = _LocalizeFiles(
+        help=(
+            "Files to localize into every container: local name -> path (on the cluster's "
+            "filesystem or the launcher's host), or a dict of skein.File fields "
+            "({'source': ..., 'type': 'archive', 'visibility': ...}). Archives "
+            "(.tar.gz, .zip) are unpacked as a directory of that name."
+        ),
+        config=True,
+    )
+    scheduler_setup = Unicode(
+        "", help="Shell commands run before the scheduler starts.", config=True
+    )
+    worker_setup = Unicode("", help="Shell commands run before each worker starts.", config=True)
 
 
 #: The keys of every cluster's ``config_json``, in the order of ``docs/internals.md``: the
