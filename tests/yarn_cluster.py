@@ -331,7 +331,8 @@ class YarnCluster:
             "# Stands in for Hadoop's `yarn` script (written by tests/yarn_cluster.py):\n"
             "# skein runs only `yarn classpath --glob`.\n"
             'case "$1" in\n'
-            f"  classpath) echo '{self.classpath}' ;;\n"
+            # As Hadoop's script does: the configuration directory the caller names.
+            f'  classpath) echo "${{HADOOP_CONF_DIR:-{self.conf_dir}}}:{self.lib}/*" ;;\n'
             '  *) echo "yarn (test shim): only \\`yarn classpath\\` is here" >&2; exit 2 ;;\n'
             "esac\n"
         )
