@@ -31,8 +31,9 @@ def main() -> None:
     print("Set options in one Python file, `c.<Class>.<option> = value`, passed to every")
     print("service with `--config FILE` (or `$FLOTILLA_CONFIG`).\n")
     seen: set[type] = set()
-    # Backends' cluster configuration classes, wherever the backend declared them.
-    declared = sorted({ep.module for ep in entry_points(group="flotilla.cluster_configs")})
+    # Backends and their cluster configuration classes, wherever they are declared.
+    groups = ("flotilla.cluster_configs", "flotilla.launcher_backends")
+    declared = sorted({ep.module for g in groups for ep in entry_points(group=g)})
     for module_name in MODULES + [m for m in declared if m not in MODULES]:
         try:
             module = importlib.import_module(module_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Any, Bool, Dict, Float, Integer, List, Unicode
+from traitlets import Any, Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
 __all__ = ["KEYS_ENV", "Registry"]
@@ -65,14 +65,18 @@ class Registry(Configurable):
         config=True,
     )
     default_backend = Unicode(
-        "local",
         help=(
             "Backend of clusters whose options do not choose one and whose owner no "
             "backend_by_user/backend_by_group entry maps (an options handler may also "
-            "return {'backend': name})."
+            "return {'backend': name}). Default: the first of c.Registry.backends."
         ),
         config=True,
     )
+
+    @default("default_backend")
+    def _first_backend(self) -> str:
+        return self.backends[0] if self.backends else "local"
+
     backend_by_user = Dict(
         value_trait=Unicode(),
         help="User name -> backend: the backend of that user's clusters unless they choose.",

@@ -258,7 +258,7 @@ def _tail(path: Path, nbytes: int) -> str:
 
 
 class YarnBackend(Backend):
-    """Clusters as YARN applications (module docstring)."""
+    """The ``yarn`` backend: each cluster one YARN application, submitted for its owner."""
 
     backend_name = "yarn"
     stops_workers_with_cluster = True
