@@ -17,6 +17,8 @@ from traitlets import Integer, Unicode
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import PyFileConfigLoader
 
+from . import compat
+
 __all__ = ["Deployment", "add_config_argument", "load_config"]
 
 
@@ -142,8 +144,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if not p.exists():
         raise SystemExit(f"config file not found: {p}")
     loader = PyFileConfigLoader(p.name, path=str(p.parent))
-    cfg: Config = loader.load_config()
-    return cfg
+    # A dask-gateway-server configuration file runs as it is (flotilla_common.compat).
+    with compat.options_importable():
+        try:
+            cfg: Config = loader.load_config()
+        except ImportError as exc:
+            raise SystemExit(f"config file {p}: {exc}") from None
+    return compat.translate(cfg)
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
