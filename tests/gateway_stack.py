@@ -84,20 +84,31 @@ class Gateway:
         return status, rheaders, parsed
 
 
+def internal_addresses(ports: list[int] | None = None) -> str:
+    """Configuration lines putting every internal listener on a loopback port: the five
+    ``ports`` given, or free ones."""
+    registry_grpc, registry_http, auth, xds, admin = ports or free_ports(5)
+    return textwrap.dedent(
+        f"""
+        c.Deployment.registry_grpc_address = "127.0.0.1:{registry_grpc}"
+        c.Deployment.registry_http_address = "127.0.0.1:{registry_http}"
+        c.Deployment.auth_grpc_address = "127.0.0.1:{auth}"
+        c.Deployment.xds_address = "127.0.0.1:{xds}"
+        c.Deployment.envoy_admin_port = {admin}
+        c.Embedded.log_to_files = True
+        """
+    )
+
+
 def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
-    public, registry_grpc, registry_http, auth, xds, admin = free_ports(6)
+    public, *internal = free_ports(6)
     config = state_dir / "flotilla_config.py"
     config.write_text(
-        textwrap.dedent(
+        internal_addresses(internal)
+        + textwrap.dedent(
             f"""
             c.Deployment.public_port = {public}
             c.Deployment.state_dir = {str(state_dir)!r}
-            c.Deployment.registry_grpc_address = "127.0.0.1:{registry_grpc}"
-            c.Deployment.registry_http_address = "127.0.0.1:{registry_http}"
-            c.Deployment.auth_grpc_address = "127.0.0.1:{auth}"
-            c.Deployment.xds_address = "127.0.0.1:{xds}"
-            c.Deployment.envoy_admin_port = {admin}
-            c.Embedded.log_to_files = True
             c.LocalBackend.run_as = "self"
             c.ClusterConfig.scheduler_memory = "512 M"
             c.ClusterConfig.cluster_max_workers = 4
@@ -114,6 +125,13 @@ def running_gateway(state_dir: Path, extra: str = "") -> Iterator[Gateway]:
     """A whole gateway configured by :func:`write_config` (plus ``extra``), stopped on exit;
     a cluster process it left behind is killed by PID and fails the test."""
     config, address = write_config(state_dir, extra)
+    with running_stack(config, address, state_dir) as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
+def running_stack(config: Path, address: str, state_dir: Path) -> Iterator[Gateway]:
+    """:func:`running_gateway` of a configuration file written some other way."""
     stack = EmbeddedStack(str(config))
     try:
         stack.start()

@@ -194,6 +194,11 @@ class YarnCluster:
         """Configuration first, then every jar (the java launcher expands ``lib/*``)."""
         return f"{self.conf_dir}:{self.lib}/*"
 
+    def fs_url(self, path: Path) -> str:
+        """A local file as a path of the cluster's filesystem (a site's ``hdfs://...``):
+        YARN localizes it from there rather than staging a copy."""
+        return f"viewfs://{self.fs_name}{path.resolve()}"
+
     @property
     def rm_address(self) -> str:
         return f"127.0.0.1:{self.ports['rm']}"

@@ -4,7 +4,7 @@ NodeManager (tests/yarn_cluster.py), users logged in with Kerberos against a rea
 
 The unmodified dask-gateway client (``auth="kerberos"`` after ``kinit alice``) runs the
 main scenario; the failure cases drive Flotilla's own client, which logs in with a SPNEGO
-token from the same ticket (``NegotiateAuth`` below). Containers run as the NodeManager's
+token from the same ticket (tests/yarn_gateway.py). Containers run as the NodeManager's
 user (DefaultContainerExecutor, tests/yarn_cluster.py says why); the ResourceManager
 records alice as the application's user. Schedulers and workers run the project's own
 virtualenv, named by absolute path.
@@ -12,122 +12,27 @@ virtualenv, named by absolute path.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import gssapi
 import pytest
-from flotilla import ClusterStatus, GatewayAuth
-from flotilla import Gateway as FlotillaGateway
-from gateway_stack import Gateway, running_gateway, upstream_python
-from helpers import free_port, wait_for
+from flotilla import ClusterStatus
+from gateway_stack import upstream_python, write_config
+from helpers import wait_for
 from krb5_realm import Krb5Realm
 from yarn_cluster import YarnCluster
+from yarn_gateway import VENV_BIN, YarnGateway, launcher_settings, yarn_gateway
 
 pytestmark = [pytest.mark.yarn, pytest.mark.timeout(600)]
 
 SCENARIO = Path(__file__).parent / "scenarios" / "upstream_yarn.py"
-VENV_BIN = Path(sys.executable).parent
-
-
-class NegotiateAuth(GatewayAuth):
-    """Kerberos for Flotilla's client in these tests: a fresh SPNEGO token for
-    ``HTTP@<host>`` from the ticket cache in ``KRB5CCNAME`` on every call that has no
-    session cookie yet (python-gssapi, the library auth itself uses)."""
-
-    def __init__(self, host: str) -> None:
-        super().__init__()
-        self.host = host
-
-    def metadata(self) -> list[tuple[str, str]]:
-        target = gssapi.Name(f"HTTP@{self.host}", gssapi.NameType.hostbased_service)
-        token = gssapi.SecurityContext(name=target, usage="initiate").step()
-        return [("authorization", "Negotiate " + base64.b64encode(token).decode())]
-
-
-@dataclass
-class YarnGateway(Gateway):
-    yarn: YarnCluster
-    kdc: Krb5Realm
-    ccache: Path
-
-    @property
-    def public(self) -> str:
-        """The address clients use: ``localhost``, the host of the HTTP/ principal."""
-        return self.address.replace("127.0.0.1", "localhost")
-
-    def client(self) -> FlotillaGateway:
-        return FlotillaGateway(self.public, auth=NegotiateAuth("localhost"))
-
-    def applications(self, cluster: str) -> list[dict[str, Any]]:
-        """The cluster's applications, as the ResourceManager lists them."""
-        tag = f"flotilla-cluster:{cluster}"
-        return [a for a in self.yarn.apps() if tag in a["applicationTags"].split(",")]
-
-    def live_applications(self, cluster: str) -> list[dict[str, Any]]:
-        return [
-            a
-            for a in self.applications(cluster)
-            if a["state"] not in ("FINISHED", "FAILED", "KILLED")
-        ]
-
-    def container_processes(self, app_id: str) -> dict[int, dict[str, str]]:
-        """Processes of the application's containers: pid -> environment."""
-        marker = "container_" + app_id.removeprefix("application_")
-        out = {}
-        for pid in self.yarn.container_processes():
-            env = _environ(pid)
-            if env.get("CONTAINER_ID", "").startswith(marker):
-                out[pid] = env
-        return out
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return {}
-    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
-
-
-def _config(yarn: YarnCluster, kdc: Krb5Realm, launcher_health: str) -> str:
-    return textwrap.dedent(
-        f"""
-        c.Auth.authenticator_class = "kerberos"
-        c.KerberosAuthenticator.keytab = {str(kdc.keytab)!r}
-        c.Registry.backends = ["yarn"]
-        c.ClusterConfig.scheduler_cmd = [{str(VENV_BIN / "dask")!r}, "scheduler"]
-        c.ClusterConfig.worker_cmd = [{str(VENV_BIN / "dask")!r}, "worker"]
-        c.ClusterConfig.scheduler_memory = "512 M"
-        c.Launcher.status_check_period = 1.0
-        c.Launcher.health_address = {launcher_health!r}
-        c.YarnBackend.hadoop_conf_dir = {str(yarn.conf_dir)!r}
-        c.YarnBackend.nodemanager_log_dirs = [{str(yarn.root / "nm-logs")!r}]
-        c.YarnBackend.security_dir = {str(yarn.root / "gateway-skein")!r}
-        c.YarnBackend.driver_log = {str(yarn.log_dir / "skein-driver-gateway.log")!r}
-        c.YarnBackend.driver_java_options = ["-Xmx256m", "-XX:TieredStopAtLevel=1"]
-        c.YarnBackend.master_memory = 256
-        c.YarnBackend.host = "127.0.0.1"
-        """
-    )
-
-
-def supervise(gateway: YarnGateway, stop: threading.Event) -> None:
-    """Restart a service that died, as ``flotilla-embedded`` does."""
-    while not stop.wait(0.2):
-        gateway.stack.check_children()
 
 
 @pytest.fixture(scope="module")
@@ -135,29 +40,18 @@ def stack(
     yarn: YarnCluster, kdc: Krb5Realm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[YarnGateway]:
     state_dir = tmp_path_factory.mktemp("yarn-gateway")
-    ccache = kdc.kinit("alice", state_dir / "alice.ccache")
-    with pytest.MonkeyPatch.context() as mp:
-        # The services inherit these: auth the KDC's, the launcher YARN's client settings.
-        for key, value in {**kdc.env, **yarn.env}.items():
-            mp.setenv(key, value)
-        mp.setenv("KRB5CCNAME", f"FILE:{ccache}")  # this process's client: alice
-        health = f"127.0.0.1:{free_port()}"
-        with running_gateway(state_dir, _config(yarn, kdc, health)) as gateway:
-            yarn_gateway = YarnGateway(
-                gateway.address, gateway.stack, gateway.state_dir, yarn, kdc, ccache
-            )
-            stop = threading.Event()
-            # A child gets SIGTERM when the thread that started it ends: the supervisor
-            # thread outlives the stack.
-            supervisor = threading.Thread(target=supervise, args=(yarn_gateway, stop))
-            supervisor.start()
-            try:
-                yield yarn_gateway
-            finally:
-                stop.set()
-                supervisor.join()
-                for cluster in yarn.apps():
-                    assert cluster["state"] in ("FINISHED", "FAILED", "KILLED"), cluster
+    extra = textwrap.dedent(
+        f"""
+        c.Auth.authenticator_class = "kerberos"
+        c.KerberosAuthenticator.keytab = {str(kdc.keytab)!r}
+        c.Registry.backends = ["yarn"]
+        c.ClusterConfig.scheduler_cmd = [{str(VENV_BIN / "dask")!r}, "scheduler"]
+        c.ClusterConfig.worker_cmd = [{str(VENV_BIN / "dask")!r}, "worker"]
+        """
+    )
+    config, address = write_config(state_dir, extra + launcher_settings(yarn))
+    with yarn_gateway(yarn, kdc, config, address, state_dir) as gateway:
+        yield gateway
 
 
 def test_upstream_client_on_yarn_with_kerberos(stack: YarnGateway) -> None:
