@@ -11,7 +11,12 @@ dask, distributed and dask-gateway, as a dask-gateway-server site's does.
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +90,52 @@ def test_the_guides_configuration_runs_the_packed_environment(guide: YarnGateway
         assert executable.startswith(prefix), executable
         assert not prefix.startswith(sys.prefix)
     assert memory == [int(1.5 * 2**30)]  # the options handler's worker_memory
+
+
+def guide_blocks(language: str) -> list[str]:
+    text = (Path(__file__).parents[2] / "docs" / "hadoop.md").read_text()
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.S | re.M)
+
+
+def test_the_guides_kadmin_steps_make_keytabs_that_log_in(kdc: Krb5Realm, tmp_path: Path) -> None:
+    """Step 4 against the test KDC (its realm and a directory of the test's for
+    /etc/flotilla): each keytab logs its principal in."""
+    steps = [
+        line
+        for block in guide_blocks("bash")
+        for line in block.splitlines()
+        if line.startswith(("kadmin.local ", "chmod "))
+    ]
+    assert len(steps) == 5, steps
+    for line in steps:
+        line = line.replace("EXAMPLE.COM", REALM).replace("/etc/flotilla/", f"{tmp_path}/")
+        argv = shlex.split(line)
+        if argv[0] == "kadmin.local":
+            kdc.kadmin(argv[2])
+        else:
+            subprocess.run(argv, check=True)
+    for keytab, principal in (
+        ("flotilla.keytab", f"flotilla/edge1.example.com@{REALM}"),
+        ("http.keytab", f"HTTP/edge1.example.com@{REALM}"),
+    ):
+        path = tmp_path / keytab
+        assert path.stat().st_mode & 0o777 == 0o400
+        done = subprocess.run(
+            ["kinit", "-k", "-t", str(path), "-c", f"FILE:{tmp_path / 'ccache'}", principal],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **kdc.env},
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def test_the_test_yarn_grants_the_guides_proxy_user_properties(yarn: YarnCluster) -> None:
+    """Step 3: the properties the test YARN's impersonation (alice's applications, in
+    test_yarn.py) rests on are the guide's, for its service user."""
+    [xml] = guide_blocks("xml")
+    names = {p.findtext("name") for p in ET.fromstring(f"<c>{xml}</c>").iter("property")}
+    site = ET.parse(yarn.conf_dir / "core-site.xml").getroot()
+    granted = {p.findtext("name") for p in site.iter("property")}
+    ours = {n.replace(".flotilla.", f".{yarn.service_user}.") for n in names if n}
+    assert ours <= granted, (ours, granted)
