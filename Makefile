@@ -74,8 +74,11 @@ typecheck: setup
 protos: setup
 	PYTHON=$(abspath $(VENV))/bin/python scripts/gen_protos.sh
 
+# The generated references, then the site (mkdocs.yml, strict: any warning fails) in site/.
 docs: setup
 	$(VENV)/bin/python scripts/gen_config_docs.py > docs/configuration.md
+	$(VENV)/bin/python scripts/gen_api_docs.py > docs/api.md
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 clean:
-	rm -rf $(VENV) $(CACHE) .flotilla
+	rm -rf $(VENV) $(CACHE) .flotilla site
