@@ -107,6 +107,12 @@ def test_site_loads_only_its_own_assets(site: Path) -> None:
     assert not {name: urls for name, urls in remote.items() if urls}
 
 
+def test_every_code_fence_is_rendered(site: Path) -> None:
+    """Python-Markdown leaves a fence it cannot parse (say, inside a list item) as text."""
+    unrendered = [p.name for p in site.glob("*.html") if "```" in p.read_text()]
+    assert not unrendered
+
+
 def test_strict_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
     """The validation settings are in force: a link to a missing heading fails the build."""
     docs = tmp_path / "docs"
