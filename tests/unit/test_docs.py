@@ -108,9 +108,15 @@ def test_site_loads_only_its_own_assets(site: Path) -> None:
 
 
 def test_every_code_fence_is_rendered(site: Path) -> None:
-    """Python-Markdown leaves a fence it cannot parse (say, inside a list item) as text."""
-    unrendered = [p.name for p in site.glob("*.html") if "```" in p.read_text()]
-    assert not unrendered
+    """Python-Markdown renders a fence it cannot parse (one inside a list item) as inline
+    code: each page has at least as many code blocks as its source has fences."""
+    short = {}
+    for source in (ROOT / "docs").glob("*.md"):
+        fences = len(re.findall(r"^\s*```", source.read_text(), flags=re.MULTILINE)) // 2
+        blocks = (site / source.name.replace(".md", ".html")).read_text().count("<pre")
+        if blocks < fences:
+            short[source.name] = (fences, blocks)
+    assert not short
 
 
 def test_strict_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
