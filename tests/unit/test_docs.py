@@ -119,15 +119,24 @@ def test_every_code_fence_is_rendered(site: Path) -> None:
     assert not short
 
 
-def test_strict_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
-    """The validation settings are in force: a link to a missing heading fails the build."""
+@pytest.mark.parametrize(
+    ("page", "text", "warning"),
+    [
+        ("index.md", "[the guide](user-guide.md#no-such-heading)", "no-such-heading"),
+        ("index.md", "[a page](no-such-page.md)", "no-such-page.md"),
+        ("index.md", "[a page](/hpc.md)", "absolute link"),
+        ("stray.md", "# Not in the nav", "stray.md"),
+    ],
+)
+def test_strict_build_fails_on(tmp_path: Path, page: str, text: str, warning: str) -> None:
+    """The validation settings are in force: each of these breakages fails the build."""
     docs = tmp_path / "docs"
     subprocess.run(["cp", "-r", str(ROOT / "docs"), str(docs)], check=True)
-    with (docs / "index.md").open("a") as f:
-        f.write("\nSee [the guide](user-guide.md#no-such-heading).\n")
+    with (docs / page).open("a") as f:
+        f.write(f"\n{text}\n")
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     config["docs_dir"] = str(docs)
     (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
     built = _build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert built.returncode != 0
-    assert "no-such-heading" in built.stderr
+    assert warning in built.stderr
