@@ -7,6 +7,7 @@ a warning fail the build, so these tests prove the site builds with no warnings.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -131,7 +132,7 @@ def test_every_code_fence_is_rendered(site: Path) -> None:
 def test_strict_build_fails_on(tmp_path: Path, page: str, text: str, warning: str) -> None:
     """The validation settings are in force: each of these breakages fails the build."""
     docs = tmp_path / "docs"
-    subprocess.run(["cp", "-r", str(ROOT / "docs"), str(docs)], check=True)
+    shutil.copytree(ROOT / "docs", docs)
     with (docs / page).open("a") as f:
         f.write(f"\n{text}\n")
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
