@@ -74,8 +74,12 @@ typecheck: setup
 protos: setup
 	PYTHON=$(abspath $(VENV))/bin/python scripts/gen_protos.sh
 
+# The generated references, then the site (mkdocs.yml, strict: any warning fails) in site/.
+# Not --quiet: mkdocs 1.6 then stops counting warnings, and strict passes whatever they say.
 docs: setup
 	$(VENV)/bin/python scripts/gen_config_docs.py > docs/configuration.md
+	$(VENV)/bin/python scripts/gen_api_docs.py > docs/api.md
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) $(CACHE) .flotilla
+	rm -rf $(VENV) $(CACHE) .flotilla site
