@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flotilla_common.embedded import EmbeddedStack
-from helpers import free_ports
+from helpers import free_ports, process_environ
 
 # An options spec with every field type, so clients can round-trip it.
 OPTIONS = """
@@ -168,16 +168,6 @@ class ProcessGroups:
     strays: list[int] = field(default_factory=list)  # in no scheduler's or worker's group
 
 
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(
-        item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item
-    )
-
-
 def cluster_process_groups(name: str) -> ProcessGroups:
     """The live processes of cluster ``name``, grouped by their process group leader."""
     groups = ProcessGroups()
@@ -194,7 +184,7 @@ def cluster_process_groups(name: str) -> ProcessGroups:
     for pid, pgid in sorted(members.items()):
         if pid != pgid:
             continue
-        worker = _environ(pid).get("DASK_GATEWAY_WORKER_NAME")
+        worker = process_environ(pid).get("DASK_GATEWAY_WORKER_NAME")
         if worker is None:
             groups.schedulers.append(pid)
         else:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -82,3 +83,14 @@ def apt_install(packages: Sequence[str]) -> str | None:
             last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
             return f"`{' '.join(argv[:2])}` failed: {last}"
     return None
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment of process ``pid`` (empty once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(
+        item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item
+    )

@@ -51,7 +51,7 @@ from typing import Any, NoReturn
 from xml.sax.saxutils import escape
 
 import pytest
-from helpers import apt_install, free_ports, wait_for
+from helpers import apt_install, free_ports, process_environ, wait_for
 
 __all__ = ["YarnCluster", "yarn_cluster"]
 
@@ -422,6 +422,28 @@ class YarnCluster:
             if any(v.startswith(marker) for v in env):
                 pids.append(int(entry.name))
         return pids
+
+    def application_processes(self, app_id: str) -> dict[int, dict[str, str]]:
+        """Processes of ``app_id``'s containers (their CONTAINER_ID names it): pid ->
+        environment."""
+        marker = "container_" + app_id.removeprefix("application_")
+        out = {}
+        for pid in self.container_processes():
+            env = process_environ(pid)
+            if env.get("CONTAINER_ID", "").startswith(marker):
+                out[pid] = env
+        return out
+
+    def kill_application(self, app_id: str) -> None:
+        """What an operator's ``yarn application -kill`` does, through the RM's REST API."""
+        request = urllib.request.Request(
+            f"{self.web_url}/ws/v1/cluster/apps/{app_id}/state?user.name={self.service_user}",
+            data=json.dumps({"state": "KILLED"}).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
 
     def stop(self) -> list[int]:
         """SIGTERM the NodeManager (it stops its containers), then the ResourceManager,

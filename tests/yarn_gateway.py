@@ -67,22 +67,7 @@ class YarnGateway(Gateway):
         ]
 
     def container_processes(self, app_id: str) -> dict[int, dict[str, str]]:
-        """Processes of the application's containers: pid -> environment."""
-        marker = "container_" + app_id.removeprefix("application_")
-        out = {}
-        for pid in self.yarn.container_processes():
-            env = _environ(pid)
-            if env.get("CONTAINER_ID", "").startswith(marker):
-                out[pid] = env
-        return out
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return {}
-    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+        return self.yarn.application_processes(app_id)
 
 
 def launcher_settings(yarn: YarnCluster) -> str:

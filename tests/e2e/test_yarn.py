@@ -18,7 +18,6 @@ import signal
 import subprocess
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,19 +85,6 @@ def test_upstream_client_on_yarn_with_kerberos(stack: YarnGateway) -> None:
     wait_for(ended, max(left, 0.5), "the application to end with no container left")
 
 
-def kill_through_yarn(stack: YarnGateway, app_id: str) -> None:
-    """What an operator does with ``yarn application -kill``: the RM's REST API."""
-    request = urllib.request.Request(
-        f"{stack.yarn.web_url}/ws/v1/cluster/apps/{app_id}/state"
-        f"?user.name={stack.yarn.service_user}",
-        data=json.dumps({"state": "KILLED"}).encode(),
-        method="PUT",
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
 def test_an_application_killed_through_yarn_fails_the_cluster_with_its_diagnostics(
     stack: YarnGateway,
 ) -> None:
@@ -106,7 +92,7 @@ def test_an_application_killed_through_yarn_fails_the_cluster_with_its_diagnosti
         cluster = gw.new_cluster()
         name = cluster.name
         [app] = stack.live_applications(name)
-        kill_through_yarn(stack, app["id"])
+        stack.yarn.kill_application(app["id"])
         report = wait_for(
             lambda: (r := gw.get_cluster(name)).status is ClusterStatus.FAILED and r,
             30,

@@ -7,10 +7,8 @@ that print what they see and sleep, so these tests cost no Dask start-up."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,20 +108,6 @@ def container_log(yarn: YarnCluster, app_id: str, name: str) -> str:
     return "".join(p.read_text(errors="replace") for p in paths)
 
 
-def app_processes(yarn: YarnCluster, app_id: str) -> list[int]:
-    """PIDs of processes of ``app_id``'s containers (their CONTAINER_ID names the app)."""
-    marker = "container_" + app_id.removeprefix("application_")
-    pids = []
-    for pid in yarn.container_processes():
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(v.startswith(f"CONTAINER_ID={marker}".encode()) for v in env):
-            pids.append(pid)
-    return pids
-
-
 async def poll(predicate: Any, timeout: float, what: str) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -178,8 +162,8 @@ async def test_cluster_workers_stop_and_logs(yarn: YarnCluster, backend: YarnBac
     await poll(two_left, 20, "the third worker to be gone")
 
     # A worker container dies (its process killed): that worker is reported gone.
-    for pid in app_processes(yarn, app_id):
-        if _environ(pid).get("DASK_GATEWAY_WORKER_NAME") == "w1":
+    for pid, env in yarn.application_processes(app_id).items():
+        if env.get("DASK_GATEWAY_WORKER_NAME") == "w1":
             os.kill(pid, signal.SIGKILL)
 
     async def w1_gone() -> Any:
@@ -198,21 +182,14 @@ async def test_cluster_workers_stop_and_logs(yarn: YarnCluster, backend: YarnBac
     await backend.stop_cluster(spec, state)
 
     async def ended() -> bool:
-        return app(yarn, app_id)["state"] in ("KILLED", "FINISHED") and not app_processes(
-            yarn, app_id
-        )
+        return app(yarn, app_id)["state"] in (
+            "KILLED",
+            "FINISHED",
+        ) and not yarn.application_processes(app_id)
 
     await poll(ended, 10, "the application to end with no container left")
     logs = await backend.read_logs(spec, state, 4096, 65536)
     assert "role=scheduler" in logs["scheduler"] and "worker-w0" in logs
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return {}
-    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
 async def test_kill_through_yarn_gives_its_diagnostics(
@@ -226,14 +203,7 @@ async def test_kill_through_yarn_gives_its_diagnostics(
         return app(yarn, app_id)["state"] in ("ACCEPTED", "RUNNING")
 
     await poll(accepted, 60, "the application to be accepted")
-    request = urllib.request.Request(
-        f"{yarn.web_url}/ws/v1/cluster/apps/{app_id}/state?user.name={yarn.service_user}",
-        data=json.dumps({"state": "KILLED"}).encode(),
-        method="PUT",
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+    yarn.kill_application(app_id)
 
     async def stopped() -> Any:
         [status] = await backend.check_clusters([(spec, state)])
