@@ -22,9 +22,17 @@ $(UV):
 	$(PYTHON) -m venv $(CACHE)/tools
 	$(CACHE)/tools/bin/pip install --quiet uv==0.13.9
 
+# Headers gssapi (auth) and pykerberos (the upstream client's Kerberos extra) build
+# against: neither has a Linux wheel on PyPI.
+KRB5_CONFIG := $(firstword $(wildcard /usr/bin/krb5-config) $(CACHE)/.krb5-dev)
+$(KRB5_CONFIG):
+	command -v krb5-config >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends libkrb5-dev gcc python3.11-dev; }
+	mkdir -p $(CACHE) && touch $(CACHE)/.krb5-dev
+
 # The workspace: every service, the client, and the dev tools, from the lock file.
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml protos/pyproject.toml client/pyproject.toml \
-		$(wildcard services/*/pyproject.toml)
+		$(wildcard services/*/pyproject.toml) | $(KRB5_CONFIG)
 	$(UV) sync --frozen --all-groups --python $(PYTHON)
 	touch $@
 
@@ -36,9 +44,7 @@ $(ENVOY): $(UV)
 
 # What a new user has: only the unmodified dask-gateway client (with its Kerberos extra,
 # pykerberos, built against libkrb5-dev) and dask[array].
-$(UPSTREAM_VENV)/.installed: $(UV)
-	command -v krb5-config >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
-		apt-get install -y -qq --no-install-recommends libkrb5-dev gcc python3.11-dev; }
+$(UPSTREAM_VENV)/.installed: $(UV) | $(KRB5_CONFIG)
 	$(UV) venv --quiet --python $(PYTHON) $(UPSTREAM_VENV)
 	$(UV) pip install --quiet --python $(UPSTREAM_VENV)/bin/python \
 		"dask-gateway[kerberos]==2026.3.0" "dask[array]==2026.8.0" distributed==2026.8.0
