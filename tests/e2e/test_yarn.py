@@ -73,7 +73,7 @@ def test_upstream_client_on_yarn_with_kerberos(stack: YarnGateway) -> None:
     ), ids
     assert result["sum"] == 1_000_000.0
     assert result["scheduler_address"].startswith("gateway://")
-    assert result["containers_after_scale1"] == 3
+    assert result["containers_after_scale1"] == 2
 
     def ended() -> bool:
         app = stack.yarn.rest(f"/ws/v1/cluster/apps/{result['app_id']}")["app"]

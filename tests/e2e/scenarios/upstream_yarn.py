@@ -65,11 +65,11 @@ with Gateway(address, auth="kerberos") as gateway:
 
     cluster.scale(1)
     until(lambda: len(client.scheduler_info()["workers"]) == 1, 60, "one worker left")
-    # The application master, the scheduler and one worker.
+    # The ApplicationMaster's container (the scheduler runs in it too) and one worker.
     running = until(
-        lambda: (a := application(name)) and a["runningContainers"] == 3 and a,
+        lambda: (a := application(name)) and a["runningContainers"] == 2 and a,
         60,
-        "the ResourceManager to show three containers",
+        "the ResourceManager to show two containers",
     )
     result["containers_after_scale1"] = running["runningContainers"]
 

@@ -56,18 +56,22 @@ def scheduler_command(config: ClusterConfig, host: str = "127.0.0.1") -> list[st
 
 
 def worker_command(
-    config: ClusterConfig, worker_name: str, scheduler_address: str, host: str = "127.0.0.1"
+    config: ClusterConfig,
+    worker_name: str,
+    scheduler_address: str,
+    host: str = "127.0.0.1",
+    *,
+    dashboard: bool = True,
 ) -> list[str]:
     """A worker's command line; ``scheduler_address`` is ``host:port`` (or a full URL).
 
-    ``host`` is the interface its dashboard listens on.
+    ``host`` is the interface its dashboard listens on; ``dashboard=False``: none.
     """
     address = scheduler_address if "://" in scheduler_address else f"tls://{scheduler_address}"
     return [
         *config.worker_cmd,
         address,
-        "--dashboard-address",
-        f"{host}:0",
+        *(("--dashboard-address", f"{host}:0") if dashboard else ("--no-dashboard",)),
         "--name",
         worker_name,
         "--nthreads",

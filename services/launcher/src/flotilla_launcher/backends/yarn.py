@@ -4,13 +4,24 @@ One skein driver (a Java process, started in :meth:`YarnBackend.start`, restarte
 dies) talks to the ResourceManager as the service user (``c.YarnBackend.principal`` /
 ``keytab`` under Kerberos). Each cluster is an application submitted *for* its owner
 (proxy-user impersonation, ``ApplicationSpec(user=owner)``) in the cluster's
-``c.YarnClusterConfig.queue``, with two services:
+``c.YarnClusterConfig.queue``:
 
-* ``scheduler``: one container, ``commands.scheduler_command`` listening on every
-  interface of its node;
+* the scheduler (``commands.scheduler_command``, listening on every interface of its
+  node) runs in the ApplicationMaster's container, and starts when the container does,
+  beside the ApplicationMaster's JVM rather than after it: the container's environment
+  names ``SCHEDULER_START`` as ``BASH_ENV``, which the ``bash -c`` that YARN runs the
+  master's command line with sources first. The script unsets ``BASH_ENV`` and starts
+  ``scheduler.sh`` in the background, its output in the container's ``scheduler.log``.
+  skein's master script (run once the ApplicationMaster has registered) waits for the
+  scheduler's exit status on a FIFO and exits with it, so the application ends with it
+  (FINISHED after a clean exit, FAILED otherwise) as with any skein driver. Starting
+  the scheduler in a container of its own would cost an allocation round (about two
+  seconds) and starting it as the master script the JVM's start-up (about two more);
 * ``worker``: no containers at submit; :meth:`~YarnBackend.start_worker` adds one per
   Flotilla worker (``ApplicationClient.add_container``) with the worker's name and the
   scheduler's address in its environment, :meth:`~YarnBackend.stop_worker` kills it.
+  Workers serve no dashboard (nothing routes to a worker's, and it costs each worker
+  the import of bokeh).
 
 The cluster's TLS certificate and key travel as application-visibility skein files (the
 driver copies them into the owner's staging directory; the local copies live in a 0700
@@ -73,6 +84,11 @@ LIVE_CONTAINER_STATES = ("WAITING", "REQUESTED", "RUNNING")
 ALL_CONTAINER_STATES = (*LIVE_CONTAINER_STATES, "SUCCEEDED", "FAILED", "KILLED")
 #: The first line each worker container writes to its log: how read_logs names it.
 WORKER_LOG_MARKER = "flotilla worker "
+#: Files of the ApplicationMaster's container: what BASH_ENV names, and what it starts.
+SCHEDULER_START = "flotilla-start-scheduler.sh"
+SCHEDULER_SCRIPT = "flotilla-scheduler.sh"
+#: The FIFO the scheduler's exit status travels on, to skein's master script.
+SCHEDULER_EXIT = ".flotilla-scheduler-exit"
 # Placeholders for the per-container values of a worker's command line.
 _NAME_SLOT = "@@FLOTILLA_WORKER_NAME@@"
 _ADDRESS_SLOT = "@@FLOTILLA_SCHEDULER_ADDRESS@@"
@@ -133,6 +149,25 @@ def _script(setup: str, argv: list[str]) -> str:
     return "set -e\n" + (f"{setup}\n" if setup.strip() else "") + f"exec {quoted}\n"
 
 
+def scheduler_start_script() -> str:
+    """What ``BASH_ENV`` sources in the ApplicationMaster's container (module docstring)."""
+    return (
+        "# Sourced (BASH_ENV) by the shell that starts the ApplicationMaster's JVM.\n"
+        "unset BASH_ENV\n"
+        f"mkfifo {SCHEDULER_EXIT}\n"
+        f'( bash ./{SCHEDULER_SCRIPT}; echo "$?" > {SCHEDULER_EXIT} ) '
+        f'< /dev/null > "${{LOG_DIRS%%,*}}/{SCHEDULER}.log" 2>&1 &\n'
+    )
+
+
+#: skein's master script: the application lives as long as the scheduler, ends as it does.
+MASTER_SCRIPT = (
+    f"read -r status < {SCHEDULER_EXIT}\n"
+    'echo "the scheduler exited with status $status"\n'
+    'exit "$status"\n'
+)
+
+
 def _localized(files: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, item in files.items():
@@ -146,18 +181,37 @@ def _localized(files: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_scheduler_files(cluster: ClusterSpec, directory: Path, host: str) -> dict[str, Path]:
+    """The scheduler's scripts (see the module docstring) in ``directory``, by name."""
+    settings = YarnSettings.of(cluster.config)
+    texts = {
+        SCHEDULER_START: scheduler_start_script(),
+        SCHEDULER_SCRIPT: _script(
+            settings.scheduler_setup, scheduler_command(cluster.config, host)
+        ),
+    }
+    paths = {}
+    for name, text in texts.items():
+        paths[name] = directory / name
+        paths[name].write_text(text)
+    return paths
+
+
 def application_spec(
     cluster: ClusterSpec,
     *,
     cert_path: str,
     key_path: str,
+    scheduler_files: Mapping[str, Path],
     instance: str,
     name_prefix: str = "flotilla-",
     master_memory_mib: int = 512,
     master_vcores: int = 1,
+    master_java_options: Sequence[str] = (),
     host: str = "0.0.0.0",
 ) -> Any:
-    """The skein ``ApplicationSpec`` of ``cluster`` (one scheduler, no workers yet)."""
+    """The skein ``ApplicationSpec`` of ``cluster``: the scheduler in the master's
+    container (``scheduler_files``: :func:`write_scheduler_files`), no workers yet."""
     config = cluster.config
     settings = YarnSettings.of(config)
     secrets = {
@@ -165,30 +219,30 @@ def application_spec(
         KEY_FILE: skein.File(source=key_path, visibility="application"),
     }
     files = {**_localized(settings.localize_files), **secrets}
+    master_files = {
+        **files,
+        **{
+            name: skein.File(source=str(path), visibility="application")
+            for name, path in scheduler_files.items()
+        },
+    }
     scheduler_env = {
         **config.environment,
         **gateway_environment(cluster, CERT_FILE, KEY_FILE, None),
+        "BASH_ENV": SCHEDULER_START,
     }
+    if master_java_options:
+        scheduler_env["JAVA_TOOL_OPTIONS"] = " ".join(master_java_options)
     worker_env = {
         **config.environment,
         **gateway_environment(cluster, CERT_FILE, KEY_FILE, "-"),
     }
     del worker_env["DASK_GATEWAY_WORKER_NAME"]  # per container (start_worker)
-    worker_argv = worker_command(config, _NAME_SLOT, _ADDRESS_SLOT, host)
+    worker_argv = worker_command(config, _NAME_SLOT, _ADDRESS_SLOT, host, dashboard=False)
     worker_setup = f'echo "{WORKER_LOG_MARKER}$DASK_GATEWAY_WORKER_NAME" >&2\n' + (
         settings.worker_setup
     )
     services = {
-        SCHEDULER: skein.Service(
-            instances=1,
-            max_restarts=0,
-            resources=skein.Resources(
-                memory=_mib(config.scheduler_memory), vcores=_vcores(config.scheduler_cores)
-            ),
-            files=files,
-            env=scheduler_env,
-            script=_script(settings.scheduler_setup, scheduler_command(config, host)),
-        ),
         WORKER: skein.Service(
             instances=0,
             max_restarts=0,
@@ -208,7 +262,13 @@ def application_spec(
         tags=cluster_tags(instance, cluster),
         max_attempts=1,
         master=skein.Master(
-            resources=skein.Resources(memory=master_memory_mib, vcores=master_vcores)
+            resources=skein.Resources(
+                memory=_mib(config.scheduler_memory) + master_memory_mib,
+                vcores=max(master_vcores, _vcores(config.scheduler_cores)),
+            ),
+            files=master_files,
+            env=scheduler_env,
+            script=MASTER_SCRIPT,
         ),
         services=services,
     )
@@ -304,8 +364,29 @@ class YarnBackend(Backend):
         ),
         config=True,
     )
-    master_memory = Integer(512, help="MiB of each ApplicationMaster.", config=True)
-    master_vcores = Integer(1, help="Virtual cores of each ApplicationMaster.", config=True)
+    master_memory = Integer(
+        384,
+        help=(
+            "MiB of each ApplicationMaster's JVM (skein's, 128 MiB of heap), added to the "
+            "scheduler's memory in the container the two share."
+        ),
+        config=True,
+    )
+    master_vcores = Integer(
+        1,
+        help="Least virtual cores of the ApplicationMaster's container (else the scheduler's).",
+        config=True,
+    )
+    master_java_options = List(
+        Unicode(),
+        ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"],
+        help=(
+            "JVM options of each ApplicationMaster (as JAVA_TOOL_OPTIONS). The default "
+            "leaves out the optimizing compiler and the parallel collector, which cost the "
+            "scheduler starting beside it CPU and buy a small, mostly idle JVM nothing."
+        ),
+        config=True,
+    )
     host = Unicode(
         "0.0.0.0",
         help="Interface schedulers and workers listen on in their containers.",
@@ -511,10 +592,12 @@ class YarnBackend(Backend):
                 cluster,
                 cert_path=str(cert),
                 key_path=str(key),
+                scheduler_files=write_scheduler_files(cluster, Path(tmp), self.host),
                 instance=self.instance,
                 name_prefix=self.application_name_prefix,
                 master_memory_mib=self.master_memory,
                 master_vcores=self.master_vcores,
+                master_java_options=self.master_java_options,
                 host=self.host,
             )
             try:
