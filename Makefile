@@ -10,6 +10,7 @@ ENVOY_VENV := $(CACHE)/envoy
 ENVOY := $(ENVOY_VENV)/lib/python3.11/site-packages/envoy/_bin/envoy
 UPSTREAM_VENV := $(CACHE)/upstream-client
 REFERENCE_VENV := $(CACHE)/bench-reference
+REFERENCE_YARN_VENV := $(CACHE)/bench-reference-yarn
 CONFIG ?= deploy/embedded/flotilla_config.py
 export FLOTILLA_ENVOY := $(abspath $(ENVOY))
 export UV_LINK_MODE := copy
@@ -58,14 +59,27 @@ $(REFERENCE_VENV)/.installed: $(UV)
 		dask==2026.8.0 distributed==2026.8.0 bokeh==3.9.2
 	touch $@
 
+# The reference for the YARN section: the last dask-gateway-server with a YARN backend.
+# skein 0.8.2's generated code needs protobuf 3; its driver is the jar in the wheel.
+# This is also the environment both gateways' YARN containers run (dask-gateway only).
+$(REFERENCE_YARN_VENV)/.installed: $(UV)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(REFERENCE_YARN_VENV)
+	$(UV) pip install --quiet --python $(REFERENCE_YARN_VENV)/bin/python \
+		"dask-gateway-server[yarn]==2025.4.0" skein==0.8.2 grpcio==1.85.4 protobuf==3.20.3 \
+		sqlalchemy==2.1.9 dask-gateway==2025.4.0 dask==2026.8.0 distributed==2026.8.0 \
+		bokeh==3.9.2
+	touch $@
+
 # Flotilla and dask-gateway-server side by side; results in bench/results/.
-bench: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed
+bench: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
+		$(REFERENCE_YARN_VENV)/.installed
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
 
-test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed lint typecheck
+test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
+		$(REFERENCE_YARN_VENV)/.installed lint typecheck
 	FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 

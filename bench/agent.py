@@ -158,9 +158,12 @@ class Agent:
         return {"seconds": seconds}
 
     def scale(self, workers: int, cycles: int) -> dict[str, Any]:
-        """On one cluster, ``cycles`` times: scale(workers) until connected, then to 0."""
+        """On one cluster, ``cycles`` times: scale(workers) until connected, then to 0.
+        ``create_seconds``: its new_cluster() and get_client() before that."""
+        start = time.perf_counter()
         cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
         client = self._hold(cluster.get_client(set_as_default=False))
+        create = _elapsed(start)
         up: list[float] = []
         down: list[float] = []
         try:
@@ -180,7 +183,7 @@ class Agent:
             client.close()
             self._shutdown(self.gateway, cluster)
             cluster.close()
-        return {"up_seconds": up, "down_seconds": down}
+        return {"up_seconds": up, "down_seconds": down, "create_seconds": create}
 
     def proxy_throughput(self, mib: int, repeats: int) -> dict[str, Any]:
         """MiB/s of ``mib`` MiB scheduler → client: through the gateway, directly, and

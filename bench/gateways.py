@@ -18,6 +18,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,9 +226,15 @@ def _launch(
 
 
 def start_flotilla(
-    workdir: Path, *, backend: str = "local", extra_config: str = "", timeout: float = 120.0
+    workdir: Path,
+    *,
+    backend: str = "local",
+    extra_config: str = "",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
 ) -> GatewayProcess:
-    """``flotilla-embedded`` with its own state directory on free ports."""
+    """``flotilla-embedded`` with its own state directory on free ports (``env``: extra
+    variables for every service)."""
     state = workdir / "flotilla"
     state.mkdir(parents=True, exist_ok=True)
     public, grpc, http, auth, xds, admin = free_ports(6)
@@ -252,7 +259,7 @@ def start_flotilla(
         )
         + extra_config
     )
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env.setdefault(
         "FLOTILLA_ENVOY", str(REPO / ".cache/envoy/lib/python3.11/site-packages/envoy/_bin/envoy")
     )
@@ -267,35 +274,47 @@ def start_flotilla(
     )
 
 
-def start_reference(workdir: Path, venv: Path, timeout: float = 120.0) -> GatewayProcess:
-    """``dask-gateway-server`` with its local-process backend, API and proxy on free ports.
+def start_reference(
+    workdir: Path,
+    venv: Path,
+    *,
+    backend_config: str = "",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> GatewayProcess:
+    """``dask-gateway-server`` on free ports: its API, and its proxy for everything else.
 
-    The defaults ``dask-scheduler``/``dask-worker`` no longer exist in current
-    ``distributed``, so the commands are ``dask scheduler``/``dask worker`` from its venv.
+    The backend is its local-process one unless ``backend_config`` names another. The
+    defaults ``dask-scheduler``/``dask-worker`` no longer exist in current
+    ``distributed``, so the local commands are ``dask scheduler``/``dask worker`` from
+    its venv.
     """
     state = workdir / "reference"
     clusters = state / "clusters"
     clusters.mkdir(parents=True, exist_ok=True)
     public, api = free_ports(2)
     config = state / "dask_gateway_config.py"
+    local_backend = f"""
+        c.DaskGateway.backend_class = (
+            "dask_gateway_server.backends.local.UnsafeLocalBackend"
+        )
+        c.LocalClusterConfig.scheduler_cmd = ["dask", "scheduler"]
+        c.LocalClusterConfig.worker_cmd = ["dask", "worker"]
+        c.LocalBackend.clusters_directory = {str(clusters)!r}
+        """
     config.write_text(
         textwrap.dedent(
             f"""
             c.DaskGateway.address = "127.0.0.1:{api}"
             c.Proxy.address = "127.0.0.1:{public}"
             c.Proxy.tcp_address = "127.0.0.1:{public}"
-            c.DaskGateway.backend_class = (
-                "dask_gateway_server.backends.local.UnsafeLocalBackend"
-            )
             c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
-            c.LocalClusterConfig.scheduler_cmd = ["dask", "scheduler"]
-            c.LocalClusterConfig.worker_cmd = ["dask", "worker"]
-            c.LocalBackend.clusters_directory = {str(clusters)!r}
             c.ClusterConfig.cluster_max_workers = {MAX_WORKERS}
             """
         )
+        + textwrap.dedent(backend_config or local_backend)
     )
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
     env.pop("VIRTUAL_ENV", None)
     return _launch(

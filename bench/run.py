@@ -38,6 +38,7 @@ from bench.client import Agent, AgentError
 from bench.gateways import REPO, GatewayProcess, start_flotilla, start_reference
 from bench.hops import HOPS, hop_durations
 from bench.report import Check, Row, markdown, summary
+from bench.yarn import timeline, yarn_gateways
 
 MIB = 2**20
 
@@ -66,6 +67,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "sim_sizes": [1000, 10000],
         "sim_list_requests": 200,
         "sim_propagations": 30,
+        "yarn_new_cluster": 6,
+        "yarn_scale_workers": 4,
+        "yarn_scale_rounds": 6,
         #: The scenarios run on the reference too (None: all of them).
         "reference_scenarios": None,
     },
@@ -92,7 +96,10 @@ PLANS: dict[str, dict[str, Any]] = {
         "sim_sizes": [10],
         "sim_list_requests": 10,
         "sim_propagations": 2,
-        "reference_scenarios": ["new_cluster", "first_task"],
+        "yarn_new_cluster": 1,
+        "yarn_scale_workers": 1,
+        "yarn_scale_rounds": 1,
+        "reference_scenarios": ["new_cluster", "first_task", "yarn"],
     },
 }
 
@@ -108,6 +115,7 @@ SCENARIOS = {
     "many_users": "many users at once",
     "sequential": "clusters one after another",
     "simulation": "control-plane simulation",
+    "yarn": "YARN: both gateways' YARN backends",
 }
 
 
@@ -137,10 +145,17 @@ def _run_all(calls: list[Callable[[], Any]], *, parallel: bool) -> None:
 class Bench:
     """Runs the scenarios and collects every sample."""
 
-    def __init__(self, plan: dict[str, Any], workdir: Path, client_python: str) -> None:
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        workdir: Path,
+        client_python: str,
+        reference_yarn_venv: Path = REPO / ".cache/bench-reference-yarn",
+    ) -> None:
         self.plan = plan
         self.workdir = workdir
         self.client_python = client_python
+        self.reference_yarn_venv = reference_yarn_venv
         self.gateways: dict[str, GatewayProcess] = {}
         self.agents: dict[str, Agent] = {}
         #: The gateways the running scenario drives.
@@ -290,6 +305,47 @@ class Bench:
                 lambda n, agent: self.add(n, "stop_all_s", agent.call("stop_kept")["seconds"]),
             )
 
+    def scenario_yarn(self) -> None:
+        """Cold new_cluster() and scale(n) until connected, on one YARN (bench/yarn.py);
+        the local gateways stay up, idle, meanwhile."""
+        local = (self.gateways, self.agents)
+        with yarn_gateways(self.workdir, self.reference_yarn_venv) as (yarn, gateways):
+            self.gateways, self.agents = gateways, {}
+            try:
+                _run_all(
+                    [
+                        lambda n=name: self.agents.__setitem__(n, self._agent(n))
+                        for name in gateways
+                    ],
+                    parallel=True,
+                )
+
+                def cycle(name: str, agent: Agent) -> None:
+                    result = agent.call("new_cluster", timeout=300)
+                    self.extra.setdefault("yarn_samples", []).append({"gateway": name, **result})
+                    self.add(name, "yarn_new_cluster_s", result["seconds"])
+                    self.add(name, "yarn_stop_s", result["stop_seconds"])
+
+                self.alternate(self.plan["yarn_new_cluster"], cycle)
+                workers = self.plan["yarn_scale_workers"]
+
+                def scale(name: str, agent: Agent) -> None:
+                    result = agent.call("scale", workers=workers, cycles=1, timeout=300)
+                    self.add(name, "yarn_scale_up_s", result["up_seconds"])
+                    self.add(
+                        name,
+                        "yarn_ready_s",
+                        [result["create_seconds"] + up for up in result["up_seconds"]],
+                    )
+                    self.add(name, "yarn_scale_down_s", result["down_seconds"])
+
+                self.alternate(self.plan["yarn_scale_rounds"], scale)
+                self.extra["yarn_applications"] = timeline(yarn, "bench")  # agent.py's user
+            finally:
+                for agent in self.agents.values():
+                    agent.close()
+                self.gateways, self.agents = local
+
     def _measure_lists(self) -> None:
         def latency(name: str, agent: Agent) -> None:
             result = agent.call("list_latency", requests=self.plan["list_requests"])
@@ -388,6 +444,15 @@ def _rows(bench: Bench) -> dict[str, Row]:
     row("many_users_total_s", f"{users}: all", "s")
     row("sequential_s", f"{plan['sequential']} clusters one after another: each", "s")
     row("stop_all_s", f"stop {plan['sequential']} clusters at once", "s")
+    row("yarn_new_cluster_s", "YARN: cold new_cluster()", "s")
+    row("yarn_scale_up_s", f"YARN: scale({plan['yarn_scale_workers']}) until connected", "s")
+    row(
+        "yarn_ready_s",
+        f"YARN: new_cluster() + get_client() + scale({plan['yarn_scale_workers']}) until connected",
+        "s",
+    )
+    row("yarn_scale_down_s", "YARN: scale(0) until gone", "s")
+    row("yarn_stop_s", "YARN: shutdown() until STOPPED", "s")
     seq_f, seq_r = f.get("sequential_s", []), r.get("sequential_s", [])
     tenth = max(1, len(seq_f) // 10)
     if len(seq_f) >= 2 * tenth and len(seq_r) >= 2 * tenth:
@@ -436,6 +501,13 @@ def _checks(bench: Bench, rows: dict[str, Row], sim_result: dict[str, Any]) -> l
             1.5,
         ),
         Check("embedded stack idle RSS (MiB, Envoy included)", idle, "<=", 400),
+        Check("YARN new_cluster() vs reference", rows["yarn_new_cluster_s"].ratio(), "<=", 0.6),
+        Check(
+            f"YARN scale({bench.plan['yarn_scale_workers']}) until connected vs reference",
+            rows["yarn_scale_up_s"].ratio(),
+            "<=",
+            0.6,
+        ),
     ]
     checks += sim.checks(sim_result)
     return checks
@@ -454,6 +526,11 @@ def _parser() -> argparse.ArgumentParser:
         "--reference-venv",
         default=str(REPO / ".cache/bench-reference"),
         help="virtualenv with dask-gateway-server",
+    )
+    parser.add_argument(
+        "--reference-yarn-venv",
+        default=str(REPO / ".cache/bench-reference-yarn"),
+        help="virtualenv with dask-gateway-server 2025.4.0 and skein (the YARN section)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
@@ -522,7 +599,16 @@ def _write(
     """results.json (every sample) and results.md (the tables) in ``out``."""
     rows = _rows(bench)
     checks = _checks(bench, rows, sim_result) if ok else []
-    checks.append(Check("make bench duration (minutes)", meta["duration_seconds"] / 60, "<=", 15))
+    # The YARN section (its own YARN, JVMs and two more gateways) is timed apart.
+    yarn_seconds = bench.extra.get("stage_seconds", {}).get(SCENARIOS["yarn"], 0.0)
+    checks.append(
+        Check(
+            "make bench duration without the YARN section (minutes)",
+            (meta["duration_seconds"] - yarn_seconds) / 60,
+            "<=",
+            15,
+        )
+    )
     single = [
         (f"new_cluster() hop: {hop}", "ms", bench.extra.get("hops_ms", {}).get(hop, []))
         for hop in HOPS
@@ -577,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
     }
     t0 = time.monotonic()
-    bench = Bench(plan, workdir, args.client_python)
+    bench = Bench(plan, workdir, args.client_python, Path(args.reference_yarn_venv))
     ok = False
     sim_result: dict[str, Any] = {}
     try:

@@ -467,15 +467,23 @@ class YarnCluster:
 
 
 @contextlib.contextmanager
-def yarn_cluster(service_user: str | None = None) -> Iterator[YarnCluster]:
+def yarn_cluster(
+    service_user: str | None = None,
+    *,
+    node_memory_mb: int = NODE_MEMORY_MB,
+    node_vcores: int = NODE_VCORES,
+) -> Iterator[YarnCluster]:
     """Install and resolve if needed, configure, start, yield, stop (see the module
-    docstring). ``service_user`` (default: the current user) may impersonate anyone."""
+    docstring). ``service_user`` (default: the current user) may impersonate anyone;
+    the NodeManager offers ``node_memory_mb`` and ``node_vcores``."""
     java_home = _install()
     lib = hadoop_lib(java_home)
     user = service_user or pwd.getpwuid(os.geteuid()).pw_name
     root = Path(tempfile.mkdtemp(prefix="flotilla-yarn-", dir="/tmp"))
     root.chmod(0o755)
     cluster = YarnCluster(root, java_home, lib, user)
+    cluster.node_memory_mb = node_memory_mb
+    cluster.node_vcores = node_vcores
     leaked: list[int] = []
     try:
         cluster.configure()
