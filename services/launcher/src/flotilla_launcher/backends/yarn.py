@@ -14,7 +14,9 @@ dies) talks to the ResourceManager as the service user (``c.YarnBackend.principa
   ``scheduler.sh`` in the background, its output in the container's ``scheduler.log``.
   skein's master script (run once the ApplicationMaster has registered) waits for the
   scheduler's exit status on a FIFO and exits with it, so the application ends with it
-  (FINISHED after a clean exit, FAILED otherwise) as with any skein driver. Starting
+  (FINISHED after a clean exit, FAILED otherwise) as with any skein driver. Where the
+  container's shell did not source ``BASH_ENV``, the master script runs the scheduler
+  itself, after the JVM (its log is then skein's ``application.driver.log``). Starting
   the scheduler in a container of its own would cost an allocation round (about two
   seconds) and starting it as the master script the JVM's start-up (about two more);
 * ``worker``: no containers at submit; :meth:`~YarnBackend.start_worker` adds one per
@@ -161,7 +163,13 @@ def scheduler_start_script() -> str:
 
 
 #: skein's master script: the application lives as long as the scheduler, ends as it does.
+#: Where the container's shell did not source BASH_ENV (no FIFO), it runs the scheduler
+#: itself, after the JVM, as dask-gateway-server does.
 MASTER_SCRIPT = (
+    f"if [ ! -p {SCHEDULER_EXIT} ]; then\n"
+    '  echo "BASH_ENV was not sourced: starting the scheduler after the JVM" >&2\n'
+    f"  exec bash ./{SCHEDULER_SCRIPT}\n"
+    "fi\n"
     f"read -r status < {SCHEDULER_EXIT}\n"
     'echo "the scheduler exited with status $status"\n'
     'exit "$status"\n'
