@@ -112,10 +112,16 @@ def test_a_scheduler_that_exits_cleanly_ends_the_master_script_cleanly(tmp_path:
 
 def test_without_bash_env_the_master_script_runs_the_scheduler_itself(tmp_path: Path) -> None:
     # A container whose shell did not source BASH_ENV: no FIFO, no scheduler yet.
-    work, _ = _container(tmp_path, ("/bin/sh", "-c", 'echo "started late"; exit 4', "sh"))
+    work, logs = _container(tmp_path, ("/bin/sh", "-c", 'echo "started late"; exit 4', "sh"))
     master = subprocess.run(
-        ["/bin/bash", "-c", MASTER_SCRIPT], cwd=work, capture_output=True, text=True, timeout=30
+        ["/bin/bash", "-c", MASTER_SCRIPT],
+        cwd=work,
+        env={"PATH": "/usr/bin:/bin", "LOG_DIRS": str(logs)},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert master.returncode == 4, master
-    assert "started late" in master.stdout
     assert "BASH_ENV was not sourced" in master.stderr
+    # Where the logs API reads the scheduler's log, as in the early start.
+    assert (logs / "scheduler.log").read_text().startswith("started late")

@@ -11,12 +11,12 @@ dies) talks to the ResourceManager as the service user (``c.YarnBackend.principa
   beside the ApplicationMaster's JVM rather than after it: the container's environment
   names ``SCHEDULER_START`` as ``BASH_ENV``, which the ``bash -c`` that YARN runs the
   master's command line with sources first. The script unsets ``BASH_ENV`` and starts
-  ``scheduler.sh`` in the background, its output in the container's ``scheduler.log``.
+  ``SCHEDULER_SCRIPT`` in the background, its output in the container's ``scheduler.log``.
   skein's master script (run once the ApplicationMaster has registered) waits for the
   scheduler's exit status on a FIFO and exits with it, so the application ends with it
   (FINISHED after a clean exit, FAILED otherwise) as with any skein driver. Where the
   container's shell did not source ``BASH_ENV``, the master script runs the scheduler
-  itself, after the JVM (its log is then skein's ``application.driver.log``). Starting
+  itself, after the JVM (into the same ``scheduler.log``). Starting
   the scheduler in a container of its own would cost an allocation round (about two
   seconds) and starting it as the master script the JVM's start-up (about two more);
 * ``worker``: no containers at submit; :meth:`~YarnBackend.start_worker` adds one per
@@ -168,7 +168,7 @@ def scheduler_start_script() -> str:
 MASTER_SCRIPT = (
     f"if [ ! -p {SCHEDULER_EXIT} ]; then\n"
     '  echo "BASH_ENV was not sourced: starting the scheduler after the JVM" >&2\n'
-    f"  exec bash ./{SCHEDULER_SCRIPT}\n"
+    f'  exec bash ./{SCHEDULER_SCRIPT} > "${{LOG_DIRS%%,*}}/{SCHEDULER}.log" 2>&1\n'
     "fi\n"
     f"read -r status < {SCHEDULER_EXIT}\n"
     'echo "the scheduler exited with status $status"\n'
