@@ -150,7 +150,7 @@ class Bench:
         plan: dict[str, Any],
         workdir: Path,
         client_python: str,
-        reference_yarn_venv: Path = REPO / ".cache/bench-reference-yarn",
+        reference_yarn_venv: Path,
     ) -> None:
         self.plan = plan
         self.workdir = workdir

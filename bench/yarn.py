@@ -15,9 +15,9 @@ holds ``dask-gateway`` (the scheduler preload), ``distributed`` and ``bokeh`` (t
 dashboard), as a cluster environment that contains only dask-gateway does. Flotilla's
 schedulers therefore preload ``dask_gateway.scheduler_preload``, not its own.
 
-``timeline()`` reads, for one application, what the ResourceManager and NodeManager
-recorded (submitted, ApplicationMaster container launched) so the report can say where
-a ``new_cluster()`` spends its time.
+``timeline()`` reads what the ResourceManager recorded of every application (submitted,
+ApplicationMaster container launched, finished); the daemons' logs, kept in the work
+directory, hold the rest (allocations, container starts).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _reference_config(env_bin: Path) -> str:
 
 @contextlib.contextmanager
 def yarn_gateways(
-    workdir: Path, reference_venv: Path, *, parallel_start: bool = False
+    workdir: Path, reference_venv: Path
 ) -> Iterator[tuple[YarnCluster, dict[str, GatewayProcess]]]:
     """The test YARN and both gateways on it; everything stopped (by PID) afterwards."""
     env_bin = reference_venv / "bin"
@@ -105,8 +105,8 @@ def yarn_gateways(
 
 def timeline(yarn: YarnCluster, user: str) -> list[dict[str, Any]]:
     """Per application of ``user`` (oldest first): the ResourceManager's times (ms since
-    the epoch) of submission (``startedTime``) and of its ApplicationMaster container's
-    launch (``launchTime``), and what ran it (application type, name)."""
+    the epoch) of submission (``startedTime``), of its ApplicationMaster container's
+    launch (``launchTime``) and of its end, with its id and name (which gateway)."""
     apps = [a for a in yarn.apps() if a.get("user") == user]
     return [
         {
