@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import skein
+from flotilla_launcher.backends.yarn import (
+    AM_HEARTBEAT_KEY,
+    SCHEDULER_START,
+    scheduler_start_script,
+)
 from helpers import wait_for
 from yarn_cluster import MIN_ALLOCATION_MB, YarnCluster
 
@@ -134,3 +140,40 @@ def test_yarn_shim_prints_the_classpath(yarn: YarnCluster) -> None:
     conf, lib = out.split(":")
     assert Path(conf) == yarn.conf_dir
     assert lib == f"{yarn.lib}/*" and any(yarn.lib.glob("hadoop-yarn-client-*.jar"))
+
+
+def test_the_masters_heartbeat_override_is_what_hadoop_reads(
+    yarn: YarnCluster, tmp_path: Path
+) -> None:
+    """The yarn backend's BASH_ENV script gives skein's ApplicationMaster a yarn-site.xml
+    that includes the container's own and sets the heartbeat key. Hadoop's own
+    YarnConfiguration, started the way the master's JVM is (``bash -c`` after BASH_ENV,
+    the CLASSPATH YARN gives), reads both the override and the site's values."""
+    (tmp_path / SCHEDULER_START).write_text(scheduler_start_script(0.25))
+    (tmp_path / "logs").mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BASH_ENV": SCHEDULER_START,
+        "HADOOP_CONF_DIR": str(yarn.conf_dir),
+        "CLASSPATH": yarn.classpath,
+        "LOG_DIRS": str(tmp_path / "logs"),
+    }
+    java = f"{yarn.java_home}/bin/java org.apache.hadoop.yarn.conf.YarnConfiguration"
+    done = subprocess.run(
+        ["/bin/bash", "-c", java],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    values = {
+        p.findtext("name"): p.findtext("value") for p in ET.fromstring(done.stdout).iter("property")
+    }
+    assert values[AM_HEARTBEAT_KEY] == "500"
+    site = {
+        p.findtext("name"): p.findtext("value")
+        for p in ET.parse(yarn.conf_dir / "yarn-site.xml").getroot().iter("property")
+    }
+    assert values["yarn.resourcemanager.address"] == site["yarn.resourcemanager.address"]

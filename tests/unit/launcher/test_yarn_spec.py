@@ -5,15 +5,19 @@ command line: ``bash -c "<java ...>"`` in the container's directory."""
 from __future__ import annotations
 
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from flotilla_common.tls import new_keypair
 from flotilla_launcher.backends.base import ClusterConfig, ClusterSpec
 from flotilla_launcher.backends.yarn import (
+    AM_CONF_DIR,
+    AM_HEARTBEAT_KEY,
     MASTER_SCRIPT,
     SCHEDULER_START,
     WORKER,
     application_spec,
+    scheduler_start_script,
     write_scheduler_files,
 )
 
@@ -125,3 +129,45 @@ def test_without_bash_env_the_master_script_runs_the_scheduler_itself(tmp_path: 
     assert "BASH_ENV was not sourced" in master.stderr
     # Where the logs API reads the scheduler's log, as in the early start.
     assert (logs / "scheduler.log").read_text().startswith("started late")
+
+
+def _jvm_classpath(work: Path, env: dict[str, str]) -> str:
+    """The CLASSPATH the master's JVM would start with, after BASH_ENV was sourced."""
+    jvm = subprocess.run(
+        ["/bin/bash", "-c", 'echo "$CLASSPATH"'],
+        cwd=work,
+        env={"PATH": "/usr/bin:/bin", "BASH_ENV": SCHEDULER_START, "CLASSPATH": "./*", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return jvm.stdout.strip()
+
+
+def test_the_masters_jvm_reads_a_yarn_site_that_sets_its_heartbeat(tmp_path: Path) -> None:
+    work, logs = _container(tmp_path, ("/bin/true",))
+    (work / SCHEDULER_START).write_text(scheduler_start_script(0.25))
+    site = tmp_path / "hadoop-conf"
+    site.mkdir()
+    (site / "yarn-site.xml").write_text("<configuration/>")
+    classpath = _jvm_classpath(work, {"LOG_DIRS": str(logs), "HADOOP_CONF_DIR": str(site)})
+    assert classpath == f"{work / AM_CONF_DIR}:./*"
+    root = ET.parse(work / AM_CONF_DIR / "yarn-site.xml").getroot()
+    include = root.find("{http://www.w3.org/2001/XInclude}include")
+    assert include is not None and include.get("href") == f"file://{site}/yarn-site.xml"
+    values = {p.findtext("name"): p.findtext("value") for p in root.iter("property")}
+    assert values == {AM_HEARTBEAT_KEY: "500"}  # skein heartbeats every value / 2 ms
+
+
+def test_without_a_readable_yarn_site_the_masters_classpath_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    work, logs = _container(tmp_path, ("/bin/true",))
+    (work / SCHEDULER_START).write_text(scheduler_start_script(0.25))
+    classpath = _jvm_classpath(
+        work, {"LOG_DIRS": str(logs), "HADOOP_CONF_DIR": str(tmp_path / "missing")}
+    )
+    assert classpath == "./*"
+    assert not (work / AM_CONF_DIR).exists()
+    assert AM_CONF_DIR not in scheduler_start_script(0)  # 0 keeps skein's heartbeat

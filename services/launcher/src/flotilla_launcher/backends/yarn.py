@@ -18,7 +18,10 @@ dies) talks to the ResourceManager as the service user (``c.YarnBackend.principa
   container's shell did not source ``BASH_ENV``, the master script runs the scheduler
   itself, after the JVM (into the same ``scheduler.log``). Starting
   the scheduler in a container of its own would cost an allocation round (about two
-  seconds) and starting it as the master script the JVM's start-up (about two more);
+  seconds) and starting it as the master script the JVM's start-up (about two more).
+  The same script gives the ApplicationMaster's JVM (only it) a faster heartbeat to the
+  ResourceManager (``c.YarnBackend.master_heartbeat_interval``; skein sleeps 5 s between
+  calls while idle, so a scale() waited up to 6 s for its containers);
 * ``worker``: no containers at submit; :meth:`~YarnBackend.start_worker` adds one per
   Flotilla worker (``ApplicationClient.add_container``) with the worker's name and the
   scheduler's address in its environment, :meth:`~YarnBackend.stop_worker` kills it.
@@ -151,12 +154,46 @@ def _script(setup: str, argv: list[str]) -> str:
     return "set -e\n" + (f"{setup}\n" if setup.strip() else "") + f"exec {quoted}\n"
 
 
-def scheduler_start_script() -> str:
-    """What ``BASH_ENV`` sources in the ApplicationMaster's container (module docstring)."""
+#: The directory (in the ApplicationMaster's container) of the yarn-site.xml that sets the
+#: ApplicationMaster's heartbeat, put first on the JVM's classpath.
+AM_CONF_DIR = ".flotilla-am-conf"
+#: What skein's ApplicationMaster derives its heartbeat from: it calls the ResourceManager
+#: every min(5 s, this / 2) while idle and every min(1 s, that) while containers are pending,
+#: and sleeps through requests that arrive meanwhile (skein 0.8.2).
+AM_HEARTBEAT_KEY = "yarn.am.liveness-monitor.expiry-interval-ms"
+
+
+def _am_heartbeat_override(interval: float) -> str:
+    """Shell lines giving the ApplicationMaster's JVM a yarn-site.xml that includes the
+    container's own ($HADOOP_CONF_DIR/yarn-site.xml) and then sets AM_HEARTBEAT_KEY so
+    that skein heartbeats every ``interval`` seconds. Only that JVM reads the value: the
+    ResourceManager keeps its own, so its liveness check of ApplicationMasters is as the
+    site configured it. Where the container has no readable $HADOOP_CONF_DIR/yarn-site.xml,
+    nothing changes (skein's 5 s)."""
+    if interval <= 0:
+        return ""
+    value = max(2, round(interval * 2000))
+    return (
+        'if [ -r "${HADOOP_CONF_DIR:-/nonexistent}/yarn-site.xml" ]; then\n'
+        f"  mkdir -p {AM_CONF_DIR}\n"
+        f"  cat > {AM_CONF_DIR}/yarn-site.xml <<FLOTILLA_XML\n"
+        '<?xml version="1.0"?>\n'
+        '<configuration xmlns:xi="http://www.w3.org/2001/XInclude">\n'
+        '  <xi:include href="file://$HADOOP_CONF_DIR/yarn-site.xml"/>\n'
+        f"  <property><name>{AM_HEARTBEAT_KEY}</name><value>{value}</value></property>\n"
+        "</configuration>\n"
+        "FLOTILLA_XML\n"
+        f'  export CLASSPATH="$PWD/{AM_CONF_DIR}:$CLASSPATH"\n'
+        "fi\n"
+    )
+
+
+def scheduler_start_script(am_heartbeat: float = 0.0) -> str:
+    """What ``BASH_ENV`` sources in the ApplicationMaster's container (module docstring),
+    with the ApplicationMaster's heartbeat every ``am_heartbeat`` seconds (0: skein's)."""
     return (
         "# Sourced (BASH_ENV) by the shell that starts the ApplicationMaster's JVM.\n"
-        "unset BASH_ENV\n"
-        f"mkfifo {SCHEDULER_EXIT}\n"
+        "unset BASH_ENV\n" + _am_heartbeat_override(am_heartbeat) + f"mkfifo {SCHEDULER_EXIT}\n"
         f'( bash ./{SCHEDULER_SCRIPT}; echo "$?" > {SCHEDULER_EXIT} ) '
         f'< /dev/null > "${{LOG_DIRS%%,*}}/{SCHEDULER}.log" 2>&1 &\n'
     )
@@ -189,11 +226,13 @@ def _localized(files: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_scheduler_files(cluster: ClusterSpec, directory: Path, host: str) -> dict[str, Path]:
+def write_scheduler_files(
+    cluster: ClusterSpec, directory: Path, host: str, am_heartbeat: float = 0.0
+) -> dict[str, Path]:
     """The scheduler's scripts (see the module docstring) in ``directory``, by name."""
     settings = YarnSettings.of(cluster.config)
     texts = {
-        SCHEDULER_START: scheduler_start_script(),
+        SCHEDULER_START: scheduler_start_script(am_heartbeat),
         SCHEDULER_SCRIPT: _script(
             settings.scheduler_setup, scheduler_command(cluster.config, host)
         ),
@@ -392,6 +431,17 @@ class YarnBackend(Backend):
             "JVM options of each ApplicationMaster (as JAVA_TOOL_OPTIONS). The default "
             "leaves out the optimizing compiler and the parallel collector, which cost the "
             "scheduler starting beside it CPU and buy a small, mostly idle JVM nothing."
+        ),
+        config=True,
+    )
+    master_heartbeat_interval = Float(
+        0.5,
+        help=(
+            "Seconds between each ApplicationMaster's calls to the ResourceManager (at "
+            "most 5 s, and 1 s while containers are pending). A worker's container is "
+            "asked for at the next call and received at one after, so this bounds how "
+            "soon scale() gets containers. 0 keeps skein's own: 5 s idle, 1 s pending. "
+            "Each cluster costs the ResourceManager 1/interval calls a second."
         ),
         config=True,
     )
@@ -600,7 +650,9 @@ class YarnBackend(Backend):
                 cluster,
                 cert_path=str(cert),
                 key_path=str(key),
-                scheduler_files=write_scheduler_files(cluster, Path(tmp), self.host),
+                scheduler_files=write_scheduler_files(
+                    cluster, Path(tmp), self.host, self.master_heartbeat_interval
+                ),
                 instance=self.instance,
                 name_prefix=self.application_name_prefix,
                 master_memory_mib=self.master_memory,
