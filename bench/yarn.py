@@ -99,8 +99,14 @@ def yarn_gateways(
         finally:
             for gw in gateways.values():
                 gw.stop()
-            # The daemons' logs outlive the YARN (--keep keeps them): where time went.
+            # The daemons' and the containers' logs outlive the YARN (--keep keeps them):
+            # where time went.
             shutil.copytree(yarn.log_dir, workdir / "yarn" / "hadoop-logs", dirs_exist_ok=True)
+            containers = yarn.root / "nm-logs"
+            if containers.is_dir():
+                shutil.copytree(
+                    containers, workdir / "yarn" / "container-logs", dirs_exist_ok=True
+                )
 
 
 def timeline(yarn: YarnCluster, user: str) -> list[dict[str, Any]]:
