@@ -166,9 +166,11 @@ class Agent:
         create = _elapsed(start)
         up: list[float] = []
         down: list[float] = []
+        scaled_at: list[float] = []  # wall clock, for the YARN logs' times
         try:
             for _ in range(cycles):
                 start = time.perf_counter()
+                scaled_at.append(time.time())
                 cluster.scale(workers)
                 _poll(
                     lambda: self._scheduler_workers(client) >= workers,
@@ -183,7 +185,12 @@ class Agent:
             client.close()
             self._shutdown(self.gateway, cluster)
             cluster.close()
-        return {"up_seconds": up, "down_seconds": down, "create_seconds": create}
+        return {
+            "up_seconds": up,
+            "down_seconds": down,
+            "create_seconds": create,
+            "scaled_at": scaled_at,
+        }
 
     def proxy_throughput(self, mib: int, repeats: int) -> dict[str, Any]:
         """MiB/s of ``mib`` MiB scheduler → client: through the gateway, directly, and

@@ -38,7 +38,7 @@ from bench.client import Agent, AgentError
 from bench.gateways import REPO, GatewayProcess, start_flotilla, start_reference
 from bench.hops import HOPS, hop_durations
 from bench.report import Check, Row, markdown, summary
-from bench.yarn import timeline, yarn_gateways
+from bench.yarn import SCALE_STAGES, scale_breakdown, timeline, yarn_gateways
 
 MIB = 2**20
 
@@ -309,6 +309,7 @@ class Bench:
         """Cold new_cluster() and scale(n) until connected, on one YARN (bench/yarn.py);
         the local gateways stay up, idle, meanwhile."""
         local = (self.gateways, self.agents)
+        scaled: list[dict[str, Any]] = []
         with yarn_gateways(self.workdir, self.reference_yarn_venv) as (yarn, gateways):
             self.gateways, self.agents = gateways, {}
             try:
@@ -331,6 +332,10 @@ class Bench:
 
                 def scale(name: str, agent: Agent) -> None:
                     result = agent.call("scale", workers=workers, cycles=1, timeout=300)
+                    scaled.extend(
+                        {"gateway": name, "scaled_at": at, "workers": workers}
+                        for at in result["scaled_at"]
+                    )
                     self.add(name, "yarn_scale_up_s", result["up_seconds"])
                     self.add(
                         name,
@@ -345,6 +350,8 @@ class Bench:
                 for agent in self.agents.values():
                     agent.close()
                 self.gateways, self.agents = local
+        # The YARN's logs are in the work directory now.
+        self.extra["yarn_scale_breakdown"] = scale_breakdown(self.workdir / "yarn", scaled)
 
     def _measure_lists(self) -> None:
         def latency(name: str, agent: Agent) -> None:
@@ -613,6 +620,12 @@ def _write(
         (f"new_cluster() hop: {hop}", "ms", bench.extra.get("hops_ms", {}).get(hop, []))
         for hop in HOPS
     ] + sim.table_rows(sim_result)
+    workers = bench.plan["yarn_scale_workers"]
+    single += [
+        (f"YARN scale({workers}) {gateway}, until {SCALE_STAGES[stage]}", "s", seconds)
+        for gateway, stages in bench.extra.get("yarn_scale_breakdown", {}).items()
+        for stage, seconds in stages.items()
+    ]
     versions = bench.extra.get("versions", {})
     meta = {
         **meta,

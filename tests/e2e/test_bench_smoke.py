@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # Times are times: a cluster cannot be ready in no time at all.
     for key in ("new_cluster_s", "first_task_s", "scale_up_s", "yarn_new_cluster_s"):
         assert min(rows[key]["flotilla"]["samples"]) > 0.01, key
+
+    # Where each scale() spent its time, read from YARN's and the containers' logs: every
+    # stage of a worker's start, on both gateways, in the order they happen.
+    breakdown = data["extra"]["yarn_scale_breakdown"]
+    for gateway in ("flotilla", "reference"):
+        stages = breakdown[gateway]
+        assert list(stages) == ["ALLOCATED", "ACQUIRED", "launched", "python", "registered"]
+        medians = [statistics.median(seconds) for seconds in stages.values()]
+        assert 0 < medians[0] and medians == sorted(medians), (gateway, stages)
 
     sizes = data["simulation"]["sizes"]
     assert sizes, "the simulation measured nothing"
