@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from traitlets import Integer, Unicode
+from traitlets import Dict, Integer, Unicode
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import PyFileConfigLoader
 
@@ -92,6 +92,26 @@ class Deployment(Configurable):
         help=(
             "Secret the auth service signs session cookies with. Empty: generated once "
             "into <state_dir>/secrets/cookie_key."
+        ),
+        config=True,
+    )
+
+    metrics_host = Unicode(
+        "127.0.0.1",
+        help=(
+            "Interface every service serves its Prometheus metrics (/metrics) on. Envoy "
+            "never routes there: put it on the operators' network, not the users'."
+        ),
+        config=True,
+    )
+    metrics_ports = Dict(
+        value_trait=Integer(),
+        help=(
+            "Port of each service's Prometheus /metrics, by service: registry, auth, "
+            "proxy-config, launcher-<backend> (e.g. {'registry': 8111, 'auth': 8112, "
+            "'proxy-config': 8113, 'launcher-local': 8114}, what `make run` serves). 0 or "
+            "absent: that service serves none. Envoy's own statistics are on its admin "
+            "port (envoy_admin_port), at /stats/prometheus."
         ),
         config=True,
     )
