@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flotilla_common.embedded import EmbeddedStack
 from helpers import free_ports, process_environ
+from prometheus_client.parser import text_string_to_metric_families
 
 # An options spec with every field type, so clients can round-trip it.
 OPTIONS = """
@@ -83,11 +84,31 @@ class Gateway:
             parsed = raw.decode(errors="replace")
         return status, rheaders, parsed
 
+    def metrics(self, service: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """``service``'s metrics as scraped now: (sample name, sorted labels) → value."""
+        port = self.stack.deployment.metrics_ports[service]
+        url = f"http://{self.stack.deployment.metrics_host}:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+
+#: The services that serve metrics, as c.Deployment.metrics_ports names them.
+METRICS_SERVICES = (
+    "registry", "auth", "proxy-config",
+    "launcher-local", "launcher-slurm", "launcher-pbs", "launcher-yarn",
+)  # fmt: skip
+
 
 def internal_addresses(ports: list[int] | None = None) -> str:
     """Configuration lines putting every internal listener on a loopback port: the five
-    ``ports`` given, or free ones."""
+    ``ports`` given, or free ones; and every service's metrics on a free one."""
     registry_grpc, registry_http, auth, xds, admin = ports or free_ports(5)
+    metrics = dict(zip(METRICS_SERVICES, free_ports(len(METRICS_SERVICES)), strict=True))
     return textwrap.dedent(
         f"""
         c.Deployment.registry_grpc_address = "127.0.0.1:{registry_grpc}"
@@ -95,6 +116,7 @@ def internal_addresses(ports: list[int] | None = None) -> str:
         c.Deployment.auth_grpc_address = "127.0.0.1:{auth}"
         c.Deployment.xds_address = "127.0.0.1:{xds}"
         c.Deployment.envoy_admin_port = {admin}
+        c.Deployment.metrics_ports = {metrics!r}
         c.Embedded.log_to_files = True
         """
     )

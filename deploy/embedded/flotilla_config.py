@@ -8,6 +8,17 @@ c.Deployment.public_host = "127.0.0.1"
 c.Deployment.public_port = 8000
 c.Deployment.state_dir = ".flotilla"
 
+# Prometheus metrics of every service, for operators: on loopback ports, never through
+# Envoy (docs/monitoring.md). Envoy's own are at http://127.0.0.1:8105/stats/prometheus.
+c.Deployment.metrics_ports = {
+    "registry": 8111,
+    "auth": 8112,
+    "proxy-config": 8113,
+    "launcher-local": 8114,
+    "launcher-slurm": 8115,
+    "launcher-pbs": 8116,
+}
+
 # Any user name is accepted; set a shared password to require one.
 c.Auth.authenticator_class = "basic"
 # c.BasicAuthenticator.password = "change-me"

@@ -12,12 +12,14 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from flotilla_common.config import Deployment, add_config_argument, load_config
 from flotilla_common.grpcserver import internal_channel, run_until_signalled, start_server
 from flotilla_common.logs import setup_logging
+from flotilla_common.metrics import MetricsServer, serve_metrics
 from flotilla_common.sessions import SessionCookies
 from traitlets.config import Config
 
 from .authenticator import Authenticator, AuthenticatorConfigError, load_authenticator
 from .checker import Checker
 from .config import Auth
+from .metrics import AuthMetrics
 from .servicer import SERVICE_NAME, AuthorizationServicer
 from .tokens import CachingTokenVerifier, RegistryTokenVerifier
 
@@ -38,15 +40,19 @@ class AuthServer:
         channel: grpc.aio.Channel,
         authenticator: Authenticator,
         checker: Checker,
+        metrics_server: MetricsServer | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.checker = checker
+        self.metrics_server = metrics_server
         self._channel = channel
         self._authenticator = authenticator
 
     async def stop(self, grace: float = _GRACE_SECONDS) -> None:
         """Finish in-flight checks (up to ``grace`` seconds), then release everything."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         await self.server.stop(grace)
         await self._authenticator.close()
         await self._channel.close()
@@ -79,7 +85,8 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
         admin_users=settings.admin_users,
         admin_groups=settings.admin_groups,
     )
-    servicer = AuthorizationServicer(checker)
+    metrics = AuthMetrics()
+    servicer = AuthorizationServicer(checker, metrics)
 
     def register(server: grpc.aio.Server) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
@@ -97,7 +104,8 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
         port,
         deployment.registry_grpc_address,
     )
-    return AuthServer(server, port, channel, authenticator, checker)
+    metrics_server = serve_metrics(deployment, "auth", metrics.registry)
+    return AuthServer(server, port, channel, authenticator, checker, metrics_server)
 
 
 async def serve(config: Config) -> None:

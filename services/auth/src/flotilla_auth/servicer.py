@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -11,6 +12,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from .checker import Checker, Decision, RequestInfo
+from .metrics import AuthMetrics
 
 __all__ = ["SERVICE_NAME", "AuthorizationServicer", "request_info", "to_check_response"]
 
@@ -82,12 +84,15 @@ def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Envoy's ext_authz service, answering from a ``Checker``."""
 
-    def __init__(self, checker: Checker) -> None:
+    def __init__(self, checker: Checker, metrics: AuthMetrics | None = None) -> None:
         self.checker = checker
+        self.metrics = metrics or AuthMetrics()
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         """Allow or deny one request."""
+        started = time.perf_counter()
         decision = await self.checker.check(request_info(request))
+        self.metrics.decided(decision, time.perf_counter() - started)
         return to_check_response(decision)

@@ -14,6 +14,7 @@ import grpc
 from flotilla_common.config import Deployment, add_config_argument, load_config
 from flotilla_common.grpcserver import run_until_signalled, start_server
 from flotilla_common.logs import setup_logging
+from flotilla_common.metrics import serve_metrics
 from traitlets.config import Config
 
 from .backends.base import load_backend
@@ -42,8 +43,11 @@ async def run(config: Config, backend_name: str) -> None:
         health, port = await start_server(settings.health_address, lambda server: None, [])
         log.info("launcher %s: health service on port %s", backend_name, port)
     await reconciler.start()
+    metrics = serve_metrics(deployment, f"launcher-{backend_name}", reconciler.metrics.registry)
 
     async def stop() -> None:
+        if metrics is not None:
+            metrics.close()
         await reconciler.stop()
         if health is not None:
             await health.stop(grace=1.0)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from flotilla_common.grpcserver import internal_channel, internal_metadata
 
 from .backends.base import Backend, BackendError, ClusterConfig, ClusterSpec, WorkerSpec
 from .config import Launcher
+from .metrics import LauncherMetrics
 from .workqueue import QueueClosed, WorkQueue
 
 __all__ = ["Reconciler"]
@@ -141,6 +143,8 @@ class Reconciler:
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         backend.on_change(self._backend_changed)
+        self.metrics = LauncherMetrics(backend_name)
+        self.metrics.track(lambda: len(self._tracked))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -510,12 +514,14 @@ class Reconciler:
                 ),
             )
 
+        started = time.perf_counter()
         reason = await self._drive(
             self.backend.start_cluster(spec), on_state, f"the scheduler of cluster {rec.name}"
         )
         if reason:
             await self._fail(rec, tr, tr.observed, reason)
         else:
+            self.metrics.started("cluster", time.perf_counter() - started)
             tr.checked = True
 
     async def _stop_cluster(
@@ -625,6 +631,7 @@ class Reconciler:
                 await report(STARTING, state)
 
             log.info("cluster %s (user %s): starting worker %s", rec.name, rec.owner, w.name)
+            started = time.perf_counter()
             reason = await self._drive(
                 self.backend.start_worker(wspec), on_state, f"worker {w.name} of {rec.name}"
             )
@@ -634,6 +641,7 @@ class Reconciler:
                 await self.backend.stop_worker(wspec, tw.state or {})
                 await report(STOPPED, reason=reason)
             else:
+                self.metrics.started("worker", time.perf_counter() - started)
                 tw.checked = True
             return
 
@@ -710,9 +718,11 @@ class Reconciler:
                 )
         if not clusters and not workers:
             return
+        started = time.perf_counter()
         statuses, wstatuses = await self.backend.check(
             [(s, st) for _, s, st in clusters], [(ws, st) for _, _, ws, st in workers]
         )
+        self.metrics.checked(time.perf_counter() - started)
         alive: list[str] = []
         for (name, _, _), status in zip(clusters, statuses, strict=True):
             tr = self._tracked.get(name)

@@ -24,11 +24,13 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from flotilla_common.config import Deployment, add_config_argument, load_config
 from flotilla_common.grpcserver import run_until_signalled, start_server
 from flotilla_common.logs import setup_logging
+from flotilla_common.metrics import MetricsServer, serve_metrics
 from flotilla_common.sessions import cookie_name
 from traitlets.config import Config
 
 from .bootstrap import bootstrap_config, envoy_command, write_bootstrap
 from .config import ProxyConfig
+from .metrics import XdsMetrics
 from .snapshot import SnapshotBuilder
 from .watcher import RouteWatcher
 from .xds import ADS_SERVICE_NAME, AggregatedDiscoveryServicer, SnapshotStore
@@ -55,11 +57,13 @@ class ProxyConfigService:
         self._address = xds_address or self.deployment.xds_address
         self._server: grpc.aio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.metrics = XdsMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.port = 0
 
     async def start(self) -> int:
         """Start serving and watching; returns the xDS port."""
-        servicer = AggregatedDiscoveryServicer(self.store)
+        servicer = AggregatedDiscoveryServicer(self.store, self.metrics)
         self._server, self.port = await start_server(
             self._address,
             lambda server: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
@@ -68,6 +72,7 @@ class ProxyConfigService:
             service_names=[ADS_SERVICE_NAME],
         )
         self._watch = asyncio.create_task(self.watcher.run(), name="route-watch")
+        self.metrics_server = serve_metrics(self.deployment, "proxy-config", self.metrics.registry)
         log.info(
             "xDS server on %s (port %d), routes from registry %s",
             self._address,
@@ -78,6 +83,9 @@ class ProxyConfigService:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop watching, end the xDS streams (Envoy keeps its config) and stop serving."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from .metrics import XdsMetrics
 from .snapshot import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, Resource, Snapshot
 
 __all__ = ["ADS_SERVICE_NAME", "AggregatedDiscoveryServicer", "DeltaStream", "SnapshotStore"]
@@ -105,6 +107,7 @@ class _Sent:
     """What one response changed: name → (version before, version sent; None = absent)."""
 
     changes: dict[str, tuple[str | None, str | None]]
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -130,9 +133,10 @@ class _TypeState:
 class DeltaStream:
     """One Envoy's DeltaAggregatedResources stream."""
 
-    def __init__(self, store: SnapshotStore, peer: str) -> None:
+    def __init__(self, store: SnapshotStore, peer: str, metrics: XdsMetrics | None = None) -> None:
         self._store = store
         self._peer = peer
+        self._metrics = metrics or XdsMetrics()
         self._node = ""
         self._types: dict[str, _TypeState] = {}
         self._out: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse | None] = asyncio.Queue()
@@ -234,10 +238,12 @@ class DeltaStream:
             if nonce == request.response_nonce:
                 break
         if not request.HasField("error_detail"):
+            self._metrics.acked(type_url, time.monotonic() - sent.sent_at)
             state.backoff = 0.0
             log.debug("%s ACKed %s nonce %s", self._node, type_url, request.response_nonce)
             return
         # NACK: Envoy kept its previous resources. Forget what it rejected.
+        self._metrics.nacked(type_url)
         state.full = True
         for name, (before, after) in sent.changes.items():
             if state.known.get(name) != after:
@@ -393,8 +399,9 @@ class DeltaStream:
 class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """gRPC adapter: one ``DeltaStream`` per Envoy connection; delta xDS only."""
 
-    def __init__(self, store: SnapshotStore) -> None:
+    def __init__(self, store: SnapshotStore, metrics: XdsMetrics | None = None) -> None:
         self._store = store
+        self.metrics = metrics or XdsMetrics()
 
     async def StreamAggregatedResources(
         self,
@@ -410,7 +417,11 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        stream = DeltaStream(self._store, context.peer())
+        stream = DeltaStream(self._store, context.peer(), self.metrics)
         log.info("xDS stream from %s opened", context.peer())
-        async for response in stream.run(request_iterator):
-            yield response
+        self.metrics.streams.inc()
+        try:
+            async for response in stream.run(request_iterator):
+                yield response
+        finally:
+            self.metrics.streams.dec()

@@ -18,6 +18,7 @@ from flotilla_common.grpcserver import (
     start_server,
 )
 from flotilla_common.logs import setup_logging
+from flotilla_common.metrics import MetricsServer, serve_metrics
 from flotilla_common.sessions import session_cookies
 from traitlets import TraitError
 from traitlets.config import Config
@@ -28,6 +29,7 @@ from .clusters import ClusterService, ServiceSettings
 from .config import KEYS_ENV, Registry
 from .crypto import FieldCipher, KeyConfigError, generate_key
 from .lifecycle import Housekeeping
+from .metrics import RegistryMetrics
 from .options import Options, OptionsError
 from .quotas import Quotas
 from .rest import make_app
@@ -89,6 +91,7 @@ class RegistryApp:
     config: Config
     grpc_port: int = 0
     http_port: int = 0
+    metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
         deployment = Deployment(config=self.config)
@@ -136,6 +139,7 @@ class RegistryApp:
             quotas=quotas,
         )
         self.service = ClusterService(self.store, settings, self.scheduler_api)
+        self.metrics = RegistryMetrics(self.service)
         await self.service.start()
         from .pgstore import PostgresStore
 
@@ -195,6 +199,7 @@ class RegistryApp:
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.metrics_server = serve_metrics(deployment, "registry", self.metrics.registry)
         log.info(
             "registry serving gRPC on %s and REST on %s:%d (store %s)",
             deployment.registry_grpc_address,
@@ -204,6 +209,8 @@ class RegistryApp:
         )
 
     async def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         await self.housekeeping.stop()
         await self.grpc_server.stop(grace=2)
         await self.runner.cleanup()

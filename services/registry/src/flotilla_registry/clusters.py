@@ -48,7 +48,7 @@ from .scheduler_api import SchedulerAPI, SchedulerUnreachable
 from .store import Store
 from .watch import Hub
 
-__all__ = ["ClusterService", "RouteInfo", "ServiceSettings"]
+__all__ = ["ClusterObserver", "ClusterService", "RouteInfo", "ServiceSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,21 @@ class ServiceSettings:
     check_timeout: float = 5.0
     # Per-user limits over all of a user's active clusters (c.Quotas).
     quotas: Quotas = field(default_factory=Quotas)
+
+
+class ClusterObserver:
+    """What the cluster service tells whoever watches it as things happen (metrics.py);
+    this one ignores it all."""
+
+    def started(self, c: ClusterRecord, seconds: float) -> None:
+        """``c``'s first heartbeat came ``seconds`` after its creation."""
+
+    def finished_cluster(self, c: ClusterRecord) -> None:
+        """``c`` ended (its status is STOPPED or FAILED)."""
+
+    def heartbeat(self, c: ClusterRecord, interval: float | None, lag: float) -> None:
+        """``c``'s scheduler sent a heartbeat, ``interval`` seconds after its previous one
+        (None: the first this registry saw), reporting its event loop ``lag`` behind."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,7 @@ class ClusterService:
         # How this process coordinates with other registries on the same store; its
         # ``leads`` says whether this one runs periodic jobs.
         self.replica: Replica = LocalReplica()
+        self.observer = ClusterObserver()
 
     async def start(self) -> None:
         self.started = now_ms()
@@ -168,6 +184,22 @@ class ClusterService:
 
     def active_for_backend(self, backend: str) -> list[ClusterRecord]:
         return [_snapshot(c) for c in self._active.values() if c.backend == backend]
+
+    def active_snapshot(self) -> list[ClusterRecord]:
+        """The active clusters as they are now; safe to call from another thread (a
+        metrics scrape) while the event loop changes them."""
+        return list(self._active.values())
+
+    def reserved_by_owner(self) -> dict[str, Usage]:
+        """What each owner's active clusters reserve now (as ``usage()`` counts it); safe
+        from another thread, like :meth:`active_snapshot`."""
+        out: dict[str, Usage] = {}
+        for c in self.active_snapshot():
+            if c.target != Target.RUNNING:
+                continue
+            shape = self._shapes.get(c.name) or Shape.from_config_json(c.config)
+            out[c.owner] = out.get(c.owner, Usage()) + shape.usage(self._held_workers(c))
+        return out
 
     def routes(self) -> list[RouteInfo]:
         return [r for c in self._active.values() if (r := self._route(c)) is not None]
@@ -289,6 +321,7 @@ class ClusterService:
                 del c.workers[n]
         if c.finished:
             self._forget(c.name)
+            self.observer.finished_cluster(c)
         self._announce(c)
 
     def _forget(self, name: str) -> None:
@@ -696,7 +729,12 @@ class ClusterService:
             first = c.observed != Observed.RUNNING
             if first and not (addresses["scheduler_address"] and addresses["api_address"]):
                 raise InvalidRequest("the first heartbeat must carry the scheduler's addresses")
-            c.last_heartbeat = now_ms()
+            previous, c.last_heartbeat = c.last_heartbeat, now_ms()
+            self.observer.heartbeat(
+                c, (c.last_heartbeat - previous) / 1000 if previous else None, float(lag)
+            )
+            if first:
+                self.observer.started(c, (c.last_heartbeat - c.start_time) / 1000)
             self._note_clients(c, clients, c.last_heartbeat)
             if lag >= _LAG_WORTH_LOGGING:
                 log.warning(
