@@ -332,3 +332,36 @@ def test_the_list_table_and_an_empty_list(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["NAME", "STATUS", "WORKERS"]
     assert lines[1].split()[:3] == [name, "pending", "0/0"]
+
+
+def test_scale_and_adapt_say_when_a_limit_granted_less(
+    bare_gateway: FakeGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ["--address", bare_gateway.address]
+    name = bare_gateway.registry.new_pending(getpass.getuser())
+    bare_gateway.registry.clusters[name].status = 2  # RUNNING
+    assert main(["scale", name, "2", *address]) == 0
+    assert capsys.readouterr() == (f"Scaled cluster {name} to 2 workers\n", "")
+    assert main(["scale", name, "5", "--json", *address]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["requested_workers"] == 3 and len(doc["warnings"]) == 1
+    assert "exceed resource limit of 3 workers" in doc["warnings"][0]
+    assert err == f"flotilla: warning: {doc['warnings'][0]}\n"
+
+    assert main(["adapt", name, "--minimum", "1", "--maximum", "2", *address]) == 0
+    assert capsys.readouterr() == (f"Cluster {name} adapts between 1 and 2 workers\n", "")
+    assert bare_gateway.registry.clusters[name].adapt == (1, 2, True)
+    assert main(["adapt", name, *address]) == 0
+    assert capsys.readouterr().err == "flotilla: warning: Using `maximum=3` instead.\n"
+    assert bare_gateway.registry.clusters[name].adapt == (None, None, True)
+
+
+def test_logs_are_printed_under_a_header_per_process(
+    bare_gateway: FakeGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ["--address", bare_gateway.address]
+    name = bare_gateway.registry.new_pending(getpass.getuser())
+    bare_gateway.registry.clusters[name].logs = {"scheduler": "s1\ns2\n", "worker-a": "w1"}
+    assert main(["logs", name, *address]) == 0
+    assert capsys.readouterr().out == "==> scheduler <==\ns1\ns2\n\n==> worker-a <==\nw1\n"
