@@ -178,11 +178,17 @@ class ClusterReport:
         Why the cluster failed or stopped, when the gateway knows.
     requested_workers, running_workers : int or None
         Workers asked for, and workers connected.
+    cores : int or None
+        The cores the scheduler and the requested workers reserve (0 once ended).
+    memory : int or None
+        The memory they reserve, in bytes (0 once ended).
     """
 
     __slots__ = (
         "backend",
+        "cores",
         "dashboard_link",
+        "memory",
         "name",
         "options",
         "owner",
@@ -213,6 +219,8 @@ class ClusterReport:
         reason: str | None = None,
         requested_workers: int | None = None,
         running_workers: int | None = None,
+        cores: int | None = None,
+        memory: int | None = None,
     ) -> None:
         self.name = name
         self.options = options
@@ -228,6 +236,8 @@ class ClusterReport:
         self.reason = reason
         self.requested_workers = requested_workers
         self.running_workers = running_workers
+        self.cores = cores
+        self.memory = memory
 
     def __repr__(self) -> str:
         return f"ClusterReport<name={self.name}, status={self.status.name}>"
@@ -263,6 +273,8 @@ class ClusterReport:
             reason=msg.reason or None,
             requested_workers=msg.requested_workers,
             running_workers=msg.running_workers,
+            cores=msg.cores,
+            memory=msg.memory_bytes,
         )
 
 

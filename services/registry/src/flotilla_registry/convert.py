@@ -9,6 +9,7 @@ from flotilla.registry.v1 import internal_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .model import ClusterRecord, Status
+from .quotas import Shape
 
 __all__ = ["cluster_json", "cluster_message", "launch_message"]
 
@@ -21,6 +22,8 @@ def _ts(ms: int) -> Timestamp:
 
 def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
     running = c.status == Status.RUNNING
+    active = c.status in (Status.PENDING, Status.RUNNING)
+    reserved = Shape.from_config_json(c.config).usage(c.count) if active else None
     msg = types_pb2.Cluster(
         name=c.name,
         status=int(c.status),
@@ -34,6 +37,8 @@ def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
         reason=c.reason,
         requested_workers=c.count,
         running_workers=c.running_workers,
+        cores=int(reserved.cores) if reserved else 0,
+        memory_bytes=int(reserved.memory) if reserved else 0,
     )
     if c.stop_time is not None:
         msg.stop_time.CopyFrom(_ts(c.stop_time))

@@ -49,7 +49,7 @@ OBSERVED_RUNNING: Observed
 OBSERVED_STOPPED: Observed
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "status", "dashboard_route", "start_time", "stop_time", "options_json", "tls_cert", "tls_key", "owner", "backend", "reason", "requested_workers", "running_workers")
+    __slots__ = ("name", "status", "dashboard_route", "start_time", "stop_time", "options_json", "tls_cert", "tls_key", "owner", "backend", "reason", "requested_workers", "running_workers", "cores", "memory_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DASHBOARD_ROUTE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,8 @@ class Cluster(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_WORKERS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: ClusterStatus
     dashboard_route: str
@@ -76,7 +78,9 @@ class Cluster(_message.Message):
     reason: str
     requested_workers: int
     running_workers: int
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ClusterStatus, str]] = ..., dashboard_route: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., options_json: _Optional[str] = ..., tls_cert: _Optional[str] = ..., tls_key: _Optional[str] = ..., owner: _Optional[str] = ..., backend: _Optional[str] = ..., reason: _Optional[str] = ..., requested_workers: _Optional[int] = ..., running_workers: _Optional[int] = ...) -> None: ...
+    cores: int
+    memory_bytes: int
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ClusterStatus, str]] = ..., dashboard_route: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., options_json: _Optional[str] = ..., tls_cert: _Optional[str] = ..., tls_key: _Optional[str] = ..., owner: _Optional[str] = ..., backend: _Optional[str] = ..., reason: _Optional[str] = ..., requested_workers: _Optional[int] = ..., running_workers: _Optional[int] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class OptionField(_message.Message):
     __slots__ = ("field", "label", "default_json", "spec_json")
