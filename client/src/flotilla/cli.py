@@ -407,7 +407,7 @@ def cluster_table(reports: Sequence[ClusterReport], owners: bool, now: datetime)
                 *([r.owner or "-"] if owners else []),
                 r.status.name.lower(),
                 f"{r.running_workers or 0}/{r.requested_workers or 0}",
-                r.cores or "-",
+                f"{r.cores:g}" if r.cores else "-",
                 _bytes(r.memory),
                 age,
                 r.dashboard_link or "-",

@@ -178,7 +178,7 @@ class ClusterReport:
         Why the cluster failed or stopped, when the gateway knows.
     requested_workers, running_workers : int or None
         Workers asked for, and workers connected.
-    cores : int or None
+    cores : float or None
         The cores the scheduler and the requested workers reserve (0 once ended).
     memory : int or None
         The memory they reserve, in bytes (0 once ended).
@@ -219,7 +219,7 @@ class ClusterReport:
         reason: str | None = None,
         requested_workers: int | None = None,
         running_workers: int | None = None,
-        cores: int | None = None,
+        cores: float | None = None,
         memory: int | None = None,
     ) -> None:
         self.name = name

@@ -37,7 +37,7 @@ def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
         reason=c.reason,
         requested_workers=c.count,
         running_workers=c.running_workers,
-        cores=int(reserved.cores) if reserved else 0,
+        cores=reserved.cores if reserved else 0.0,
         memory_bytes=int(reserved.memory) if reserved else 0,
     )
     if c.stop_time is not None:

@@ -78,9 +78,9 @@ class Cluster(_message.Message):
     reason: str
     requested_workers: int
     running_workers: int
-    cores: int
+    cores: float
     memory_bytes: int
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ClusterStatus, str]] = ..., dashboard_route: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., options_json: _Optional[str] = ..., tls_cert: _Optional[str] = ..., tls_key: _Optional[str] = ..., owner: _Optional[str] = ..., backend: _Optional[str] = ..., reason: _Optional[str] = ..., requested_workers: _Optional[int] = ..., running_workers: _Optional[int] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ClusterStatus, str]] = ..., dashboard_route: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., options_json: _Optional[str] = ..., tls_cert: _Optional[str] = ..., tls_key: _Optional[str] = ..., owner: _Optional[str] = ..., backend: _Optional[str] = ..., reason: _Optional[str] = ..., requested_workers: _Optional[int] = ..., running_workers: _Optional[int] = ..., cores: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class OptionField(_message.Message):
     __slots__ = ("field", "label", "default_json", "spec_json")
