@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(600)
 
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 # Examples per run; the whole fuzz takes well under a minute at the default.
-MAX_EXAMPLES = int(os.environ.get("FLOTILLA_FUZZ_EXAMPLES", "400"))
+MAX_EXAMPLES = int(os.environ.get("FLOTILLA_FUZZ_EXAMPLES", "600"))
 
 
 def _basic(user: str, password: str) -> str:
@@ -78,7 +78,8 @@ def test_fuzzed_requests(compat: CompatGateway, bystanders: dict[str, dict[str, 
         "bogus-token": {"Authorization": "token " + "x" * 43},
     }
 
-    schema = schemathesis.openapi.from_path(OPENAPI)
+    # The event stream never ends by itself: the web page's tests read it.
+    schema = schemathesis.openapi.from_path(OPENAPI).exclude(operation_id="streamEvents")
     cases = st.one_of(
         schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE)
     )

@@ -3,6 +3,7 @@ client, against the whole gateway (only the address is changed, to the test's)."
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -59,10 +60,18 @@ gateway.stop_cluster(name)
 
 
 def test_user_guide_messages_are_what_the_client_shows(tmp_path: Path) -> None:
+    # The test's ports and directory stay: every c.Deployment statement goes, whole.
+    text = EMBEDDED_CONFIG.read_text()
+    dropped = {
+        n
+        for node in ast.parse(text).body
+        if (ast.get_source_segment(text, node) or "").startswith("c.Deployment.")
+        for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    }
     embedded = "".join(
         line
-        for line in EMBEDDED_CONFIG.read_text().splitlines(keepends=True)
-        if not line.startswith("c.Deployment.")  # the test's ports and directory stay
+        for number, line in enumerate(text.splitlines(keepends=True), start=1)
+        if number not in dropped
     )
     sim = '\nc.Registry.backends = ["sim"]\nc.Registry.default_backend = "sim"\n'
     with running_gateway(tmp_path, embedded + sim) as gateway:

@@ -278,7 +278,10 @@ async def test_cookie_roundtrip() -> None:
     )
     value = session_cookie(first)
     second = await check(
-        servicer, "POST", "/api/v1/clusters/", {"cookie": f"a=b; {COOKIE}={value}; c=d"}
+        servicer,
+        "POST",
+        "/api/v1/clusters/",
+        {"cookie": f"a=b; {COOKIE}={value}; c=d", "content-type": "application/json"},
     )
     assert identity_of(second) == Identity("alice", frozenset({"dev"}), admin=True)
     # Cookie-authenticated requests do not refresh the cookie.
@@ -699,3 +702,78 @@ async def test_authenticator_error_keeps_its_status() -> None:
         make_servicer(authenticator=NegotiateLike("upstream")), "GET", "/api/v1/options"
     )
     assert_denied(resp, challenge="", error="Upstream failure verifying token", status=502)
+
+
+# -- the web page: its sign-in, and state changes a session cookie alone authorizes ----
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ({"sec-fetch-site": "cross-site", "content-type": "application/json"}, "Cross-site"),
+        ({"sec-fetch-site": "same-site", "content-type": "application/json"}, "Cross-site"),
+        ({"content-type": "text/plain"}, "Content-Type text/plain refused"),
+        ({"content-type": "application/x-www-form-urlencoded"}, "Content-Type application/x-"),
+        ({}, "Content-Type none refused"),
+        ({"sec-fetch-site": "same-origin", "content-type": "application/json"}, ""),
+        ({"content-type": "application/grpc+proto"}, ""),
+    ],
+)
+async def test_cookie_state_changes_refuse_what_another_site_could_send(
+    headers: dict[str, str], refused: str
+) -> None:
+    servicer = make_servicer()
+    first = await check(
+        servicer, "GET", "/api/v1/clusters/", {"authorization": basic("alice", "secret")}
+    )
+    cookie = {"cookie": f"{COOKIE}={session_cookie(first)}"}
+    resp = await check(servicer, "POST", "/api/v1/clusters/", {**cookie, **headers})
+    if not refused:
+        assert identity_of(resp).user == "alice"
+        return
+    assert resp.denied_response.status.code == 403
+    assert json.loads(resp.denied_response.body)["error"].startswith(refused)
+    # Reading is always fine, and so is a method no other site can send unasked.
+    assert identity_of(await check(servicer, "GET", "/api/v1/clusters/", {**cookie, **headers}))
+    delete = await check(servicer, "DELETE", "/api/v1/clusters/c1", {**cookie, **headers})
+    if "sec-fetch-site" not in headers:
+        assert identity_of(delete).user == "alice"
+    # With credentials of its own, a request is no cookie-only request.
+    with_auth = {**cookie, **headers, "authorization": basic("alice", "secret")}
+    assert identity_of(await check(servicer, "POST", "/api/v1/clusters/", with_auth))
+
+
+async def test_the_web_page_gets_a_sign_in_method_and_no_basic_challenge() -> None:
+    servicer = make_servicer()
+    resp = await check(servicer, "GET", "/api/v1/login", {"x-flotilla-web": "1"})
+    assert resp.denied_response.status.code == 401
+    assert "www-authenticate" not in client_headers(resp)  # no browser dialog
+    body = json.loads(resp.denied_response.body)
+    assert body == {
+        "error": "Authentication required",
+        "login": {"kind": "form", "url": "", "label": "Sign in"},
+    }
+    wrong = await check(
+        servicer,
+        "GET",
+        "/api/v1/login",
+        {"x-flotilla-web": "1", "authorization": basic("alice", "wrong")},
+    )
+    assert json.loads(wrong.denied_response.body)["login"]["kind"] == "form"
+    # Other clients keep the challenge and the body dask-gateway's client expects.
+    assert_denied(await check(servicer, "GET", "/api/v1/login"))
+
+
+class _Negotiating(Authenticator):
+    challenge = "Negotiate"
+
+    async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
+        return None
+
+
+async def test_kerberos_keeps_its_challenge_for_the_browser_to_answer() -> None:
+    servicer = make_servicer(authenticator=_Negotiating())
+    resp = await check(servicer, "GET", "/api/v1/login", {"x-flotilla-web": "1"})
+    assert client_headers(resp)["www-authenticate"] == "Negotiate"
+    login = json.loads(resp.denied_response.body)["login"]
+    assert login == {"kind": "negotiate", "url": "", "label": "Sign in with Kerberos"}

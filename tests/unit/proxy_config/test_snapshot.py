@@ -57,7 +57,10 @@ def route_paths(snapshot: Snapshot) -> list[str]:
     snapshot.of_type(ROUTE_TYPE)["http_routes"].body.Unpack(config)
     (vhost,) = config.virtual_hosts
     return [
-        r.match.prefix or r.match.path or f"regex:{r.match.safe_regex.regex}" for r in vhost.routes
+        r.match.prefix
+        or (r.match.path and f"={r.match.path}")
+        or f"regex:{r.match.safe_regex.regex}"
+        for r in vhost.routes
     ]
 
 
@@ -84,10 +87,14 @@ def test_resources_and_names() -> None:
     # beta has no dashboard: no dash_ cluster. The routes never depend on clusters.
     assert route_paths(s) == [
         "/flotilla.registry.v1.RegistryService/",
+        "=/api/v1/login",  # the web page's sign-in: always through auth
+        "=/api/v1/events",  # the web page's event stream: no deadline
         "/api/",  # with the session cookie and no credentials: straight to the registry
         "/api/",
         "regex:/clusters/[^/]+",  # → /clusters/<name>/
         "/clusters/",  # → cluster dash_<name>
+        "=/",  # the web page
+        "/ui/",  # its files
         "/",
     ]
     assert versions(s, ROUTE_TYPE) == versions(snap(), ROUTE_TYPE)
@@ -99,7 +106,7 @@ def test_only_the_api_routes_run_ext_authz() -> None:
     authz = {
         r.name for r in config.virtual_hosts[0].routes if EXT_AUTHZ in r.typed_per_filter_config
     }
-    assert authz == {"registry-grpc", "registry-api"}
+    assert authz == {"registry-grpc", "registry-login", "registry-events", "registry-api"}
     (session,) = [r for r in config.virtual_hosts[0].routes if r.name == "registry-api-session"]
     cookie, credentials = session.match.headers
     assert (cookie.name, cookie.string_match.contains) == ("cookie", "flotilla-session=")

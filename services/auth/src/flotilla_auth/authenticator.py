@@ -28,6 +28,7 @@ __all__ = [
     "Authenticator",
     "AuthenticatorConfigError",
     "AuthenticatorError",
+    "BrowserLogin",
     "load_authenticator",
     "split_authorization",
 ]
@@ -51,6 +52,32 @@ class AuthResult:
     groups: frozenset[str] = field(default_factory=frozenset)
     admin: bool = False
     response_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class BrowserLogin:
+    """How a person in a browser signs in (the web page asks, then does it).
+
+    ``kind``:
+
+    * ``"form"``: the page asks for a user name and password and sends them once as
+      Basic credentials; the session cookie carries the rest of the visit;
+    * ``"negotiate"``: the browser's own Kerberos (SPNEGO) answers the ``Negotiate``
+      challenge; the page only retries;
+    * ``"redirect"``: the page sends the browser to ``url`` (an identity provider's
+      login, e.g. a hub's OAuth), which comes back with credentials the authenticator
+      accepts;
+    * ``"none"``: no browser sign-in (use a client library).
+
+    ``label`` is what the sign-in button says.
+    """
+
+    kind: str
+    url: str = ""
+    label: str = "Sign in"
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "url": self.url, "label": self.label}
 
 
 class AuthenticatorError(Exception):
@@ -88,6 +115,16 @@ class Authenticator(Configurable):
         """Seconds a session cookie from this authenticator's logins is accepted, when it
         overrides ``c.Auth.cookie_max_age_seconds`` (``None``: it does not)."""
         return None
+
+    def browser_login(self) -> BrowserLogin:
+        """How a browser signs in (the web page's sign-in seam): by default a form for
+        a Basic challenge, the browser's Kerberos for a Negotiate one, else none."""
+        scheme = self.challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            return BrowserLogin("form")
+        if scheme == "negotiate":
+            return BrowserLogin("negotiate", label="Sign in with Kerberos")
+        return BrowserLogin("none")
 
     async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
         """Check the credentials in ``headers``.

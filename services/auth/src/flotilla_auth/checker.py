@@ -25,9 +25,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
-from flotilla_common.sessions import Session, SessionCookies, read_cookie
+from flotilla_common.sessions import (
+    WEB_HEADER,
+    Session,
+    SessionCookies,
+    cross_site_refusal,
+    read_cookie,
+)
 
-from .authenticator import Authenticator, AuthenticatorError, AuthResult, split_authorization
+from .authenticator import (
+    Authenticator,
+    AuthenticatorError,
+    AuthResult,
+    BrowserLogin,
+    split_authorization,
+)
 from .tokens import TokenVerificationUnavailable, TokenVerifier
 
 __all__ = ["Checker", "Decision", "RequestInfo"]
@@ -73,20 +85,29 @@ class Decision:
     headers_to_remove: tuple[str, ...] = ()
     response_headers: tuple[tuple[str, str], ...] = ()
     identity: Identity | None = None
+    #: On a denial for the web page: how to sign in (BrowserLogin.to_json()).
+    login: Mapping[str, str] | None = None
 
     @property
     def body(self) -> str:
         """JSON body of a denial."""
-        return json.dumps({"error": self.error}) if self.error else ""
+        if not self.error:
+            return ""
+        if self.login is None:
+            return json.dumps({"error": self.error})
+        return json.dumps({"error": self.error, "login": dict(self.login)})
 
 
-def _deny(status: int, error: str, challenge: str = "") -> Decision:
+def _deny(
+    status: int, error: str, challenge: str = "", login: BrowserLogin | None = None
+) -> Decision:
     headers = (("www-authenticate", challenge),) if challenge else ()
     return Decision(
         allowed=False,
         status_code=status,
         error=error,
         response_headers=(*headers, ("content-type", "application/json")),
+        login=login.to_json() if login is not None else None,
     )
 
 
@@ -240,6 +261,13 @@ class Checker:
         if cookie_header:
             value = read_cookie(cookie_header, self.cookies.name)
             session = self.cookies.decode(value) if value else None
+            if session is not None and "authorization" not in request.headers:
+                refusal = cross_site_refusal(request.method, request.headers)
+                if refusal is not None:
+                    log.warning(
+                        "user %s: %s %s: %s", session.user, request.method, request.route, refusal
+                    )
+                    return _deny(403, refusal)
             if session is not None and self.cookies.roles_current(session):
                 identity = Identity(user=session.user, groups=session.groups, admin=session.admin)
                 log.debug("user %s authenticated by session cookie", session.user)
@@ -250,6 +278,13 @@ class Checker:
                     return refreshed
 
         challenge = self.authenticator.challenge
+        login = None
+        if WEB_HEADER in request.headers:
+            # The web page: no Basic challenge (the browser would open its own dialog),
+            # and the way to sign in, which the page follows.
+            login = self.authenticator.browser_login()
+            if login.kind != "negotiate":
+                challenge = ""
         try:
             result = await self.authenticator.authenticate(request.headers)
         except AuthenticatorError as exc:
@@ -258,10 +293,10 @@ class Checker:
         except Exception:
             # A bug in an authenticator must not become a 500 for the client.
             log.exception("authenticator crashed on %s %s", request.method, request.route)
-            return _deny(401, AUTH_REQUIRED, challenge)
+            return _deny(401, AUTH_REQUIRED, challenge, login)
         if result is None:
             log.debug("authentication required for %s %s", request.method, request.route)
-            return _deny(401, AUTH_REQUIRED, challenge)
+            return _deny(401, AUTH_REQUIRED, challenge, login)
 
         identity = self._decide(result)
         log.info("user %s authenticated (admin=%s)", result.user, identity.admin)

@@ -35,9 +35,11 @@ __all__ = [
     "DEFAULT_COOKIE_NAME",
     "DEFAULT_MAX_AGE_SECONDS",
     "DEFAULT_ROLES_REFRESH_SECONDS",
+    "WEB_HEADER",
     "Session",
     "SessionCookies",
     "cookie_name",
+    "cross_site_refusal",
     "read_cookie",
     "session_cookies",
 ]
@@ -53,6 +55,41 @@ DEFAULT_ROLES_REFRESH_SECONDS = 60
 # Domain separation: the MAC covers this prefix, so no other value signed with the
 # same key can pass for a session.
 _CONTEXT = b"flotilla-session-v1\n"
+
+
+#: The header Flotilla's web page sends with every API call: a denial then comes without a
+#: Basic challenge (no browser dialog) and says how to sign in.
+WEB_HEADER = "x-flotilla-web"
+#: Methods that change nothing, which a session cookie alone may always authorize.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The unsafe method another site's page may send without a preflight.
+_SIMPLE_METHODS = frozenset({"POST"})
+#: Request bodies a cross-site page cannot send without the browser asking first (CORS).
+_NON_SIMPLE_TYPES = ("application/json", "application/grpc")
+
+
+def cross_site_refusal(method: str, headers: dict[str, str] | Any) -> str | None:
+    """Why a state change authorized by a session cookie alone (no Authorization header)
+    is refused as possibly cross-site (``None``: it is not). ``headers``: lower-case
+    names.
+
+    Browsers say where a request comes from (``Sec-Fetch-Site``); a request another site
+    makes can carry the cookie (SameSite=Lax covers only cross-site ones), but it cannot
+    carry a body of a non-simple type without a CORS preflight, which Flotilla never
+    answers. Non-browser clients send neither header nor simple bodies."""
+    method = method.upper()
+    if method in _SAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site", "")
+    if site in ("cross-site", "same-site"):
+        return f"Cross-site request refused (Sec-Fetch-Site: {site})"
+    if method not in _SIMPLE_METHODS:
+        return None  # another site's page cannot send it without a preflight
+    content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not content_type.startswith(_NON_SIMPLE_TYPES):
+        shown = content_type or "none"
+        return f"Content-Type {shown} refused with a session cookie: send application/json"
+    return None
 
 
 @dataclass(frozen=True)

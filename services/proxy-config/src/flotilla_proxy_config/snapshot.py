@@ -595,6 +595,24 @@ def _static_routes(
             ),
             typed_per_filter_config=_with_authz(),
         ),
+        # The web page's sign-in always asks auth (a session cookie may have expired,
+        # and Kerberos answers auth's challenge); its event stream has no deadline.
+        route_components_pb2.Route(
+            name="registry-login",
+            match=route_components_pb2.RouteMatch(path="/api/v1/login"),
+            route=route_components_pb2.RouteAction(
+                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
+            ),
+            typed_per_filter_config=_with_authz(),
+        ),
+        route_components_pb2.Route(
+            name="registry-events",
+            match=route_components_pb2.RouteMatch(path="/api/v1/events"),
+            route=route_components_pb2.RouteAction(
+                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(0)
+            ),
+            typed_per_filter_config=_with_authz(),
+        ),
         _session_route(config, session_cookie),
         route_components_pb2.Route(
             name="registry-api",
@@ -605,6 +623,24 @@ def _static_routes(
             typed_per_filter_config=_with_authz(),
         ),
         *_dashboard_routes(),
+        # The web page and its files: public (they hold no data; the page's API calls
+        # are authenticated like any other).
+        route_components_pb2.Route(
+            name="web-page",
+            match=route_components_pb2.RouteMatch(path="/"),
+            route=route_components_pb2.RouteAction(
+                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
+            ),
+            request_headers_to_remove=[IDENTITY_HEADER],
+        ),
+        route_components_pb2.Route(
+            name="web-files",
+            match=route_components_pb2.RouteMatch(prefix="/ui/"),
+            route=route_components_pb2.RouteAction(
+                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
+            ),
+            request_headers_to_remove=[IDENTITY_HEADER],
+        ),
         route_components_pb2.Route(
             name="not-found",
             match=route_components_pb2.RouteMatch(prefix="/"),

@@ -42,6 +42,7 @@ from .servicer import (
     RouteServicer,
 )
 from .store import Store, StoreSetupError, is_persistent, open_store
+from .web import add_web_routes
 
 __all__ = ["RegistryApp", "StartupError", "main", "make_store"]
 
@@ -191,9 +192,9 @@ class RegistryApp:
             ],
             interceptors=[InternalTokenInterceptor(internal_token, _INTERNAL)],
         )
-        self.runner = web.AppRunner(
-            make_app(self.service, identity_key, session_cookies(self.config)), access_log=None
-        )
+        http_app = make_app(self.service, identity_key, session_cookies(self.config))
+        add_web_routes(http_app)
+        self.runner = web.AppRunner(http_app, access_log=None)
         await self.runner.setup()
         host, port = _split(deployment.registry_http_address)
         site = web.TCPSite(self.runner, host, port, reuse_address=True)

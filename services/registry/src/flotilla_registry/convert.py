@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from .model import ClusterRecord, Status
 from .quotas import Shape
 
-__all__ = ["cluster_json", "cluster_message", "launch_message"]
+__all__ = ["cluster_json", "cluster_message", "launch_message", "web_json"]
 
 
 def _ts(ms: int) -> Timestamp:
@@ -57,6 +57,27 @@ def cluster_json(c: ClusterRecord) -> dict[str, Any]:
         "options": json.loads(c.options),
         "tls_cert": c.tls_cert if running else None,
         "tls_key": c.tls_key if running else None,
+    }
+
+
+def web_json(c: ClusterRecord) -> dict[str, Any]:
+    """What the web page shows of a cluster: never its TLS key or token."""
+    active = c.status in (Status.PENDING, Status.RUNNING)
+    reserved = Shape.from_config_json(c.config).usage(c.count) if active else None
+    return {
+        "name": c.name,
+        "owner": c.owner,
+        "backend": c.backend,
+        "status": c.status.name,
+        "reason": c.reason,
+        "dashboard_route": c.dashboard_route or None,
+        "start_time": c.start_time,
+        "stop_time": c.stop_time,
+        "options": json.loads(c.options),
+        "requested_workers": c.count,
+        "running_workers": c.running_workers,
+        "cores": reserved.cores if reserved else 0.0,
+        "memory": reserved.memory if reserved else 0,
     }
 
 

@@ -7,6 +7,7 @@ request is a 4xx, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 from flotilla_common.identity import IDENTITY_HEADER, Identity, InvalidIdentity, verify_identity
-from flotilla_common.sessions import SessionCookies, read_cookie
+from flotilla_common.sessions import WEB_HEADER, SessionCookies, cross_site_refusal, read_cookie
 
 from . import __version__
 from .clusters import ClusterService
-from .convert import cluster_json
-from .errors import InvalidRequest, NotAuthenticated, RegistryError
+from .convert import cluster_json, web_json
+from .errors import InvalidRequest, NotAuthenticated, PermissionDenied, RegistryError
 from .model import ClusterRecord, Status
 
 __all__ = ["make_app"]
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REPORT_CACHE_SIZE = 50_000
+#: An event stream writes a comment this often when nothing changed (proxies keep it open),
+#: and waits this long after each batch so that a burst of changes is one event.
+_KEEPALIVE_SECONDS = 15.0
+_EVENT_COALESCE_SECONDS = 0.2
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -42,7 +47,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except RegistryError as exc:
         if exc.http_status >= 500:
             log.error("%s %s: %s", request.method, request.path, exc.log_message)
-        headers = {"WWW-Authenticate": "Basic"} if exc.http_status == 401 else None
+        # The web page signs in its own way (no Basic challenge: no browser dialog).
+        challenge = exc.http_status == 401 and WEB_HEADER not in request.headers
+        headers = {"WWW-Authenticate": "Basic"} if challenge else None
         return _error(exc.http_status, exc.message, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -131,6 +138,11 @@ class _Api:
         if header is None and self.sessions is not None:
             value = read_cookie(request.headers.get("Cookie", ""), self.sessions.name)
             session = self.sessions.decode(value) if value else None
+            if session is not None and "Authorization" not in request.headers:
+                lower = {k.lower(): v for k, v in request.headers.items()}
+                refusal = cross_site_refusal(request.method, lower)
+                if refusal is not None:
+                    raise PermissionDenied(refusal)
             if session is not None and self.sessions.roles_current(session):
                 return Identity(user=session.user, groups=session.groups, admin=session.admin)
             if session is not None:
@@ -218,11 +230,55 @@ class _Api:
         logs = await self.service.logs(self.identity(request), request.match_info["name"])
         return web.json_response({"logs": logs})
 
+    async def login(self, request: web.Request) -> web.Response:
+        """Who the caller is (the web page's sign-in: auth has set the session cookie)."""
+        identity = self.identity(request)
+        return web.json_response(
+            {"user": identity.user, "groups": sorted(identity.groups), "admin": identity.admin}
+        )
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """Forget the session cookie in this browser (it stays valid until it expires)."""
+        self.identity(request)
+        response = web.Response(status=204)
+        if self.sessions is not None:
+            response.del_cookie(self.sessions.name, path="/")
+        return response
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Not part of dask-gateway's API: the caller's active clusters, then every
+        change of them, as server-sent events (``?all_users``: everyone's, admins)."""
+        identity = self.identity(request)
+        all_users = _flag(request, "all_users")
+        clusters = await self.service.list_clusters(identity, None, all_users=all_users)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+
+        def mine(_name: str, c: ClusterRecord) -> bool:
+            return all_users or c.owner == identity.user
+
+        with self.service.launch_hub.subscribe(mine) as changes:
+            await _send_event(response, "clusters", [web_json(c) for c in clusters])
+            while True:
+                try:
+                    batch = await asyncio.wait_for(changes.next_batch(), _KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await _send_event(response, "clusters", [web_json(c) for c in batch.values()])
+                await asyncio.sleep(_EVENT_COALESCE_SECONDS)
+
     async def heartbeat(self, request: web.Request) -> web.Response:
         identity = self.identity(request)
         body = await self.body_object(request)
         await self.service.heartbeat(identity, request.match_info["name"], body)
         return web.Response(status=200)
+
+
+async def _send_event(response: web.StreamResponse, event: str, data: Any) -> None:
+    await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
 
 
 def make_app(
@@ -244,4 +300,7 @@ def make_app(
     app.router.add_post(f"/api/v1/clusters/{name}/heartbeat", api.heartbeat)
     app.router.add_get(f"/api/v1/clusters/{name}/logs", api.logs)
     app.router.add_get("/api/v1/usage", api.usage)
+    app.router.add_get("/api/v1/login", api.login)
+    app.router.add_post("/api/v1/logout", api.logout)
+    app.router.add_get("/api/v1/events", api.events)
     return app
