@@ -192,7 +192,7 @@ class RecordingAuth(GatewayAuth):
         return self.inner.metadata()
 
     def post_response(self, metadata: list[tuple[str, str]]) -> None:
-        from .client import _parse_set_cookie
+        from ._rpc import _parse_set_cookie
 
         self.inner.post_response(metadata)
         for key, value in metadata:
