@@ -12,8 +12,8 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar, cast, overload
 
 from distributed import Client
 from distributed.core import Status, rpc
@@ -21,13 +21,19 @@ from distributed.deploy.cluster import Cluster
 from distributed.objects import SchedulerInfo
 
 from . import comm as _comm  # registers the "gateway" comm backend
-from ._gateway import Gateway
+from ._gateway import Gateway, _AsyncT
+from ._report import ClusterReport
 from .auth import GatewayAuth
 from .errors import GatewayServerError
 from .options import Options
 from .security import GatewaySecurity
 
+if TYPE_CHECKING:
+    from tornado.ioloop import IOLoop
+
 del _comm
+
+T = TypeVar("T")
 
 __all__ = ["ClusterObjectStatus", "GatewayCluster"]
 
@@ -74,7 +80,7 @@ def _cleanup_lingering_clusters() -> None:
             warnings.warn("".join(lines), stacklevel=1)
 
 
-class GatewayCluster(Cluster):
+class GatewayCluster(Cluster, Generic[_AsyncT]):
     """A cluster managed by a Flotilla gateway.
 
     Creating one submits a new cluster and waits until it runs (use
@@ -95,10 +101,55 @@ class GatewayCluster(Cluster):
         As for :class:`Gateway`.
     **kwargs
         Option values applied on top of ``cluster_options``.
+
+    Notes
+    -----
+    As with :class:`Gateway`, type checkers see ``GatewayCluster[Literal[False]]`` or
+    ``GatewayCluster[Literal[True]]`` (methods return awaitables) from ``asynchronous``.
     """
 
-    _instances: ClassVar[weakref.WeakSet[GatewayCluster]] = weakref.WeakSet()
+    _instances: ClassVar[weakref.WeakSet[GatewayCluster[bool]]] = weakref.WeakSet()
 
+    @overload
+    def __init__(
+        self: GatewayCluster[Literal[False]],
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        shutdown_on_close: bool = True,
+        asynchronous: Literal[False] = False,
+        loop: IOLoop | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: GatewayCluster[Literal[True]],
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        shutdown_on_close: bool = True,
+        *,
+        asynchronous: Literal[True],
+        loop: IOLoop | None = None,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: GatewayCluster[bool],
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        shutdown_on_close: bool = True,
+        asynchronous: bool = False,
+        loop: IOLoop | None = None,
+        **kwargs: Any,
+    ) -> None: ...
     def __init__(
         self,
         address: str | None = None,
@@ -108,7 +159,7 @@ class GatewayCluster(Cluster):
         cluster_options: Options | Mapping[str, Any] | None = None,
         shutdown_on_close: bool = True,
         asynchronous: bool = False,
-        loop: Any = None,
+        loop: IOLoop | None = None,
         **kwargs: Any,
     ) -> None:
         self._init_internal(
@@ -123,6 +174,34 @@ class GatewayCluster(Cluster):
             loop=loop,
         )
 
+    @overload
+    @classmethod
+    def from_name(
+        cls,
+        cluster_name: str,
+        shutdown_on_close: bool = False,
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        asynchronous: Literal[False] = False,
+        loop: IOLoop | None = None,
+    ) -> GatewayCluster[Literal[False]]: ...
+    @overload
+    @classmethod
+    def from_name(
+        cls,
+        cluster_name: str,
+        shutdown_on_close: bool = False,
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        *,
+        asynchronous: Literal[True],
+        loop: IOLoop | None = None,
+    ) -> GatewayCluster[Literal[True]]: ...
+    @overload
     @classmethod
     def from_name(
         cls,
@@ -133,8 +212,20 @@ class GatewayCluster(Cluster):
         public_address: str | None = None,
         auth: GatewayAuth | str | None = None,
         asynchronous: bool = False,
-        loop: Any = None,
-    ) -> GatewayCluster:
+        loop: IOLoop | None = None,
+    ) -> GatewayCluster[bool]: ...
+    @classmethod
+    def from_name(
+        cls,
+        cluster_name: str,
+        shutdown_on_close: bool = False,
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        asynchronous: bool = False,
+        loop: IOLoop | None = None,
+    ) -> GatewayCluster[bool]:
         """Connect to an existing cluster.
 
         Parameters
@@ -173,16 +264,20 @@ class GatewayCluster(Cluster):
         cluster_kwargs: dict[str, Any] | None = None,
         shutdown_on_close: bool = True,
         asynchronous: bool = False,
-        loop: Any = None,
+        loop: IOLoop | None = None,
         name: str | None = None,
     ) -> None:
-        self.gateway = Gateway(
-            address=address,
-            proxy_address=proxy_address,
-            public_address=public_address,
-            auth=auth,
-            asynchronous=asynchronous,
-            loop=loop,
+        # The overloads of __init__ and from_name tie asynchronous to _AsyncT.
+        self.gateway = cast(
+            "Gateway[_AsyncT]",
+            Gateway(
+                address=address,
+                proxy_address=proxy_address,
+                public_address=public_address,
+                auth=auth,
+                asynchronous=asynchronous,
+                loop=loop,
+            ),
         )
         super().__init__(asynchronous=asynchronous, loop=self.gateway.loop, quiet=True)
         self._asynchronous = asynchronous
@@ -209,7 +304,7 @@ class GatewayCluster(Cluster):
     # -- properties --------------------------------------------------------------
 
     @property
-    def loop(self) -> Any:
+    def loop(self) -> IOLoop:
         """The IOLoop the cluster object runs on."""
         return self.gateway.loop
 
@@ -240,7 +335,7 @@ class GatewayCluster(Cluster):
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def _start_internal(self) -> GatewayCluster:
+    async def _start_internal(self) -> Self:
         if self._start_task is None:
             self._start_task = asyncio.ensure_future(self._start_async())
         try:
@@ -337,16 +432,16 @@ class GatewayCluster(Cluster):
             await self.scheduler_comm.close_rpc()
         self.status = Status.closed
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, Self]:
         return self._start_internal().__await__()
 
-    async def __aenter__(self) -> GatewayCluster:
+    async def __aenter__(self) -> Self:
         return await self._start_internal()
 
     async def __aexit__(self, *args: Any) -> None:
         await self._stop_internal()
 
-    def __enter__(self) -> GatewayCluster:
+    def __enter__(self) -> Self:
         if self._asynchronous:
             raise TypeError("Used 'with' with an asynchronous GatewayCluster; use 'async with'")
         return self
@@ -354,9 +449,25 @@ class GatewayCluster(Cluster):
     def __exit__(self, *args: Any) -> None:
         self.close()
 
-    def close(  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def close(
+        self: GatewayCluster[Literal[False]],
+        shutdown: bool | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    @overload
+    def close(
+        self: GatewayCluster[Literal[True]],
+        shutdown: bool | None = None,
+        timeout: float | None = None,
+    ) -> Awaitable[None]: ...
+    @overload
+    def close(
+        self: GatewayCluster[bool], shutdown: bool | None = None, timeout: float | None = None
+    ) -> Awaitable[None] | None: ...
+    def close(
         self, shutdown: bool | None = None, timeout: float | None = None
-    ) -> Any:
+    ) -> Awaitable[None] | None:
         """Close the cluster object.
 
         Parameters
@@ -383,7 +494,13 @@ class GatewayCluster(Cluster):
             self.gateway.close()
         return None
 
-    def shutdown(self) -> Any:
+    @overload
+    def shutdown(self: GatewayCluster[Literal[False]]) -> None: ...
+    @overload
+    def shutdown(self: GatewayCluster[Literal[True]]) -> Awaitable[None]: ...
+    @overload
+    def shutdown(self: GatewayCluster[bool]) -> Awaitable[None] | None: ...
+    def shutdown(self) -> Awaitable[None] | None:
         """Shut the cluster down (``close(shutdown=True)``)."""
         return self.close(shutdown=True)
 
@@ -401,6 +518,14 @@ class GatewayCluster(Cluster):
             pass
 
     # -- operations ----------------------------------------------------------------
+
+    def _sync(
+        self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T | Awaitable[T]:
+        # distributed's SyncMethodMixin.sync (untyped, and taking its own asynchronous= and
+        # callback_timeout= keywords, hence no ParamSpec): the value, or an awaitable of it.
+        result: T | Awaitable[T] = self.sync(func, *args, **kwargs)
+        return result
 
     def get_client(self, set_as_default: bool = True) -> Client:
         """A ``distributed.Client`` connected to this cluster.
@@ -426,7 +551,13 @@ class GatewayCluster(Cluster):
             self._clients.add(client)
         return client
 
-    def scale(self, n: int, **kwargs: Any) -> Any:
+    @overload  # type: ignore[override]
+    def scale(self: GatewayCluster[Literal[False]], n: int, **kwargs: Any) -> None: ...
+    @overload
+    def scale(self: GatewayCluster[Literal[True]], n: int, **kwargs: Any) -> Awaitable[None]: ...
+    @overload
+    def scale(self: GatewayCluster[bool], n: int, **kwargs: Any) -> Awaitable[None] | None: ...
+    def scale(self, n: int, **kwargs: Any) -> Awaitable[None] | None:
         """Scale the cluster to ``n`` workers (turns adaptive scaling off).
 
         Parameters
@@ -439,15 +570,39 @@ class GatewayCluster(Cluster):
         GatewayWarning
             When a limit made the gateway scale to fewer workers.
         """
-        return self.sync(self.gateway._scale_cluster, self.name, n, **kwargs)
+        return self._sync(self.gateway._scale_cluster, self.name, n, **kwargs)
 
-    def adapt(  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def adapt(
+        self: GatewayCluster[Literal[False]],
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def adapt(
+        self: GatewayCluster[Literal[True]],
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> Awaitable[None]: ...
+    @overload
+    def adapt(
+        self: GatewayCluster[bool],
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> Awaitable[None] | None: ...
+    def adapt(
         self,
         minimum: int | None = None,
         maximum: int | None = None,
         active: bool = True,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Awaitable[None] | None:
         """Configure adaptive scaling (done by the gateway, not locally).
 
         Parameters
@@ -459,7 +614,7 @@ class GatewayCluster(Cluster):
         active : bool, optional
             True (default) turns adaptive scaling on, False turns it off.
         """
-        return self.sync(
+        return self._sync(
             self.gateway._adapt_cluster,
             self.name,
             minimum=minimum,
@@ -468,7 +623,30 @@ class GatewayCluster(Cluster):
             **kwargs,
         )
 
-    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> Any:
+    @overload
+    def get_logs(
+        self: GatewayCluster[Literal[False]],
+        cluster: bool = True,
+        scheduler: bool = True,
+        workers: bool = True,
+    ) -> dict[str, str]: ...
+    @overload
+    def get_logs(
+        self: GatewayCluster[Literal[True]],
+        cluster: bool = True,
+        scheduler: bool = True,
+        workers: bool = True,
+    ) -> Awaitable[dict[str, str]]: ...
+    @overload
+    def get_logs(
+        self: GatewayCluster[bool],
+        cluster: bool = True,
+        scheduler: bool = True,
+        workers: bool = True,
+    ) -> dict[str, str] | Awaitable[dict[str, str]]: ...
+    def get_logs(
+        self, cluster: bool = True, scheduler: bool = True, workers: bool = True
+    ) -> dict[str, str] | Awaitable[dict[str, str]]:
         """The output of this cluster's scheduler and workers, kept by the gateway.
 
         Unlike ``distributed``'s ``Cluster.get_logs`` this is the processes' whole
@@ -498,13 +676,21 @@ class GatewayCluster(Cluster):
                 if (scheduler if name == "scheduler" else workers)
             }
 
-        return self.sync(select)
+        return self._sync(select)
 
-    def report(self, **kwargs: Any) -> Any:
+    @overload
+    def report(self: GatewayCluster[Literal[False]], **kwargs: Any) -> ClusterReport: ...
+    @overload
+    def report(self: GatewayCluster[Literal[True]], **kwargs: Any) -> Awaitable[ClusterReport]: ...
+    @overload
+    def report(
+        self: GatewayCluster[bool], **kwargs: Any
+    ) -> ClusterReport | Awaitable[ClusterReport]: ...
+    def report(self, **kwargs: Any) -> ClusterReport | Awaitable[ClusterReport]:
         """The gateway's current report on this cluster.
 
         Returns
         -------
         report : ClusterReport
         """
-        return self.sync(self.gateway._cluster_report, self.name, **kwargs)
+        return self._sync(self.gateway._cluster_report, self.name, **kwargs)

@@ -11,8 +11,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 import dask.config
 import grpc
@@ -22,7 +22,7 @@ from distributed.utils import LoopRunner
 from flotilla.registry.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
 from . import config as _config  # registers the gateway.* dask config defaults
-from ._report import ClusterReport, ClusterStatus
+from ._report import ClusterReport, ClusterStatus, Quota, UsageReport
 from ._rpc import _grpc_target, _parse_set_cookie, map_rpc_error, resolve_addresses
 from ._version import __version__
 from .auth import GatewayAuth, get_auth
@@ -30,11 +30,21 @@ from .errors import GatewayClusterError, GatewayServerError, GatewayWarning
 from .options import Options
 from .utils import format_template
 
+if TYPE_CHECKING:
+    from tornado.ioloop import IOLoop
+
+    from ._cluster import GatewayCluster
+
 del _config
 
 __all__ = ["Gateway"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+#: Whether a ``Gateway`` (or ``GatewayCluster``) is asynchronous, for type checkers:
+#: ``Literal[False]`` when its methods return values, ``Literal[True]`` when they
+#: return awaitables, ``bool`` when that is known only at run time.
+_AsyncT = TypeVar("_AsyncT", bound=bool, covariant=True)
 
 #: Deadline of an ordinary registry call, in seconds.
 CALL_TIMEOUT_SECONDS = 30.0
@@ -46,7 +56,7 @@ LOGS_WAIT_SECONDS = 30.0
 _POLL_INTERVAL_SECONDS = 0.5
 
 
-class Gateway:
+class Gateway(Generic[_AsyncT]):
     """A client for a Flotilla (dask-gateway compatible) gateway.
 
     Parameters
@@ -75,8 +85,45 @@ class Gateway:
     >>> cluster = gateway.new_cluster(worker_cores=2)  # doctest: +SKIP
     >>> cluster.scale(4)  # doctest: +SKIP
     >>> client = cluster.get_client()  # doctest: +SKIP
+
+    Notes
+    -----
+    For type checkers a ``Gateway`` is ``Gateway[Literal[False]]`` (each method returns
+    its value) or ``Gateway[Literal[True]]`` (each returns an awaitable of it), following
+    ``asynchronous``; ``Gateway[bool]`` when that is known only at run time.
     """
 
+    @overload
+    def __init__(
+        self: Gateway[Literal[False]],
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        asynchronous: Literal[False] = False,
+        loop: IOLoop | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Gateway[Literal[True]],
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        *,
+        asynchronous: Literal[True],
+        loop: IOLoop | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Gateway[bool],
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        asynchronous: bool = False,
+        loop: IOLoop | None = None,
+    ) -> None: ...
     def __init__(
         self,
         address: str | None = None,
@@ -84,7 +131,7 @@ class Gateway:
         public_address: str | None = None,
         auth: GatewayAuth | str | None = None,
         asynchronous: bool = False,
-        loop: Any = None,
+        loop: IOLoop | None = None,
     ) -> None:
         self.address, self.proxy_address, self._public_address = resolve_addresses(
             address, proxy_address, public_address
@@ -103,9 +150,10 @@ class Gateway:
     # -- event loop plumbing ---------------------------------------------------
 
     @property
-    def loop(self) -> Any:
+    def loop(self) -> IOLoop:
         """The IOLoop the client runs on."""
-        return self._loop_runner.loop
+        loop: IOLoop = self._loop_runner.loop
+        return loop
 
     @property
     def asynchronous(self) -> bool:
@@ -123,7 +171,30 @@ class Gateway:
         except RuntimeError:
             return False
 
-    def sync(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def sync(
+        self: Gateway[Literal[False]],
+        func: Callable[P, Coroutine[Any, Any, T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
+    @overload
+    def sync(
+        self: Gateway[Literal[True]],
+        func: Callable[P, Coroutine[Any, Any, T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Awaitable[T]: ...
+    @overload
+    def sync(
+        self: Gateway[bool],
+        func: Callable[P, Coroutine[Any, Any, T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T | Awaitable[T]: ...
+    def sync(
+        self, func: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T | Awaitable[T]:
         """Run ``func(*args, **kwargs)``: awaitable in asynchronous mode, else to completion.
 
         Parameters
@@ -142,8 +213,8 @@ class Gateway:
                 "use Gateway(asynchronous=True) in async code"
             )
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-            func(*args, **kwargs),  # type: ignore[arg-type]
-            self.loop.asyncio_loop,
+            func(*args, **kwargs),
+            self._loop_runner.loop.asyncio_loop,
         )
         try:
             return future.result()
@@ -157,7 +228,13 @@ class Gateway:
         if channel is not None:
             await channel.close()
 
-    def close(self) -> Any:
+    @overload
+    def close(self: Gateway[Literal[False]]) -> None: ...
+    @overload
+    def close(self: Gateway[Literal[True]]) -> asyncio.Future[None] | None: ...
+    @overload
+    def close(self: Gateway[bool]) -> asyncio.Future[None] | None: ...
+    def close(self) -> asyncio.Future[None] | None:
         """Close the gateway client (its connection, and its loop thread if it owns one).
 
         In asynchronous mode this returns an awaitable (awaiting it is optional).
@@ -183,13 +260,13 @@ class Gateway:
                 self._loop_runner.stop()
         return None
 
-    def __enter__(self) -> Gateway:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *args: Any) -> None:
         self.close()
 
-    async def __aenter__(self) -> Gateway:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *args: Any) -> None:
@@ -305,7 +382,7 @@ class Gateway:
             statuses = [ClusterStatus._create(status)]
         else:
             statuses = [ClusterStatus._create(s) for s in status]
-        resp = await self._rpc(
+        resp: registry_pb2.ListClustersResponse = await self._rpc(
             "ListClusters",
             registry_pb2.ListClustersRequest(
                 statuses=[int(s) for s in statuses], all_users=all_users
@@ -313,12 +390,33 @@ class Gateway:
         )
         return [self._report(c) for c in resp.clusters]
 
+    @overload
+    def list_clusters(
+        self: Gateway[Literal[False]],
+        status: ClusterStatus | str | Iterable[ClusterStatus | str] | None = None,
+        all_users: bool = False,
+        **kwargs: Any,
+    ) -> list[ClusterReport]: ...
+    @overload
+    def list_clusters(
+        self: Gateway[Literal[True]],
+        status: ClusterStatus | str | Iterable[ClusterStatus | str] | None = None,
+        all_users: bool = False,
+        **kwargs: Any,
+    ) -> Awaitable[list[ClusterReport]]: ...
+    @overload
+    def list_clusters(
+        self: Gateway[bool],
+        status: ClusterStatus | str | Iterable[ClusterStatus | str] | None = None,
+        all_users: bool = False,
+        **kwargs: Any,
+    ) -> list[ClusterReport] | Awaitable[list[ClusterReport]]: ...
     def list_clusters(
         self,
         status: ClusterStatus | str | Iterable[ClusterStatus | str] | None = None,
         all_users: bool = False,
         **kwargs: Any,
-    ) -> Any:
+    ) -> list[ClusterReport] | Awaitable[list[ClusterReport]]:
         """List clusters.
 
         Parameters
@@ -337,14 +435,28 @@ class Gateway:
 
     async def _cluster_report(self, cluster_name: str, wait: bool = False) -> ClusterReport:
         wait_seconds = WAIT_SECONDS if wait else 0.0
-        resp = await self._rpc(
+        resp: registry_pb2.GetClusterResponse = await self._rpc(
             "GetCluster",
             registry_pb2.GetClusterRequest(name=cluster_name, wait_seconds=wait_seconds),
             timeout=CALL_TIMEOUT_SECONDS + wait_seconds,
         )
         return self._report(resp.cluster)
 
-    def get_cluster(self, cluster_name: str, **kwargs: Any) -> Any:
+    @overload
+    def get_cluster(
+        self: Gateway[Literal[False]], cluster_name: str, **kwargs: Any
+    ) -> ClusterReport: ...
+    @overload
+    def get_cluster(
+        self: Gateway[Literal[True]], cluster_name: str, **kwargs: Any
+    ) -> Awaitable[ClusterReport]: ...
+    @overload
+    def get_cluster(
+        self: Gateway[bool], cluster_name: str, **kwargs: Any
+    ) -> ClusterReport | Awaitable[ClusterReport]: ...
+    def get_cluster(
+        self, cluster_name: str, **kwargs: Any
+    ) -> ClusterReport | Awaitable[ClusterReport]:
         """Get information about one cluster.
 
         Parameters
@@ -363,7 +475,9 @@ class Gateway:
         return {k: format_template(v) for k, v in opts.items()}
 
     async def _cluster_options(self, use_local_defaults: bool = True) -> Options:
-        resp = await self._rpc("GetOptions", registry_pb2.GetOptionsRequest())
+        resp: registry_pb2.GetOptionsResponse = await self._rpc(
+            "GetOptions", registry_pb2.GetOptionsRequest()
+        )
         try:
             spec = [
                 {
@@ -381,7 +495,21 @@ class Gateway:
             options.update(self._config_cluster_options())
         return options
 
-    def cluster_options(self, use_local_defaults: bool = True, **kwargs: Any) -> Any:
+    @overload
+    def cluster_options(
+        self: Gateway[Literal[False]], use_local_defaults: bool = True, **kwargs: Any
+    ) -> Options: ...
+    @overload
+    def cluster_options(
+        self: Gateway[Literal[True]], use_local_defaults: bool = True, **kwargs: Any
+    ) -> Awaitable[Options]: ...
+    @overload
+    def cluster_options(
+        self: Gateway[bool], use_local_defaults: bool = True, **kwargs: Any
+    ) -> Options | Awaitable[Options]: ...
+    def cluster_options(
+        self, use_local_defaults: bool = True, **kwargs: Any
+    ) -> Options | Awaitable[Options]:
         """Get the cluster options the gateway offers.
 
         Parameters
@@ -412,14 +540,32 @@ class Gateway:
             options_json = json.dumps(options)
         except TypeError as exc:
             raise ValueError(f"Cluster options must be JSON serializable: {exc}") from None
-        resp = await self._rpc(
+        resp: registry_pb2.CreateClusterResponse = await self._rpc(
             "CreateCluster", registry_pb2.CreateClusterRequest(options_json=options_json)
         )
         return str(resp.name)
 
+    @overload
+    def submit(
+        self: Gateway[Literal[False]],
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str: ...
+    @overload
+    def submit(
+        self: Gateway[Literal[True]],
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[str]: ...
+    @overload
+    def submit(
+        self: Gateway[bool],
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str | Awaitable[str]: ...
     def submit(
         self, cluster_options: Options | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> Any:
+    ) -> str | Awaitable[str]:
         """Submit a new cluster to be started, without waiting for it.
 
         Parameters
@@ -457,7 +603,21 @@ class Gateway:
             if elapsed < _POLL_INTERVAL_SECONDS:
                 await asyncio.sleep(_POLL_INTERVAL_SECONDS - elapsed)
 
-    def wait_for_start(self, cluster_name: str, **kwargs: Any) -> Any:
+    @overload
+    def wait_for_start(
+        self: Gateway[Literal[False]], cluster_name: str, **kwargs: Any
+    ) -> ClusterReport: ...
+    @overload
+    def wait_for_start(
+        self: Gateway[Literal[True]], cluster_name: str, **kwargs: Any
+    ) -> Awaitable[ClusterReport]: ...
+    @overload
+    def wait_for_start(
+        self: Gateway[bool], cluster_name: str, **kwargs: Any
+    ) -> ClusterReport | Awaitable[ClusterReport]: ...
+    def wait_for_start(
+        self, cluster_name: str, **kwargs: Any
+    ) -> ClusterReport | Awaitable[ClusterReport]:
         """Wait until a cluster is running.
 
         Parameters
@@ -476,7 +636,19 @@ class Gateway:
         """
         return self.sync(self._wait_for_start, cluster_name, **kwargs)
 
-    def connect(self, cluster_name: str, shutdown_on_close: bool = False) -> Any:
+    @overload
+    def connect(
+        self: Gateway[Literal[False]], cluster_name: str, shutdown_on_close: bool = False
+    ) -> GatewayCluster[Literal[False]]: ...
+    @overload
+    def connect(
+        self: Gateway[Literal[True]], cluster_name: str, shutdown_on_close: bool = False
+    ) -> GatewayCluster[Literal[True]]: ...
+    @overload
+    def connect(
+        self: Gateway[bool], cluster_name: str, shutdown_on_close: bool = False
+    ) -> GatewayCluster[bool]: ...
+    def connect(self, cluster_name: str, shutdown_on_close: bool = False) -> GatewayCluster[bool]:
         """Connect to a submitted cluster.
 
         Parameters
@@ -504,12 +676,33 @@ class Gateway:
             loop=self.loop,
         )
 
+    @overload
+    def new_cluster(
+        self: Gateway[Literal[False]],
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        shutdown_on_close: bool = True,
+        **kwargs: Any,
+    ) -> GatewayCluster[Literal[False]]: ...
+    @overload
+    def new_cluster(
+        self: Gateway[Literal[True]],
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        shutdown_on_close: bool = True,
+        **kwargs: Any,
+    ) -> GatewayCluster[Literal[True]]: ...
+    @overload
+    def new_cluster(
+        self: Gateway[bool],
+        cluster_options: Options | Mapping[str, Any] | None = None,
+        shutdown_on_close: bool = True,
+        **kwargs: Any,
+    ) -> GatewayCluster[bool]: ...
     def new_cluster(
         self,
         cluster_options: Options | Mapping[str, Any] | None = None,
         shutdown_on_close: bool = True,
         **kwargs: Any,
-    ) -> Any:
+    ) -> GatewayCluster[bool]:
         """Create a new cluster and wait for it to start (``submit`` + ``connect``).
 
         Parameters
@@ -543,7 +736,17 @@ class Gateway:
     async def _stop_cluster(self, cluster_name: str) -> None:
         await self._rpc("StopCluster", registry_pb2.StopClusterRequest(name=cluster_name))
 
-    def stop_cluster(self, cluster_name: str, **kwargs: Any) -> Any:
+    @overload
+    def stop_cluster(self: Gateway[Literal[False]], cluster_name: str, **kwargs: Any) -> None: ...
+    @overload
+    def stop_cluster(
+        self: Gateway[Literal[True]], cluster_name: str, **kwargs: Any
+    ) -> Awaitable[None]: ...
+    @overload
+    def stop_cluster(
+        self: Gateway[bool], cluster_name: str, **kwargs: Any
+    ) -> Awaitable[None] | None: ...
+    def stop_cluster(self, cluster_name: str, **kwargs: Any) -> Awaitable[None] | None:
         """Stop a cluster (idempotent).
 
         Parameters
@@ -554,19 +757,33 @@ class Gateway:
         return self.sync(self._stop_cluster, cluster_name, **kwargs)
 
     @staticmethod
-    def _warn_if_clamped(resp: Any) -> None:
+    def _warn_if_clamped(
+        resp: registry_pb2.ScaleClusterResponse | registry_pb2.AdaptClusterResponse,
+    ) -> None:
         if not resp.ok and resp.message:
             warnings.warn(GatewayWarning(resp.message), stacklevel=3)
 
     async def _scale_cluster(self, cluster_name: str, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"Scale expects a non-negative integer, got {n}")
-        resp = await self._rpc(
+        resp: registry_pb2.ScaleClusterResponse = await self._rpc(
             "ScaleCluster", registry_pb2.ScaleClusterRequest(name=cluster_name, count=n)
         )
         self._warn_if_clamped(resp)
 
-    def scale_cluster(self, cluster_name: str, n: int, **kwargs: Any) -> Any:
+    @overload
+    def scale_cluster(
+        self: Gateway[Literal[False]], cluster_name: str, n: int, **kwargs: Any
+    ) -> None: ...
+    @overload
+    def scale_cluster(
+        self: Gateway[Literal[True]], cluster_name: str, n: int, **kwargs: Any
+    ) -> Awaitable[None]: ...
+    @overload
+    def scale_cluster(
+        self: Gateway[bool], cluster_name: str, n: int, **kwargs: Any
+    ) -> Awaitable[None] | None: ...
+    def scale_cluster(self, cluster_name: str, n: int, **kwargs: Any) -> Awaitable[None] | None:
         """Scale a cluster to ``n`` workers (this turns adaptive scaling off).
 
         Parameters
@@ -600,9 +817,36 @@ class Gateway:
             req.minimum = minimum
         if maximum is not None:
             req.maximum = maximum
-        resp = await self._rpc("AdaptCluster", req)
+        resp: registry_pb2.AdaptClusterResponse = await self._rpc("AdaptCluster", req)
         self._warn_if_clamped(resp)
 
+    @overload
+    def adapt_cluster(
+        self: Gateway[Literal[False]],
+        cluster_name: str,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> None: ...
+    @overload
+    def adapt_cluster(
+        self: Gateway[Literal[True]],
+        cluster_name: str,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> Awaitable[None]: ...
+    @overload
+    def adapt_cluster(
+        self: Gateway[bool],
+        cluster_name: str,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> Awaitable[None] | None: ...
     def adapt_cluster(
         self,
         cluster_name: str,
@@ -610,7 +854,7 @@ class Gateway:
         maximum: int | None = None,
         active: bool = True,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Awaitable[None] | None:
         """Configure adaptive scaling for a cluster.
 
         Parameters
@@ -639,14 +883,28 @@ class Gateway:
         )
 
     async def _cluster_logs(self, cluster_name: str) -> dict[str, str]:
-        resp = await self._rpc(
+        resp: registry_pb2.GetClusterLogsResponse = await self._rpc(
             "GetClusterLogs",
             registry_pb2.GetClusterLogsRequest(name=cluster_name),
             timeout=CALL_TIMEOUT_SECONDS + LOGS_WAIT_SECONDS,
         )
         return {log.process: log.text for log in resp.logs}
 
-    def get_cluster_logs(self, cluster_name: str, **kwargs: Any) -> Any:
+    @overload
+    def get_cluster_logs(
+        self: Gateway[Literal[False]], cluster_name: str, **kwargs: Any
+    ) -> dict[str, str]: ...
+    @overload
+    def get_cluster_logs(
+        self: Gateway[Literal[True]], cluster_name: str, **kwargs: Any
+    ) -> Awaitable[dict[str, str]]: ...
+    @overload
+    def get_cluster_logs(
+        self: Gateway[bool], cluster_name: str, **kwargs: Any
+    ) -> dict[str, str] | Awaitable[dict[str, str]]: ...
+    def get_cluster_logs(
+        self, cluster_name: str, **kwargs: Any
+    ) -> dict[str, str] | Awaitable[dict[str, str]]:
         """The output (stdout and stderr) of a cluster's scheduler and workers.
 
         Works for active clusters (the gateway fetches the current output) and for
@@ -666,18 +924,18 @@ class Gateway:
         """
         return self.sync(self._cluster_logs, cluster_name, **kwargs)
 
-    async def _usage(self, all_users: bool = False) -> list[dict[str, Any]]:
-        resp = await self._rpc("GetUsage", registry_pb2.GetUsageRequest(all_users=all_users))
-        out = []
+    async def _usage(self, all_users: bool = False) -> list[UsageReport]:
+        resp: registry_pb2.GetUsageResponse = await self._rpc(
+            "GetUsage", registry_pb2.GetUsageRequest(all_users=all_users)
+        )
+        out: list[UsageReport] = []
         for u in resp.usage:
-            quota = {
-                key: getattr(u.quota, field) if u.quota.HasField(field) else None
-                for key, field in (
-                    ("max_clusters", "max_clusters"),
-                    ("max_cores", "max_cores"),
-                    ("max_memory", "max_memory_bytes"),
-                    ("max_workers", "max_workers"),
-                )
+            q = u.quota
+            quota: Quota = {
+                "max_clusters": q.max_clusters if q.HasField("max_clusters") else None,
+                "max_cores": q.max_cores if q.HasField("max_cores") else None,
+                "max_memory": q.max_memory_bytes if q.HasField("max_memory_bytes") else None,
+                "max_workers": q.max_workers if q.HasField("max_workers") else None,
             }
             out.append(
                 {
@@ -693,7 +951,21 @@ class Gateway:
             )
         return out
 
-    def usage(self, all_users: bool = False, **kwargs: Any) -> Any:
+    @overload
+    def usage(
+        self: Gateway[Literal[False]], all_users: bool = False, **kwargs: Any
+    ) -> list[UsageReport]: ...
+    @overload
+    def usage(
+        self: Gateway[Literal[True]], all_users: bool = False, **kwargs: Any
+    ) -> Awaitable[list[UsageReport]]: ...
+    @overload
+    def usage(
+        self: Gateway[bool], all_users: bool = False, **kwargs: Any
+    ) -> list[UsageReport] | Awaitable[list[UsageReport]]: ...
+    def usage(
+        self, all_users: bool = False, **kwargs: Any
+    ) -> list[UsageReport] | Awaitable[list[UsageReport]]:
         """What your active clusters reserve, your quota, and your usage so far.
 
         Parameters
@@ -712,10 +984,24 @@ class Gateway:
         return self.sync(self._usage, all_users=all_users, **kwargs)
 
     async def _get_versions(self) -> dict[str, dict[str, str]]:
-        resp = await self._rpc("GetVersion", registry_pb2.GetVersionRequest())
+        resp: registry_pb2.GetVersionResponse = await self._rpc(
+            "GetVersion", registry_pb2.GetVersionRequest()
+        )
         return {"server": {"version": resp.version}, "client": {"version": __version__}}
 
-    def get_versions(self, **kwargs: Any) -> Any:
+    @overload
+    def get_versions(self: Gateway[Literal[False]], **kwargs: Any) -> dict[str, dict[str, str]]: ...
+    @overload
+    def get_versions(
+        self: Gateway[Literal[True]], **kwargs: Any
+    ) -> Awaitable[dict[str, dict[str, str]]]: ...
+    @overload
+    def get_versions(
+        self: Gateway[bool], **kwargs: Any
+    ) -> dict[str, dict[str, str]] | Awaitable[dict[str, dict[str, str]]]: ...
+    def get_versions(
+        self, **kwargs: Any
+    ) -> dict[str, dict[str, str]] | Awaitable[dict[str, dict[str, str]]]:
         """The server's and the client's versions.
 
         Returns

@@ -1,11 +1,11 @@
-"""What the gateway says about a cluster: its status and its report."""
+"""What the gateway reports: a cluster's status and report, a user's usage and quota."""
 
 from __future__ import annotations
 
 import enum
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -13,7 +13,7 @@ from flotilla.registry.v1 import types_pb2
 
 from .security import GatewaySecurity
 
-__all__ = ["ClusterReport", "ClusterStatus"]
+__all__ = ["ClusterReport", "ClusterStatus", "Quota", "UsageReport"]
 
 
 class ClusterStatus(enum.IntEnum):
@@ -200,3 +200,29 @@ class ClusterReport:
             cores=msg.cores,
             memory=msg.memory_bytes,
         )
+
+
+class Quota(TypedDict):
+    """A user's limits (None for no limit), as in :meth:`Gateway.usage`."""
+
+    max_clusters: float | None
+    max_cores: float | None
+    max_memory: float | None
+    max_workers: float | None
+
+
+class UsageReport(TypedDict):
+    """What one user's active clusters reserve, their quota and their usage so far.
+
+    ``memory`` is in bytes; ``clusters``, ``cores``, ``memory`` and ``workers`` count the
+    schedulers and granted workers of active clusters.
+    """
+
+    user: str
+    clusters: int
+    cores: float
+    memory: float
+    workers: int
+    quota: Quota
+    core_hours: float
+    memory_gib_hours: float

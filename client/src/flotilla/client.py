@@ -15,7 +15,7 @@ from ._gateway import CALL_TIMEOUT_SECONDS as CALL_TIMEOUT_SECONDS
 from ._gateway import LOGS_WAIT_SECONDS as LOGS_WAIT_SECONDS
 from ._gateway import WAIT_SECONDS as WAIT_SECONDS
 from ._gateway import Gateway
-from ._report import ClusterReport, ClusterStatus
+from ._report import ClusterReport, ClusterStatus, Quota, UsageReport
 from ._rpc import map_rpc_error, resolve_addresses
 from .errors import (
     GatewayAuthError,
@@ -40,6 +40,8 @@ __all__ = [
     "GatewayPermissionError",
     "GatewayServerError",
     "GatewayWarning",
+    "Quota",
+    "UsageReport",
     "map_rpc_error",
     "resolve_addresses",
 ]

@@ -71,6 +71,8 @@ def test_client_module_exports_are_pinned() -> None:
         "GatewayPermissionError",
         "GatewayServerError",
         "GatewayWarning",
+        "Quota",
+        "UsageReport",
         "map_rpc_error",
         "resolve_addresses",
     ]
