@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import dask.config
 
@@ -37,7 +37,7 @@ from .utils import format_template
 
 if TYPE_CHECKING:
     # Imported when a verb runs: distributed and grpc take a second, --help need not.
-    from .client import ClusterReport, Gateway
+    from .client import ClusterReport, Gateway, UsageReport
 
 del _config
 
@@ -192,7 +192,7 @@ class RecordingAuth(GatewayAuth):
         return self.inner.metadata()
 
     def post_response(self, metadata: list[tuple[str, str]]) -> None:
-        from .client import _parse_set_cookie
+        from ._rpc import _parse_set_cookie
 
         self.inner.post_response(metadata)
         for key, value in metadata:
@@ -244,7 +244,7 @@ def _connection(args: argparse.Namespace) -> _Connection:
 
 
 @contextlib.contextmanager
-def _gateway(conn: _Connection) -> Iterator[Gateway]:
+def _gateway(conn: _Connection) -> Iterator[Gateway[Literal[False]]]:
     from .client import Gateway
 
     try:
@@ -431,7 +431,7 @@ def _quota_text(quota: Mapping[str, Any]) -> str:
     return " ".join(parts) or "none"
 
 
-def usage_table(usage: Sequence[Mapping[str, Any]]) -> str:
+def usage_table(usage: Sequence[UsageReport]) -> str:
     """The ``flotilla usage`` table."""
     headers = ["USER", "CLUSTERS", "WORKERS", "CORES", "MEMORY", "CORE-HOURS"]
     headers += ["GIB-HOURS", "QUOTA"]
@@ -541,7 +541,7 @@ def _print_logs(logs: Mapping[str, str]) -> None:
     sys.stdout.flush()
 
 
-def _follow_logs(gw: Gateway, name: str, interval: float) -> None:
+def _follow_logs(gw: Gateway[Literal[False]], name: str, interval: float) -> None:
     """Print complete new lines of every process, prefixed with its name, until the cluster
     has ended (then what is left) or Ctrl-C."""
     seen: dict[str, str] = {}
@@ -763,7 +763,7 @@ def _cmd_options(args: argparse.Namespace) -> int:
 def _cmd_usage(args: argparse.Namespace, all_users: bool | None = None) -> int:
     all_users = args.all_users if all_users is None else all_users
     with _gateway(_connection(args)) as gw:
-        usage: list[dict[str, Any]] = gw.usage(all_users=all_users)
+        usage = gw.usage(all_users=all_users)
     if args.json:
         _print_json(usage)
     else:

@@ -13,14 +13,9 @@ import flotilla
 import grpc
 import grpc.aio
 import pytest
+from flotilla._rpc import _grpc_target, _parse_set_cookie
 from flotilla.auth import BasicAuth, GatewayAuth, get_auth
-from flotilla.client import (
-    ClusterStatus,
-    _grpc_target,
-    _parse_set_cookie,
-    map_rpc_error,
-    resolve_addresses,
-)
+from flotilla.client import ClusterStatus, map_rpc_error, resolve_addresses
 from flotilla.errors import (
     GatewayAuthError,
     GatewayClusterError,
@@ -57,6 +52,37 @@ def test_exported_names_are_pinned() -> None:
         assert getattr(flotilla, name) is not None
     with pytest.raises(AttributeError):
         _ = flotilla.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_client_module_exports_are_pinned() -> None:
+    # The code lives in private modules; flotilla.client is where it is imported from.
+    import flotilla.client
+
+    assert flotilla.client.__all__ == [
+        "ClusterObjectStatus",
+        "ClusterReport",
+        "ClusterStatus",
+        "Gateway",
+        "GatewayAuthError",
+        "GatewayCluster",
+        "GatewayClusterError",
+        "GatewayError",
+        "GatewayLimitError",
+        "GatewayPermissionError",
+        "GatewayServerError",
+        "GatewayWarning",
+        "Quota",
+        "UsageReport",
+        "map_rpc_error",
+        "resolve_addresses",
+    ]
+    for name in flotilla.client.__all__:
+        assert getattr(flotilla.client, name) is not None
+    for name in set(flotilla.__all__) & set(flotilla.client.__all__):
+        assert getattr(flotilla, name) is getattr(flotilla.client, name)
+    assert flotilla.client.CALL_TIMEOUT_SECONDS == 30.0
+    assert flotilla.client.WAIT_SECONDS == 20.0
+    assert flotilla.client.LOGS_WAIT_SECONDS == 30.0
 
 
 def test_import_is_lazy_and_protos_share_the_namespace() -> None:
