@@ -8,6 +8,7 @@ download is never used. The fixtures in ``tests/conftest.py`` are what tests use
         page.goto("http://127.0.0.1:8000/")
         expect(page.get_by_role("heading")).to_contain_text("Flotilla")
         screenshot(page, "home")                     # .cache/screenshots/home.png
+        screenshot(page, "home", docs=True)          # and docs/images/home.png, if asked
 
 * ``browser`` (session): one Chromium for the whole run, closed at its end.
 * ``page`` (function): a page in a new browser context (no cookies, storage or
@@ -18,13 +19,17 @@ download is never used. The fixtures in ``tests/conftest.py`` are what tests use
   context is made.
 
 The sync Playwright API runs its own event loop, so a browser test is a plain ``def``, not
-an ``async def``. Playwright's waiting (``expect(...)``, ``locator.wait_for()``) is how a
-test waits for the page; its default timeout is ``DEFAULT_TIMEOUT_MS``.
+an ``async def``. Playwright's waiting (``expect(...)``, ``locator.wait_for()``, actions
+waiting for their element) is how a test waits for the page, never a sleep: actions and
+``expect`` both wait up to ``DEFAULT_TIMEOUT_MS`` unless given a ``timeout`` (Playwright's
+own default for ``expect``, 5 s, is short for a 2-core machine running the whole suite).
 
-``screenshot(page, name)`` saves ``.cache/screenshots/<name>.png``; with
+``screenshot(page, name)`` saves ``.cache/screenshots/<name>.png``; with ``docs=True`` and
 ``FLOTILLA_UPDATE_SCREENSHOTS=1`` it also copies it to ``docs/images/<name>.png`` for the
-documentation to show. Where Chromium cannot be had here the fixtures skip with a one-line
-reason, except with CI=true, where they fail instead.
+documentation to show (``FLOTILLA_UPDATE_SCREENSHOTS=1 make test PYTEST_ARGS=...``).
+
+Where Chromium cannot be had here the fixtures skip with a one-line reason, except with
+CI=true, where they fail instead.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import NoReturn
 
 import pytest
 from helpers import apt_install
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 __all__ = [
     "CHROMIUM",
@@ -56,7 +61,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = PROJECT / ".cache" / "screenshots"
 DOC_IMAGES = PROJECT / "docs" / "images"
-#: How long Playwright's actions and ``expect`` wait by default (its own default is 30 s).
+#: How long Playwright's actions and ``expect`` wait by default, in milliseconds.
 DEFAULT_TIMEOUT_MS = 30_000
 
 
@@ -91,6 +96,7 @@ def chromium_version(executable: Path = CHROMIUM) -> str:
 def launched_browser() -> Iterator[Browser]:
     """A headless Chromium driven by Playwright, closed (with Playwright's driver) on exit."""
     executable = chromium()
+    expect.set_options(timeout=DEFAULT_TIMEOUT_MS)
     with sync_playwright() as playwright:
         try:
             # Playwright passes --no-sandbox itself (chromium_sandbox=False): Chromium's
@@ -105,15 +111,19 @@ def launched_browser() -> Iterator[Browser]:
             browser.close()
 
 
-def screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
-    """Save what ``page`` shows as ``.cache/screenshots/<name>.png`` and return its path;
-    with ``FLOTILLA_UPDATE_SCREENSHOTS=1``, copy it to ``docs/images/<name>.png`` too."""
+def screenshot(page: Page, name: str, *, docs: bool = False, full_page: bool = False) -> Path:
+    """Save what ``page`` shows as ``.cache/screenshots/<name>.png`` and return its path.
+
+    A screenshot the documentation shows (``docs=True``) is copied to
+    ``docs/images/<name>.png`` too, only with ``FLOTILLA_UPDATE_SCREENSHOTS=1``: a test run
+    never changes the checkout unless asked to.
+    """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"screenshot name {name!r} is not a plain file name")
     path = SCREENSHOTS / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("FLOTILLA_UPDATE_SCREENSHOTS") == "1":
+    if docs and os.environ.get("FLOTILLA_UPDATE_SCREENSHOTS") == "1":
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOC_IMAGES / path.name)
     return path

@@ -65,12 +65,14 @@ def test_page_runs_scripts_and_saves_screenshots(
     monkeypatch.setattr(browser_module, "SCREENSHOTS", tmp_path / "shots")
     monkeypatch.setattr(browser_module, "DOC_IMAGES", tmp_path / "images")
     monkeypatch.delenv("FLOTILLA_UPDATE_SCREENSHOTS", raising=False)
-    saved = screenshot(page, "fixture-page")
+    saved = screenshot(page, "fixture-page", docs=True)
     assert saved == tmp_path / "shots" / "fixture-page.png"
     assert saved.read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "images").exists()
     monkeypatch.setenv("FLOTILLA_UPDATE_SCREENSHOTS", "1")
-    screenshot(page, "fixture-page")
+    screenshot(page, "not-for-docs")
+    assert not (tmp_path / "images").exists()
+    screenshot(page, "fixture-page", docs=True)
     assert (tmp_path / "images" / "fixture-page.png").read_bytes() == saved.read_bytes()
     with pytest.raises(ValueError):
         screenshot(page, "../escape")
