@@ -19,8 +19,12 @@ download is never used. The fixtures in ``tests/conftest.py`` are what tests use
   context is made.
 
 The sync Playwright API runs its own event loop, so a browser test is a plain ``def``, not
-an ``async def``. Playwright's waiting (``expect(...)``, ``locator.wait_for()``, actions
-waiting for their element) is how a test waits for the page, never a sleep: actions and
+an ``async def``; and since that loop stays set as the thread's running loop while the
+session's browser is up, tests that use ``browser`` or ``page`` are marked ``browser``
+and run after all the others (``tests/conftest.py``).
+
+Playwright's waiting (``expect(...)``, ``locator.wait_for()``, actions waiting for their
+element) is how a test waits for the page, never a sleep: actions and
 ``expect`` both wait up to ``DEFAULT_TIMEOUT_MS`` unless given a ``timeout`` (Playwright's
 own default for ``expect``, 5 s, is short for a 2-core machine running the whole suite).
 

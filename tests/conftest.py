@@ -86,10 +86,19 @@ def page(
         context.close()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if {"browser", "page"} & set(getattr(item, "fixturenames", ())):
+    # Browser tests are marked, and run after every other test (in their own order). Between
+    # its calls the sync Playwright API leaves its event loop set as this thread's running
+    # loop, so once the session's browser is up, any later asyncio.run() or async test
+    # fails ("Cannot run the event loop while another loop is running").
+    uses_browser = [bool({"browser", "page"} & set(getattr(i, "fixturenames", ()))) for i in items]
+    for item, browser in zip(items, uses_browser, strict=True):
+        if browser:
             item.add_marker(pytest.mark.browser)
+    items[:] = [i for i, b in zip(items, uses_browser, strict=True) if not b] + [
+        i for i, b in zip(items, uses_browser, strict=True) if b
+    ]
 
 
 @pytest.hookimpl(wrapper=True)
