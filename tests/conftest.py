@@ -86,7 +86,7 @@ def page(
         context.close()
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marker added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Browser tests are marked, and run after every other test (in their own order). Between
     # its calls the sync Playwright API leaves its event loop set as this thread's running
