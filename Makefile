@@ -10,6 +10,7 @@ ENVOY_VENV := $(CACHE)/envoy
 ENVOY := $(ENVOY_VENV)/lib/python3.11/site-packages/envoy/_bin/envoy
 UPSTREAM_VENV := $(CACHE)/upstream-client
 REFERENCE_VENV := $(CACHE)/bench-reference
+JUPYTERLAB_VENV := $(CACHE)/jupyterlab
 REFERENCE_YARN_VENV := $(CACHE)/bench-reference-yarn
 CONFIG ?= deploy/embedded/flotilla_config.py
 export FLOTILLA_ENVOY := $(abspath $(ENVOY))
@@ -51,6 +52,15 @@ $(UPSTREAM_VENV)/.installed: $(UV) | $(KRB5_CONFIG)
 		"dask-gateway[kerberos]==2026.3.0" "dask[array]==2026.8.0" distributed==2026.8.0
 	touch $@
 
+# A user's JupyterLab with dask-labextension, whose NEW button makes the unmodified
+# dask-gateway client's GatewayCluster (tests/e2e/test_labextension.py drives it).
+$(JUPYTERLAB_VENV)/.installed: $(UV)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(JUPYTERLAB_VENV)
+	$(UV) pip install --quiet --python $(JUPYTERLAB_VENV)/bin/python \
+		jupyterlab==4.6.6 dask-labextension==7.0.0 dask-gateway==2026.3.0 \
+		dask==2026.8.0 distributed==2026.8.0 bokeh==3.9.2
+	touch $@
+
 # The reference gateway `make bench` compares against, with its local-process backend.
 $(REFERENCE_VENV)/.installed: $(UV)
 	$(UV) venv --quiet --clear --python $(PYTHON) $(REFERENCE_VENV)
@@ -79,8 +89,9 @@ run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
 
 test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
-		$(REFERENCE_YARN_VENV)/.installed lint typecheck
+		$(REFERENCE_YARN_VENV)/.installed $(JUPYTERLAB_VENV)/.installed lint typecheck
 	FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
+		FLOTILLA_JUPYTERLAB_PYTHON=$(abspath $(JUPYTERLAB_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup

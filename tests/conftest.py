@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from browser import DEFAULT_TIMEOUT_MS, SCREENSHOTS, launched_browser
 from krb5_realm import Krb5Realm, krb5_realm
+from playwright.sync_api import Browser, Page
 from postgres import PostgresServer, postgres_server
 from yarn_cluster import YarnCluster, yarn_cluster
 
@@ -45,3 +49,62 @@ def yarn() -> Iterator[YarnCluster]:
     PID. Hadoop's jars are resolved once into .cache/yarn/."""
     with yarn_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Debian Chromium for the whole run (tests/browser.py), closed at its end."""
+    with launched_browser() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def browser_context_args() -> dict[str, Any]:
+    """``Browser.new_context`` arguments for ``page``; override it in a module or conftest
+    for a ``base_url``, ``http_credentials``, another ``viewport``, ..."""
+    return {"viewport": {"width": 1280, "height": 800}}
+
+
+@pytest.fixture
+def page(
+    browser: Browser, browser_context_args: dict[str, Any], request: pytest.FixtureRequest
+) -> Iterator[Page]:
+    """A page in a browser context of its own (nothing shared with other tests), closed
+    after the test; when the test failed, what the page showed is saved in
+    ``.cache/screenshots/failed/<test>.png``."""
+    context = browser.new_context(**browser_context_args)
+    context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        yield page
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed and not page.is_closed():
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+            (SCREENSHOTS / "failed").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "failed" / f"{name}.png"))
+    finally:
+        context.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marker added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Browser tests are marked, and run after every other test (in their own order). Between
+    # its calls the sync Playwright API leaves its event loop set as this thread's running
+    # loop, so once the session's browser is up, any later asyncio.run() or async test
+    # fails ("Cannot run the event loop while another loop is running").
+    uses_browser = [bool({"browser", "page"} & set(getattr(i, "fixturenames", ()))) for i in items]
+    for item, browser in zip(items, uses_browser, strict=True):
+        if browser:
+            item.add_marker(pytest.mark.browser)
+    items[:] = [i for i, b in zip(items, uses_browser, strict=True) if not b] + [
+        i for i, b in zip(items, uses_browser, strict=True) if b
+    ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Each phase's report on the test item (``rep_setup``, ``rep_call``), for fixtures'
+    # teardown to see whether the test failed (``page`` saves a screenshot then).
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
