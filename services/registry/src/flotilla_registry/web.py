@@ -24,7 +24,12 @@ WEB_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-_WEB_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+_WEB_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
 
 
 async def _web_page(request: web.Request) -> web.StreamResponse:

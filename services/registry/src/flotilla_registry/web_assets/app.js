@@ -221,7 +221,7 @@ function actionsFor(c, { scale }) {
   const running = c.status === "RUNNING";
   if (running && c.dashboard_route) {
     const a = document.createElement("a");
-    a.href = `${c.dashboard_route}/status`;
+    a.href = c.dashboard_route;
     a.target = "_blank";
     a.rel = "noopener";
     a.textContent = "Dashboard";
