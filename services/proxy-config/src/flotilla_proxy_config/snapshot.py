@@ -575,6 +575,22 @@ def _session_route(config: ProxyConfig, session_cookie: str) -> route_components
     )
 
 
+def _registry_route(
+    name: str, match: dict[str, str], timeout: float, *, authz: bool = True
+) -> route_components_pb2.Route:
+    """A route to the registry's HTTP server: through auth (``authz``), else with any
+    identity header a client sent removed (only auth may set one)."""
+    return route_components_pb2.Route(
+        name=name,
+        match=route_components_pb2.RouteMatch(**match),
+        route=route_components_pb2.RouteAction(
+            cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(timeout)
+        ),
+        typed_per_filter_config=_with_authz() if authz else {},
+        request_headers_to_remove=[] if authz else [IDENTITY_HEADER],
+    )
+
+
 def _static_routes(
     config: ProxyConfig, session_cookie: str = DEFAULT_COOKIE_NAME
 ) -> list[route_components_pb2.Route]:
@@ -597,50 +613,15 @@ def _static_routes(
         ),
         # The web page's sign-in always asks auth (a session cookie may have expired,
         # and Kerberos answers auth's challenge); its event stream has no deadline.
-        route_components_pb2.Route(
-            name="registry-login",
-            match=route_components_pb2.RouteMatch(path="/api/v1/login"),
-            route=route_components_pb2.RouteAction(
-                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
-            ),
-            typed_per_filter_config=_with_authz(),
-        ),
-        route_components_pb2.Route(
-            name="registry-events",
-            match=route_components_pb2.RouteMatch(path="/api/v1/events"),
-            route=route_components_pb2.RouteAction(
-                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(0)
-            ),
-            typed_per_filter_config=_with_authz(),
-        ),
+        _registry_route("registry-login", {"path": "/api/v1/login"}, config.api_timeout),
+        _registry_route("registry-events", {"path": "/api/v1/events"}, 0),
         _session_route(config, session_cookie),
-        route_components_pb2.Route(
-            name="registry-api",
-            match=route_components_pb2.RouteMatch(prefix="/api/"),
-            route=route_components_pb2.RouteAction(
-                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
-            ),
-            typed_per_filter_config=_with_authz(),
-        ),
+        _registry_route("registry-api", {"prefix": "/api/"}, config.api_timeout),
         *_dashboard_routes(),
         # The web page and its files: public (they hold no data; the page's API calls
         # are authenticated like any other).
-        route_components_pb2.Route(
-            name="web-page",
-            match=route_components_pb2.RouteMatch(path="/"),
-            route=route_components_pb2.RouteAction(
-                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
-            ),
-            request_headers_to_remove=[IDENTITY_HEADER],
-        ),
-        route_components_pb2.Route(
-            name="web-files",
-            match=route_components_pb2.RouteMatch(prefix="/ui/"),
-            route=route_components_pb2.RouteAction(
-                cluster=REGISTRY_HTTP_CLUSTER, timeout=_duration(config.api_timeout)
-            ),
-            request_headers_to_remove=[IDENTITY_HEADER],
-        ),
+        _registry_route("web-page", {"path": "/"}, config.api_timeout, authz=False),
+        _registry_route("web-files", {"prefix": "/ui/"}, config.api_timeout, authz=False),
         route_components_pb2.Route(
             name="not-found",
             match=route_components_pb2.RouteMatch(prefix="/"),
