@@ -10,7 +10,10 @@ Protocol-free: ``servicer`` turns Envoy's ``CheckRequest`` into a ``RequestInfo`
    a credential check also returns a fresh session cookie. Roles (groups, admin) are
    decided here only, when a cookie is minted; a cookie's roles older than
    ``c.Auth.roles_refresh_seconds`` are decided again (``Authenticator.refresh``, else
-   the request's credentials) and the cookie re-minted with its expiry kept.
+   the request's credentials) and the cookie re-minted with its expiry kept. A state
+   change the cookie alone authorizes is refused when another site could have sent it
+   (``cross_site_refusal``). A request from the web page (``x-flotilla-web``) is denied
+   without a Basic challenge and told how to sign in (``Authenticator.browser_login``).
 
 Whatever the client sent under ``x-flotilla-*`` never reaches a service: the identity
 header is overwritten with a signed one, the rest are removed.
