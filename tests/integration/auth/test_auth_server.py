@@ -155,8 +155,12 @@ async def test_basic_then_cookie(stack: Stack) -> None:
     ]
     cookie = set_cookie.split(";", 1)[0]
     assert cookie.startswith("flotilla-session=")
-    resp = await _check(stack, "POST", "/api/v1/clusters/", {"cookie": cookie})
+    json_body = {"cookie": cookie, "content-type": "application/json"}
+    resp = await _check(stack, "POST", "/api/v1/clusters/", json_body)
     assert _identity(resp) == Identity("root", admin=True)
+    # What a form on another site could send with the cookie is refused.
+    resp = await _check(stack, "POST", "/api/v1/clusters/", {"cookie": cookie})
+    assert resp.denied_response.status.code == 403
 
     resp = await _check(stack, "GET", "/api/v1/clusters/", {"authorization": _basic("root", "no")})
     assert resp.denied_response.status.code == 401

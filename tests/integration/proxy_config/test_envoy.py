@@ -194,8 +194,12 @@ class Gateway:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.public_port}{path}"
 
-    async def get(self, path: str) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
-        async with self.http.get(self.url(path), allow_redirects=False) as response:
+    async def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+        async with self.http.get(
+            self.url(path), allow_redirects=False, headers=headers
+        ) as response:
             body = await response.read()
             try:
                 data: Any = json.loads(body)
@@ -368,10 +372,19 @@ async def test_registry_grpc_over_h2c_goes_through_ext_authz(gateway: Gateway) -
 
 
 async def test_everything_else_is_json_404(gateway: Gateway) -> None:
-    for path in ("/", "/nope", "/clusters/unknown/", "/api"):
+    for path in ("/nope", "/clusters/unknown/", "/api", "/uix"):
         status, body, headers = await gateway.get(path)
         assert (status, body) == (404, {"error": "Not Found"}), path
         assert headers["content-type"] == "application/json"
+    assert gateway.authz.paths == []
+
+
+async def test_the_web_page_goes_to_the_registry_without_auth(gateway: Gateway) -> None:
+    for path in ("/", "/ui/app.js"):
+        status, body, _ = await gateway.get(path, headers={"x-flotilla-identity": "forged"})
+        assert status == 200 and body["upstream"] == "api", path
+        assert body["path_qs"] == path
+        assert "x-flotilla-identity" not in {k.lower() for k in body["headers"]}
     assert gateway.authz.paths == []
 
 
