@@ -20,10 +20,17 @@ def _ts(ms: int) -> Timestamp:
     return ts
 
 
+def _reserved(c: ClusterRecord) -> tuple[float, float]:
+    """Cores and bytes the scheduler and the requested workers reserve; 0 once ended."""
+    if c.status not in (Status.PENDING, Status.RUNNING):
+        return 0.0, 0.0
+    usage = Shape.from_config_json(c.config).usage(c.count)
+    return usage.cores, usage.memory
+
+
 def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
     running = c.status == Status.RUNNING
-    active = c.status in (Status.PENDING, Status.RUNNING)
-    reserved = Shape.from_config_json(c.config).usage(c.count) if active else None
+    cores, memory = _reserved(c)
     msg = types_pb2.Cluster(
         name=c.name,
         status=int(c.status),
@@ -37,8 +44,8 @@ def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
         reason=c.reason,
         requested_workers=c.count,
         running_workers=c.running_workers,
-        cores=reserved.cores if reserved else 0.0,
-        memory_bytes=int(reserved.memory) if reserved else 0,
+        cores=cores,
+        memory_bytes=int(memory),
     )
     if c.stop_time is not None:
         msg.stop_time.CopyFrom(_ts(c.stop_time))
@@ -62,8 +69,7 @@ def cluster_json(c: ClusterRecord) -> dict[str, Any]:
 
 def web_json(c: ClusterRecord) -> dict[str, Any]:
     """What the web page shows of a cluster: never its TLS key or token."""
-    active = c.status in (Status.PENDING, Status.RUNNING)
-    reserved = Shape.from_config_json(c.config).usage(c.count) if active else None
+    cores, memory = _reserved(c)
     return {
         "name": c.name,
         "owner": c.owner,
@@ -76,8 +82,8 @@ def web_json(c: ClusterRecord) -> dict[str, Any]:
         "options": json.loads(c.options),
         "requested_workers": c.count,
         "running_workers": c.running_workers,
-        "cores": reserved.cores if reserved else 0.0,
-        "memory": reserved.memory if reserved else 0,
+        "cores": cores,
+        "memory": memory,
     }
 
 
