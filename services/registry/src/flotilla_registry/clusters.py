@@ -260,7 +260,8 @@ class ClusterService:
     def _held_workers(c: ClusterRecord) -> int:
         """The workers ``c`` reserves: its granted count, or its live workers while it has
         more (a scale down frees the share once they are gone)."""
-        live = sum(1 for w in c.workers.values() if w.target == Target.RUNNING)
+        # A copy: a metrics scrape calls this from another thread while the loop changes it.
+        live = sum(1 for w in list(c.workers.values()) if w.target == Target.RUNNING)
         return max(c.count, live)
 
     def _quota(self, c: ClusterRecord, identity: Identity | None = None) -> Quota:
