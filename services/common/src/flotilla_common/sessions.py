@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,10 +69,10 @@ _SIMPLE_METHODS = frozenset({"POST"})
 _NON_SIMPLE_TYPES = ("application/json", "application/grpc")
 
 
-def cross_site_refusal(method: str, headers: dict[str, str] | Any) -> str | None:
+def cross_site_refusal(method: str, headers: Mapping[str, str]) -> str | None:
     """Why a state change authorized by a session cookie alone (no Authorization header)
-    is refused as possibly cross-site (``None``: it is not). ``headers``: lower-case
-    names.
+    is refused as possibly cross-site (``None``: it is not). ``headers``: looked up by
+    lower-case names (a plain dict of those, or a case-insensitive mapping).
 
     Browsers say where a request comes from (``Sec-Fetch-Site``); a request another site
     makes can carry the cookie (SameSite=Lax covers only cross-site ones), but it cannot

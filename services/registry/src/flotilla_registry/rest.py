@@ -139,8 +139,7 @@ class _Api:
             value = read_cookie(request.headers.get("Cookie", ""), self.sessions.name)
             session = self.sessions.decode(value) if value else None
             if session is not None and "Authorization" not in request.headers:
-                lower = {k.lower(): v for k, v in request.headers.items()}
-                refusal = cross_site_refusal(request.method, lower)
+                refusal = cross_site_refusal(request.method, request.headers)
                 if refusal is not None:
                     raise PermissionDenied(refusal)
             if session is not None and self.sessions.roles_current(session):
@@ -250,16 +249,17 @@ class _Api:
         change of them, as server-sent events (``?all_users``: everyone's, admins)."""
         identity = self.identity(request)
         all_users = _flag(request, "all_users")
-        clusters = await self.service.list_clusters(identity, None, all_users=all_users)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-        )
-        await response.prepare(request)
 
         def mine(_name: str, c: ClusterRecord) -> bool:
             return all_users or c.owner == identity.user
 
+        # Subscribed before the list is read: no change between the two is missed.
         with self.service.launch_hub.subscribe(mine) as changes:
+            clusters = await self.service.list_clusters(identity, None, all_users=all_users)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+            )
+            await response.prepare(request)
             await _send_event(response, "clusters", [web_json(c) for c in clusters])
             while True:
                 try:
