@@ -181,7 +181,7 @@ def scale_breakdown(logs: Path, samples: list[dict[str, Any]]) -> dict[str, dict
         (
             (e["ALLOCATED"], e)
             for c, e in events.items()
-            if "ALLOCATED" in e and c[-7:] != "_000001"
+            if "ALLOCATED" in e and not c.endswith("_000001")  # not the ApplicationMaster's
         ),
         key=lambda pair: pair[0],
     )
