@@ -104,11 +104,17 @@ METRICS_SERVICES = (
 )  # fmt: skip
 
 
+#: How many ports internal_addresses() puts listeners on.
+INTERNAL_PORTS = 5 + len(METRICS_SERVICES)
+
+
 def internal_addresses(ports: list[int] | None = None) -> str:
-    """Configuration lines putting every internal listener on a loopback port: the five
-    ``ports`` given, or free ones; and every service's metrics on a free one."""
-    registry_grpc, registry_http, auth, xds, admin = ports or free_ports(5)
-    metrics = dict(zip(METRICS_SERVICES, free_ports(len(METRICS_SERVICES)), strict=True))
+    """Configuration lines putting every internal listener (and every service's metrics)
+    on a loopback port: the INTERNAL_PORTS ``ports`` given, or free ones. Take them from
+    the same free_ports() call as any other port of the stack: ports of separate calls
+    may coincide."""
+    registry_grpc, registry_http, auth, xds, admin, *rest = ports or free_ports(INTERNAL_PORTS)
+    metrics = dict(zip(METRICS_SERVICES, rest, strict=True))
     return textwrap.dedent(
         f"""
         c.Deployment.registry_grpc_address = "127.0.0.1:{registry_grpc}"
@@ -123,7 +129,7 @@ def internal_addresses(ports: list[int] | None = None) -> str:
 
 
 def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
-    public, *internal = free_ports(6)
+    public, *internal = free_ports(1 + INTERNAL_PORTS)
     config = state_dir / "flotilla_config.py"
     config.write_text(
         internal_addresses(internal)

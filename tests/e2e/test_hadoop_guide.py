@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from flotilla import ClusterStatus
-from gateway_stack import internal_addresses
+from gateway_stack import INTERNAL_PORTS, internal_addresses
 from helpers import free_ports
 from krb5_realm import REALM, Krb5Realm
 from packed_env import packed_environment
@@ -52,7 +52,7 @@ def guide(
     yarn: YarnCluster, kdc: Krb5Realm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[YarnGateway]:
     state_dir = tmp_path_factory.mktemp("hadoop-guide")
-    public, *internal = free_ports(6)
+    public, *internal = free_ports(1 + INTERNAL_PORTS)
     text = EXAMPLE.read_text()
     for site, ours in site_values(yarn, kdc, state_dir, public).items():
         assert site in text, f"the example no longer says {site!r}"

@@ -54,6 +54,20 @@ def _sign_in(stack: Stack, user: str) -> str:
     return headers["set-cookie"].split(";", 1)[0]
 
 
+def _create(stack: Stack, cookie: str, **headers: str) -> str:
+    """A cluster created with the page's session cookie (a JSON body, as the page sends)."""
+    status, _, body = _request(
+        stack,
+        "POST",
+        "/api/v1/clusters/",
+        {"Cookie": cookie, "content-type": "application/json", **headers},
+        body={"cluster_options": {}},
+    )
+    assert status == 201, body
+    name: str = json.loads(body)["name"]
+    return name
+
+
 @pytest.mark.parametrize(
     ("path", "content_type"),
     [("/", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")],
@@ -145,15 +159,7 @@ def test_the_event_stream_follows_a_cluster_and_never_shows_its_key(stack: Stack
     cookie = _sign_in(stack, "mia")
     events = _events(stack, cookie)
     assert next(events) == []  # mia has no clusters yet
-    status, _, body = _request(
-        stack,
-        "POST",
-        "/api/v1/clusters/",
-        {"Cookie": cookie, "content-type": "application/json", "sec-fetch-site": "same-origin"},
-        body={"cluster_options": {}},
-    )
-    assert status == 201, body
-    name = json.loads(body)["name"]
+    name = _create(stack, cookie, **{"sec-fetch-site": "same-origin"})
     seen: list[str] = []
     deadline = time.monotonic() + 60
     for batch in events:
@@ -177,14 +183,7 @@ def test_only_admins_stream_every_users_clusters(stack: Stack) -> None:
     )
     assert status == 403, body
     mine = _sign_in(stack, "mia")
-    status, _, body = _request(
-        stack,
-        "POST",
-        "/api/v1/clusters/",
-        {"Cookie": mine, "content-type": "application/json"},
-        body={},
-    )
-    name = json.loads(body)["name"]
+    name = _create(stack, mine)
     events = _events(stack, _sign_in(stack, "ada"), "?all_users=1")
     first = next(events)
     assert name in {c["name"] for c in first}
