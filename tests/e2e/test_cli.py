@@ -124,7 +124,10 @@ def test_create_scale_logs_stop(users: dict[str, User], tmp_path: Path) -> None:
         assert table[1].split()[:3] == [name, "running", "0/0"]
 
         scaled = carol.json("scale", name, "1")
-        assert scaled["requested_workers"] == 1 and scaled["warnings"] == []
+        # The report is the cluster's at that moment: the count the scheduler asks for
+        # arrives with its next heartbeat.
+        assert scaled["name"] == name and scaled["warnings"] == []
+        wait_for(lambda: carol.json("list")[0]["requested_workers"] == 1, 30, "the new count")
         wait_for(
             lambda: carol.json("list")[0]["running_workers"] == 1, 120, "the worker to connect"
         )
