@@ -284,6 +284,7 @@ class PodWorker(threading.Thread):
         self.start_time = now()
         self.phase = "Pending"
         self.lock = threading.Lock()  # guards the processes against the agent's shutdown
+        self.transitions: dict[str, tuple[str, str]] = {}  # condition -> (status, since)
 
     @property
     def path(self) -> str:
@@ -296,7 +297,10 @@ class PodWorker(threading.Thread):
         ready = "True" if all_running and self.phase == "Running" else "False"
 
         def cond(kind: str, status: str, reason: str | None = None) -> dict[str, Any]:
-            c: dict[str, Any] = {"type": kind, "status": status, "lastTransitionTime": t}
+            if self.transitions.get(kind, ("", ""))[0] != status:
+                self.transitions[kind] = (status, t)
+            since = self.transitions[kind][1]
+            c: dict[str, Any] = {"type": kind, "status": status, "lastTransitionTime": since}
             if reason and status == "False":
                 c["reason"] = reason
             return c

@@ -5,13 +5,18 @@ deletion."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_for
-from k8s_cluster import KubeControlPlane
-from k8s_node_fixture import DASK_IMAGE, PROJECT, KubeNode
+from k8s_cluster import KubeControlPlane, KubeError
+from k8s_node_fixture import AGENT, DASK_IMAGE, PROJECT, KubeNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.k8s, pytest.mark.timeout(300)]
 
@@ -201,3 +206,71 @@ def test_a_pod_no_node_can_hold_stays_pending_unschedulable(
     assert "Insufficient cpu" in next(
         c["message"] for c in stuck["status"]["conditions"] if c["type"] == "PodScheduled"
     )
+
+
+def test_a_container_that_exits_is_restarted_under_restart_policy_on_failure(
+    kube: KubeControlPlane, kube_node: KubeNode, kube_namespace: str
+) -> None:
+    # It fails until it has failed twice (a count kept in its sandbox), then succeeds.
+    script = (
+        "import pathlib, sys\n"
+        "count = pathlib.Path('count')\n"
+        "n = int(count.read_text()) if count.exists() else 0\n"
+        "count.write_text(str(n + 1))\n"
+        "print('run', n, flush=True)\n"
+        "sys.exit(3 if n < 2 else 0)\n"
+    )
+    pod = _pod("flaky", ["python", "-c", script])
+    pod["spec"]["restartPolicy"] = "OnFailure"
+    path = _create(kube, kube_namespace, pod)
+    done = kube.client().wait_for(path, _phase("Succeeded"), 60, "pod flaky Succeeded")
+    (container,) = done["status"]["containerStatuses"]
+    assert container["restartCount"] == 2
+    assert container["lastState"]["terminated"]["exitCode"] == 3
+    assert container["lastState"]["terminated"]["reason"] == "Error"
+    assert container["state"]["terminated"]["reason"] == "Completed"
+    assert kube.client().get(f"{path}/log") == "run 0\nrun 1\nrun 2\n"
+
+
+def test_the_agent_stopped_by_sigterm_kills_the_processes_it_started(
+    kube: KubeControlPlane, kube_node: KubeNode, kube_namespace: str, tmp_path: Path
+) -> None:
+    # A second agent of its own, so that stopping it leaves the session's node alone.
+    token = tmp_path / "token"
+    token.write_text(kube.admin_token)
+    node = "flotilla-test-node-stop"
+    argv = [
+        sys.executable,
+        str(AGENT),
+        f"--api-url={kube.api_url}",
+        f"--ca-file={kube.ca_file}",
+        f"--token-file={token}",
+        f"--node={node}",
+        f"--state-dir={tmp_path / 'state'}",
+        f"--image={DASK_IMAGE}={PROJECT / '.venv'}",
+    ]
+    with (tmp_path / "agent.log").open("wb") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    api = kube.client()
+    path = f"/api/v1/namespaces/{kube_namespace}/pods/bound"
+    try:
+        pod = _pod("bound", ["sleep", "600"])
+        pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        _create(kube, kube_namespace, pod)
+        running = api.wait_for(path, _phase("Running"), 60, f"pod bound Running on {node}")
+        assert running["spec"]["nodeName"] == node
+        status = running["status"]["containerStatuses"][0]
+        pid = int(status["containerID"].removeprefix("process://"))
+        os.kill(pid, 0)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        # No agent is left to finish a graceful deletion of the pod it ran.
+        for gone in (path, f"/api/v1/nodes/{node}"):
+            with contextlib.suppress(KubeError):
+                api.delete(gone, {"gracePeriodSeconds": "0"})
