@@ -2,8 +2,9 @@
 once per session against ``kube``, so the real kube-scheduler has a node to bind pods to
 and those pods run as local processes.
 
-Its one image, ``flotilla-test/dask:dev``, is the project's .venv: a container's
-``dask-scheduler``, ``dask-worker`` and ``python`` are the venv's.
+Its one image, ``flotilla-test/dask:dev``, is the project's .venv: a container's ``dask``
+(``dask scheduler``, ``dask worker``) and ``python`` are the venv's. The venv's distributed
+installs no ``dask-scheduler``/``dask-worker`` executables, only the ``dask`` command.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -274,3 +275,34 @@ def test_the_agent_stopped_by_sigterm_kills_the_processes_it_started(
         for gone in (path, f"/api/v1/nodes/{node}"):
             with contextlib.suppress(KubeError):
                 api.delete(gone, {"gracePeriodSeconds": "0"})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the agent honours runAsUser only as root")
+def test_run_as_user_and_group_are_honoured_when_the_agent_is_root(
+    kube: KubeControlPlane, kube_node: KubeNode, kube_namespace: str
+) -> None:
+    script = "import os; print(os.getuid(), os.getgid(), os.getgroups())"
+    pod = _pod("nobody", ["python", "-c", script])
+    pod["spec"]["securityContext"] = {"runAsUser": 65534, "runAsGroup": 65534}
+    path = _create(kube, kube_namespace, pod)
+    done = kube.client().wait_for(
+        path, lambda p: _phase("Succeeded")(p) or _phase("Failed")(p), 60, "pod nobody done"
+    )
+    assert kube.client().get(f"{path}/log") == "65534 65534 []\n", done["status"]
+
+
+def test_the_dask_image_runs_dask_scheduler_reachable_at_the_pod_ip(
+    kube: KubeControlPlane, kube_node: KubeNode, kube_namespace: str
+) -> None:
+    env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    command = ["dask", "scheduler", "--host", "$(POD_IP)", "--port", "8786", "--no-dashboard"]
+    path = _create(kube, kube_namespace, _pod("scheduler", command, env=env))
+    running = kube.client().wait_for(path, _phase("Running"), 60, "pod scheduler Running")
+    address = (running["status"]["podIP"], 8786)
+
+    def listening() -> bool:
+        with socket.create_connection(address, timeout=1):
+            return True
+
+    wait_for(listening, 60, f"dask-scheduler listening on {address}")
+    assert f"tcp://{address[0]}:8786" in kube.client().get(f"{path}/log")
