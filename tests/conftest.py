@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from browser import DEFAULT_TIMEOUT_MS, SCREENSHOTS, launched_browser
+from k8s_cluster import KubeControlPlane, kube_control_plane
 from krb5_realm import Krb5Realm, krb5_realm
 from playwright.sync_api import Browser, Page
 from postgres import PostgresServer, postgres_server
@@ -49,6 +50,22 @@ def yarn() -> Iterator[YarnCluster]:
     PID. Hadoop's jars are resolved once into .cache/yarn/."""
     with yarn_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[KubeControlPlane]:
+    """One private Kubernetes control plane for the whole run (tests/k8s_cluster.py): real
+    etcd, kube-apiserver, kube-controller-manager and kube-scheduler, stopped by PID."""
+    with kube_control_plane() as plane:
+        yield plane
+
+
+@pytest.fixture
+def kube_namespace(kube: KubeControlPlane) -> Iterator[str]:
+    """A fresh namespace of ``kube`` for one test, deleted after it."""
+    name = kube.create_namespace("t")
+    yield name
+    kube.client().delete(f"/api/v1/namespaces/{name}")
 
 
 @pytest.fixture(scope="session")
