@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from flotilla_common.clusterconfig import ClusterConfig
 from flotilla_common.config import Deployment, load_config
 from helpers import apt_install
 
@@ -185,6 +186,9 @@ def test_configuration_from_values_reaches_every_service(
         f"{FULLNAME}-registry.{NAMESPACE}.svc.cluster.local:8101"
     )
     assert launcher.KubeBackend.namespace == "dask-clusters"
+    # The label the dask-clusters NetworkPolicy selects the backend's pods by.
+    assert launcher.KubeBackend.instance == FULLNAME
+    assert launcher.KubeClusterConfig.image == "flotilla-cluster:0.1.0"
 
 
 def test_envoy_bootstrap_points_at_proxy_config(helm: Path, tmp_path: Path) -> None:
@@ -358,12 +362,16 @@ def test_dockerfiles_copy_what_exists_and_run_real_entry_points(helm: Path) -> N
         s["command"][0] for s in compose["services"].values() if s.get("image") == "flotilla:dev"
     ]
     assert commands and set(commands) <= scripts
-    # The cluster image pins what the project pins.
+    # The cluster image: dask and distributed as locked (the client package's), the
+    # scheduler preload every cluster runs, and the rest at the versions the lock pins.
     lock = (PROJECT / "uv.lock").read_text()
     cluster = (DOCKER / "Dockerfile.cluster").read_text()
-    for name in ("dask", "distributed", "dask-gateway"):
+    assert "uv sync --frozen --no-dev --no-editable --package flotilla" in cluster
+    for name in ("dask-gateway", "bokeh"):
         version = re.search(rf'name = "{name}"\nversion = "([^"]+)"', lock)
         assert version and f"{name}=={version.group(1)}" in cluster
+    preload = ClusterConfig().scheduler_preload.replace(".", "/")
+    assert (PROJECT / "client" / "src" / f"{preload}.py").is_file()
 
 
 def _compose() -> list[str]:
