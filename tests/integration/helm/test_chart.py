@@ -86,6 +86,7 @@ def render(helm: Path, *args: str) -> list[dict[str, Any]]:
     """``helm template`` of the chart, each rendered object parsed."""
     done = _run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr.lower(), done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
 
 
@@ -180,6 +181,10 @@ def test_configuration_from_values_reaches_every_service(
     assert deployment.registry_grpc_address == "0.0.0.0:8101"
     assert deployment.resolved_public_url == "https://dask.example.org"
     assert deployment.internal_token == "flotilla_internal_token-value"
+
+    # extraConfig as one string works the same.
+    single = render(helm, "--set-string", "gateway.extraConfig=c.Launcher.parallelism = 3")
+    assert "c.Launcher.parallelism = 3" in config_file(single, f"{FULLNAME}-registry")
 
     launcher = load_as(tmp_path, text, "launcher", monkeypatch)
     assert Deployment(config=launcher).registry_grpc_address == (
