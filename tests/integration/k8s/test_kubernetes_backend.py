@@ -142,6 +142,9 @@ async def test_a_cluster_is_owned_objects_with_valid_labels(
         # Without a node the pod is Pending: running as far as the launcher can tell.
         statuses, workers = await backend.check([(cluster, state)], [(worker, wstate)])
         assert statuses[0].running and workers[0].running
+        # No node ran them: the API server answers empty logs, named by process.
+        logs = await backend.read_logs(cluster, state, 4096, 65536)
+        assert logs == {"scheduler": "", "worker-w1": ""}
     finally:
         await backend.close()
 

@@ -923,7 +923,7 @@ class KubeBackend(Backend):
                 delay = 0.5
             except asyncio.CancelledError:
                 raise
-            except (KubeUnavailable, KubeRefused, httpx.HTTPError, ValueError, KeyError) as exc:
+            except Exception as exc:  # the watch outlives any one failure
                 log.warning(
                     "watch of pods in %s failed (%s); again in %.1fs", self.namespace, exc, delay
                 )
