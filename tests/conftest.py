@@ -26,8 +26,8 @@ if not os.environ.get("FLOTILLA_ENVOY") and _ENVOY.exists():
     os.environ["FLOTILLA_ENVOY"] = str(_ENVOY)
 
 # A private Slurm and its users (tests/slurm_fixtures.py), started once per session by
-# whichever tier asks first.
-pytest_plugins = ["slurm_fixtures"]
+# whichever tier asks first; the test-only Kubernetes node agent (tests/k8s_node_fixture.py).
+pytest_plugins = ["slurm_fixtures", "k8s_node_fixture"]
 
 
 @pytest.fixture(scope="session")

@@ -46,8 +46,11 @@ def pods(name, component):
 
 
 def running(name, component):
-    return [p["metadata"]["name"] for p in pods(name, component)
-            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    return [
+        p["metadata"]["name"]
+        for p in pods(name, component)
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 with Gateway(address, auth=auth) as gateway:
