@@ -1,6 +1,7 @@
 """The kubernetes launcher backend against the real kube-apiserver and controller-manager
-(tests/k8s_cluster.py). No node runs pods here, so pods stay Pending: these tests check
-what the API server and the garbage collector do with the backend's objects."""
+(tests/k8s_cluster.py). Pods select a node that does not exist, so they stay Pending: these
+tests check what the API server and the garbage collector do with the backend's objects
+(test_kubernetes_pods.py runs pods, on the test-only node agent)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,15 @@ async def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+#: Keeps pods Pending even when the node agent (kube_node) runs in the same session.
+NO_NODE = {"nodeSelector": {"flotilla.dev/test": "no-such-node"}}
+
+
 def _cluster(
     name: str = "c1", owner: str = "alice@non-alpha.characters", **extra: Any
 ) -> ClusterSpec:
+    extra.setdefault("scheduler_extra_pod_config", NO_NODE)
+    extra.setdefault("worker_extra_pod_config", NO_NODE)
     cert, key = new_keypair(name)
     return ClusterSpec(
         name=name,
