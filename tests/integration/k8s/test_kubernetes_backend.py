@@ -319,3 +319,27 @@ async def test_500_workers_keep_requests_in_flight_bounded(
         assert len(listing["items"]) == 500
     finally:
         await backend.close()
+
+
+async def test_an_unschedulable_worker_fails_after_worker_start_timeout(
+    make_backend: Callable[..., KubeBackend],
+) -> None:
+    backend = make_backend()
+    await backend.start()
+    try:
+        cluster = _cluster("c7", worker_start_timeout=1.0)
+        await _start(backend, cluster)
+        worker = WorkerSpec(cluster, "w1", "10.0.0.9:8786")
+        wstate = await _start_worker(backend, worker)
+        deadline = time.monotonic() + 60
+        while True:
+            (status,) = await backend.check_workers([(worker, wstate)])
+            if not status.running or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert not status.running
+        # The real kube-scheduler's words, after the backend's.
+        assert "could not be scheduled within 1s: " in status.reason, status.reason
+        assert "node" in status.reason
+    finally:
+        await backend.close()

@@ -298,3 +298,30 @@ def test_unschedulable_fails_only_after_the_start_timeout() -> None:
         "the pod p1 of worker w1 could not be scheduled within 60s: "
         "0/3 nodes are available: 3 Insufficient cpu."
     )
+
+
+def test_the_backend_and_its_cluster_config_are_registered() -> None:
+    from flotilla_common.clusterconfig import KubeClusterConfig, config_class_for
+    from flotilla_launcher.backends.base import load_backend
+    from flotilla_launcher.backends.kubernetes import KubeBackend
+
+    assert load_backend("kubernetes") is KubeBackend
+    assert config_class_for("kubernetes") is KubeClusterConfig
+    names = set(KubeClusterConfig.class_own_traits(config=True))
+    assert {
+        "image",
+        "image_pull_policy",
+        "image_pull_secrets",
+        "scheduler_cores_limit",
+        "scheduler_memory_limit",
+        "worker_cores_limit",
+        "worker_memory_limit",
+        "scheduler_extra_container_config",
+        "scheduler_extra_pod_config",
+        "scheduler_extra_pod_annotations",
+        "scheduler_extra_pod_labels",
+        "worker_extra_container_config",
+        "worker_extra_pod_config",
+        "worker_extra_pod_annotations",
+        "worker_extra_pod_labels",
+    } <= names
