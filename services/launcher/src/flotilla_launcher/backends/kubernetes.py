@@ -845,8 +845,15 @@ class KubeBackend(Backend):
             ) from None
 
     async def _delete(self, kind: str, name: str, **params: str) -> None:
-        with contextlib.suppress(KubeRefused):
+        """Delete an object; one that is gone already (404) is no error."""
+        try:
             await self._request("DELETE", self._path(kind, name), params=params or None)
+        except KubeRefused as exc:
+            if exc.status != 404:
+                raise BackendError(
+                    f"Kubernetes refused to delete {kind}/{name} in namespace "
+                    f"{self.namespace}: {exc}"
+                ) from None
 
     # -- the watch --------------------------------------------------------------------------
 
