@@ -31,6 +31,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BatchName",
     "ClusterConfig",
+    "KubeClusterConfig",
     "PBSClusterConfig",
     "SlurmClusterConfig",
     "YarnClusterConfig",
@@ -440,6 +441,84 @@ class YarnClusterConfig(ClusterConfig):
         "", help="Shell commands run before the scheduler starts.", config=True
     )
     worker_setup = Unicode("", help="Shell commands run before each worker starts.", config=True)
+
+
+def _kube_dict(what: str) -> Dict[Any, Any]:
+    return Dict(help=what, config=True)
+
+
+class KubeClusterConfig(ClusterConfig):
+    """``ClusterConfig`` of clusters on the ``kubernetes`` backend (``c.KubeClusterConfig``).
+
+    The names and meanings of dask-gateway-server's ``KubeClusterConfig`` (its namespace
+    is the launcher's, ``c.KubeBackend.namespace``). The ``*_extra_*_config`` dicts are
+    deep-merged into the pod spec or container Flotilla generates (dicts key by key, lists
+    appended), in the API's camelCase: tolerations, a node selector or a service account
+    go in ``*_extra_pod_config``.
+    """
+
+    image = Unicode(
+        "daskgateway/dask-gateway:latest",
+        help=(
+            "Container image of the scheduler and workers; it must hold dask, distributed "
+            "and the module named by scheduler_preload (flotilla's, by default)."
+        ),
+        config=True,
+    )
+    image_pull_policy = Unicode(
+        None,
+        allow_none=True,
+        help="imagePullPolicy of the containers (Always, IfNotPresent, Never); None: the API's.",
+        config=True,
+    )
+    image_pull_secrets = List(
+        Dict(),
+        help="imagePullSecrets of the pods: a list of {'name': <Secret name>}.",
+        config=True,
+    )
+    scheduler_cores_limit = _Float(
+        None,
+        allow_none=True,
+        min=0.0,
+        help="CPU limit of the scheduler's container (cores); None: scheduler_cores.",
+        config=True,
+    )
+    scheduler_memory_limit = _Memory(
+        None,
+        allow_none=True,
+        help="Memory limit of the scheduler's container (bytes); None: scheduler_memory.",
+        config=True,
+    )
+    worker_cores_limit = _Float(
+        None,
+        allow_none=True,
+        min=0.0,
+        help="CPU limit of each worker's container (cores); None: worker_cores.",
+        config=True,
+    )
+    worker_memory_limit = _Memory(
+        None,
+        allow_none=True,
+        help="Memory limit of each worker's container (bytes); None: worker_memory.",
+        config=True,
+    )
+    scheduler_extra_container_config = _kube_dict(
+        "Deep-merged into the scheduler's container (camelCase keys of a Container)."
+    )
+    scheduler_extra_pod_config = _kube_dict(
+        "Deep-merged into the scheduler pod's spec (camelCase keys of a PodSpec)."
+    )
+    scheduler_extra_pod_annotations = _kube_dict("Extra annotations of the scheduler's pod.")
+    scheduler_extra_pod_labels = _kube_dict("Extra labels of the scheduler's pod.")
+    worker_extra_container_config = _kube_dict(
+        "Deep-merged into each worker's container (camelCase keys of a Container)."
+    )
+    worker_extra_pod_config = _kube_dict(
+        "Deep-merged into each worker pod's spec (camelCase keys of a PodSpec), e.g. "
+        "{'tolerations': [...], 'nodeSelector': {...}}."
+    )
+    worker_extra_pod_annotations = _kube_dict("Extra annotations of each worker's pod.")
+    worker_extra_pod_labels = _kube_dict("Extra labels of each worker's pod.")
 
 
 #: The keys of every cluster's ``config_json``, in the order of ``docs/internals.md``: the
