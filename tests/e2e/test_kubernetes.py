@@ -6,14 +6,12 @@ and kube-scheduler (tests/k8s_cluster.py), run by the test-only node agent
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flotilla import ClusterStatus
 from gateway_stack import upstream_python
 from helpers import wait_for
 from k8s_cluster import KubeControlPlane, KubeError
