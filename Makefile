@@ -11,6 +11,7 @@ ENVOY := $(ENVOY_VENV)/lib/python3.11/site-packages/envoy/_bin/envoy
 UPSTREAM_VENV := $(CACHE)/upstream-client
 REFERENCE_VENV := $(CACHE)/bench-reference
 JUPYTERLAB_VENV := $(CACHE)/jupyterlab
+JUPYTERHUB_VENV := $(CACHE)/jupyterhub
 REFERENCE_YARN_VENV := $(CACHE)/bench-reference-yarn
 CONFIG ?= deploy/embedded/flotilla_config.py
 export FLOTILLA_ENVOY := $(abspath $(ENVOY))
@@ -61,6 +62,13 @@ $(JUPYTERLAB_VENV)/.installed: $(UV)
 		dask==2026.8.0 distributed==2026.8.0 bokeh==3.9.2
 	touch $@
 
+# A real JupyterHub as identity provider (tests/jupyterhub_hub.py), with its proxy from npm.
+$(JUPYTERHUB_VENV)/.installed: $(UV)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(JUPYTERHUB_VENV)
+	$(UV) pip install --quiet --python $(JUPYTERHUB_VENV)/bin/python jupyterhub==6.1.1
+	npm install --silent --no-save --prefix $(JUPYTERHUB_VENV) configurable-http-proxy@5.3.0
+	touch $@
+
 # The reference gateway `make bench` compares against, with its local-process backend.
 $(REFERENCE_VENV)/.installed: $(UV)
 	$(UV) venv --quiet --clear --python $(PYTHON) $(REFERENCE_VENV)
@@ -89,7 +97,8 @@ run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
 
 test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
-		$(REFERENCE_YARN_VENV)/.installed $(JUPYTERLAB_VENV)/.installed lint typecheck
+		$(REFERENCE_YARN_VENV)/.installed $(JUPYTERLAB_VENV)/.installed \
+		$(JUPYTERHUB_VENV)/.installed lint typecheck
 	FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
 		FLOTILLA_JUPYTERLAB_PYTHON=$(abspath $(JUPYTERLAB_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
