@@ -119,9 +119,12 @@ class JupyterHub:
                     raise
                 self.api("POST", f"/groups/{group}/users", {"users": [name]})
 
-    def user_token(self, name: str) -> str:
-        """A new API token of user ``name`` (with the scopes the hub gives by default)."""
-        answer = self.api("POST", f"/users/{name}/tokens", {"expires_in": 3600, "note": "tests"})
+    def user_token(self, name: str, scopes: list[str] | None = None) -> str:
+        """A new API token of user ``name``: with ``scopes``, else those the hub gives."""
+        body: dict[str, Any] = {"expires_in": 3600, "note": "tests"}
+        if scopes is not None:
+            body["scopes"] = scopes
+        answer = self.api("POST", f"/users/{name}/tokens", body)
         token: str = answer["token"]
         return token
 

@@ -150,6 +150,28 @@ async def test_revoked_token_gets_401(hub: JupyterHub, auth: JupyterHubAuthentic
     assert status == 401
 
 
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("bob", Identity("bob", groups=frozenset({"dask-users", "gateway-admins"}), admin=True)),
+        ("carol", Identity("carol", admin=True)),
+    ],
+)
+async def test_a_notebook_servers_token_gives_the_roles(
+    hub: JupyterHub, user: str, expected: Identity
+) -> None:
+    # A notebook server's JUPYTERHUB_API_TOKEN has only the hub's "server" role (posting
+    # activity), yet the hub tells its owner their groups and admin flag; the gateway's
+    # own token is not needed for that.
+    token = hub.user_token(user, scopes=[f"users:activity!user={user}"])
+    without = make_authenticator(hub.api_url, jupyterhub_api_token="")
+    try:
+        got = identity_of(await check(servicer(without), {"authorization": f"jupyterhub {token}"}))
+    finally:
+        await without.close()
+    assert got == expected
+
+
 async def test_refresh_asks_the_hub_with_the_service_token(
     hub: JupyterHub, auth: JupyterHubAuthenticator
 ) -> None:
