@@ -3,7 +3,8 @@
 ``make .cache/jupyterhub/.installed`` (a prerequisite of ``make test``) installs JupyterHub
 into its own venv and the proxy from npm into the same directory. ``jupyterhub_hub()``
 writes a configuration in a temporary directory (every port a free one on 127.0.0.1, the
-dummy authenticator, two services with API tokens), starts the hub, waits until its API
+dummy authenticator, a spawner whose "notebook servers" are no processes, two services
+with API tokens), starts the hub, waits until its API
 answers, and stops the hub and the proxy by PID when the block ends::
 
     with jupyterhub_hub() as hub:
@@ -13,7 +14,7 @@ answers, and stops the hub and the proxy by PID when the block ends::
 
 Services, as a deployment registers the gateway:
 
-* ``dask-gateway`` (``hub.service_token``): reads users and their groups;
+* ``dask-gateway`` (``hub.service_token``): reads users, their groups and servers;
 * ``test-admin`` (the harness's own, a hub admin): creates users, admins and groups,
   mints user tokens.
 
@@ -48,6 +49,8 @@ HUB = VENV / "bin" / "jupyterhub"
 PROXY = VENV / "node_modules" / ".bin" / "configurable-http-proxy"
 
 CONFIG = """\
+from jupyterhub.spawner import Spawner
+
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {proxy_port}
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -59,6 +62,24 @@ c.JupyterHub.pid_file = {hub_pid_file!r}
 c.JupyterHub.db_url = "sqlite:///" + {db!r}
 c.JupyterHub.cookie_secret_file = {cookie_secret!r}
 c.JupyterHub.authenticator_class = "dummy"
+
+
+# A "notebook server" without a process: the hub's own port answers for it.
+class NoProcessSpawner(Spawner):
+    running = False
+
+    async def start(self):
+        self.running = True
+        return ("127.0.0.1", {hub_port})
+
+    async def stop(self, now=False):
+        self.running = False
+
+    async def poll(self):
+        return None if self.running else 0
+
+
+c.JupyterHub.spawner_class = NoProcessSpawner
 c.Authenticator.allow_all = True
 c.JupyterHub.services = [
     {{"name": "dask-gateway", "api_token": {service_token!r}}},
@@ -68,7 +89,7 @@ c.JupyterHub.load_roles = [
     {{
         "name": "dask-gateway-role",
         "services": ["dask-gateway"],
-        "scopes": ["read:users", "read:users:groups", "read:groups"],
+        "scopes": ["read:users", "read:users:groups", "read:groups", "read:servers"],
     }},
     # Only a hub admin may make other admins.
     {{"name": "admin", "services": ["test-admin"]}},
@@ -127,6 +148,21 @@ class JupyterHub:
         answer = self.api("POST", f"/users/{name}/tokens", body)
         token: str = answer["token"]
         return token
+
+    def has_server(self, name: str) -> bool:
+        """Whether the hub reports a ready server of user ``name``."""
+        model = self.api("GET", f"/users/{name}")
+        return bool(model.get("server")) and not model.get("pending")
+
+    def start_server(self, name: str) -> None:
+        """Start the user's (process-less) server and wait until the hub reports it."""
+        self.api("POST", f"/users/{name}/server", {})
+        wait_for(lambda: self.has_server(name), 30, f"the server of {name}")
+
+    def stop_server(self, name: str) -> None:
+        """Stop the user's server and wait until the hub reports it gone."""
+        self.api("DELETE", f"/users/{name}/server")
+        wait_for(lambda: not self.api("GET", f"/users/{name}").get("server"), 30, "server stop")
 
     def answers(self) -> bool:
         try:

@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gateway_stack import Gateway, cluster_pids, running_gateway, upstream_python
+from helpers import wait_for
 from jupyterhub_hub import JupyterHub, jupyterhub_hub
 
 pytestmark = pytest.mark.timeout(240)
@@ -43,17 +45,20 @@ def hub() -> Iterator[JupyterHub]:
         yield running
 
 
-@pytest.fixture()
-def gateway(hub: JupyterHub, tmp_path: Path) -> Iterator[Gateway]:
-    extra = textwrap.dedent(
+def hub_config(hub: JupyterHub, extra: str = "") -> str:
+    return textwrap.dedent(
         f"""
         c.Auth.authenticator_class = "jupyterhub"
         c.Auth.admin_groups = ["gateway-admins"]
         c.JupyterHubAuthenticator.jupyterhub_api_url = {hub.api_url!r}
         c.JupyterHubAuthenticator.jupyterhub_api_token = {hub.service_token!r}
         """
-    )
-    with running_gateway(tmp_path, extra) as running:
+    ) + textwrap.dedent(extra)
+
+
+@pytest.fixture()
+def gateway(hub: JupyterHub, tmp_path: Path) -> Iterator[Gateway]:
+    with running_gateway(tmp_path, hub_config(hub)) as running:
         yield running
 
 
@@ -104,3 +109,63 @@ def test_upstream_client_logs_in_with_a_hub_token(
     status, body = whoami(gateway, fresh)
     assert status == 503
     assert isinstance(body, dict) and set(body) == {"error"} and body["error"], body
+
+
+GRACE_SECONDS = 2.0
+
+
+def create_cluster(gateway: Gateway, token: str) -> str:
+    status, _, body = gateway.request(
+        "POST",
+        "/api/v1/clusters/",
+        user=None,
+        body=json.dumps({"cluster_options": {}}).encode(),
+        headers={"Authorization": f"jupyterhub {token}"},
+    )
+    assert status == 201, body
+    name: str = body["name"]
+    return name
+
+
+def cluster_status(gateway: Gateway, token: str, name: str) -> str:
+    status, _, body = gateway.request(
+        "GET",
+        f"/api/v1/clusters/{name}",
+        user=None,
+        headers={"Authorization": f"jupyterhub {token}"},
+    )
+    assert status == 200, body
+    result: str = body["status"]
+    return result
+
+
+def test_clusters_end_a_grace_period_after_the_owners_server(
+    hub: JupyterHub, tmp_path: Path
+) -> None:
+    extra = f"""
+        c.JupyterHubAuthenticator.server_stopped_grace = {GRACE_SECONDS}
+        c.JupyterHubAuthenticator.server_check_period = 0.2
+        """
+    hub.start_server("alice")
+    alice, bob = hub.user_token("alice"), hub.user_token("bob")
+    with running_gateway(tmp_path, hub_config(hub, extra)) as gateway:
+        with_server = create_cluster(gateway, alice)
+        without_server = create_cluster(gateway, bob)
+        # bob never had a server: his cluster ends after the grace period.
+        wait_for(
+            lambda: cluster_status(gateway, bob, without_server) == "STOPPED",
+            60,
+            "bob's cluster to end",
+        )
+        assert cluster_status(gateway, alice, with_server) in {"PENDING", "RUNNING"}
+
+        stopped_at = time.monotonic()
+        hub.stop_server("alice")
+        wait_for(
+            lambda: cluster_status(gateway, alice, with_server) == "STOPPED",
+            60,
+            "alice's cluster to end",
+        )
+        assert time.monotonic() - stopped_at >= GRACE_SECONDS
+    auth_log = (tmp_path / "logs" / "auth.log").read_text(errors="replace")
+    assert f"stopped cluster {with_server} of user alice" in auth_log, auth_log[-3000:]

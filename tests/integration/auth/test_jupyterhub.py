@@ -218,3 +218,17 @@ def test_token_and_url_default_from_environment(monkeypatch: pytest.MonkeyPatch)
     assert isinstance(made, JupyterHubAuthenticator)
     assert made.jupyterhub_api_token == "from-env"
     assert made.jupyterhub_api_url == "http://hub.invalid:8081/hub/api"
+
+
+def test_server_stopped_grace_needs_the_service_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    config = Config()
+    config.JupyterHubAuthenticator.jupyterhub_api_url = "http://hub.invalid/hub/api"
+    config.JupyterHubAuthenticator.server_stopped_grace = 3600.0
+    with pytest.raises(AuthenticatorConfigError, match="server_stopped_grace"):
+        load_authenticator("jupyterhub", config)
+    config.JupyterHubAuthenticator.jupyterhub_api_token = "service-token"
+    made = load_authenticator("jupyterhub", config)
+    assert made.owner_check_period_seconds == 60.0
+    config.JupyterHubAuthenticator.server_stopped_grace = 0.0
+    assert load_authenticator("jupyterhub", config).owner_check_period_seconds is None

@@ -218,6 +218,28 @@ class JupyterHubAuthenticator(Configurable):
         config=True,
     )
 
+    server_stopped_grace = Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds a user's clusters outlive their last notebook server: once the hub "
+            "has reported no running or pending server of the owner for this long, auth "
+            "stops the owner's clusters (a user who never had a server counts as one "
+            "whose server stopped). 0: clusters never end for this reason. Needs "
+            "jupyterhub_api_token with read:users (and read:servers for named servers)."
+        ),
+        config=True,
+    )
+    server_check_period = Float(
+        60.0,
+        min=0.1,
+        help=(
+            "Seconds between two checks of the notebook servers of the users who own "
+            "active clusters (only with server_stopped_grace)."
+        ),
+        config=True,
+    )
+
     @default("jupyterhub_api_url")
     def _default_api_url(self) -> str:
         return os.environ.get("JUPYTERHUB_API_URL", "")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -80,6 +81,13 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
         self._api_url = self.jupyterhub_api_url.rstrip("/")
         self._ssl = self._ssl_context()
         self._session: aiohttp.ClientSession | None = None
+        if self.server_stopped_grace and not self.jupyterhub_api_token:
+            raise AuthenticatorConfigError(
+                "c.JupyterHubAuthenticator.server_stopped_grace needs jupyterhub_api_token "
+                "(nor is JUPYTERHUB_API_TOKEN set)"
+            )
+        #: Owner -> when (monotonic) the hub was first seen reporting no server of theirs.
+        self._serverless_since: dict[str, float] = {}
 
     @property
     def cookie_max_age_seconds(self) -> int | None:
@@ -159,6 +167,52 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             return None
         result = result_from_model(model)
         return result if result is not None and result.user == user else None
+
+    @property
+    def owner_check_period_seconds(self) -> float | None:
+        """``server_check_period`` when ``server_stopped_grace`` is set."""
+        return self.server_check_period if self.server_stopped_grace else None
+
+    async def _has_server(self, user: str) -> bool | None:
+        """Whether the hub reports a running or pending server of ``user`` (a user the
+        hub does not know has none); ``None`` when the hub could not tell."""
+        try:
+            status, model = await self._get(
+                f"/users/{quote(user, safe='')}", self.jupyterhub_api_token
+            )
+        except _HubUnavailable as exc:
+            log.warning("cannot ask JupyterHub for the servers of user %s: %s", user, exc)
+            return None
+        if status == 404:
+            return False
+        if status != 200 or not isinstance(model, dict):
+            log.warning("cannot ask JupyterHub for the servers of user %s: HTTP %d", user, status)
+            return None
+        return bool(model.get("servers") or model.get("server") or model.get("pending"))
+
+    async def owners_to_stop(self, owners: Collection[str], now: float | None = None) -> set[str]:
+        """Owners without a notebook server for ``server_stopped_grace`` seconds."""
+        now = time.monotonic() if now is None else now
+        current = set(owners)
+        for gone in set(self._serverless_since) - current:
+            del self._serverless_since[gone]
+        due = set()
+        for owner in sorted(current):
+            has_server = await self._has_server(owner)
+            if has_server is None:
+                continue
+            if has_server:
+                self._serverless_since.pop(owner, None)
+                continue
+            since = self._serverless_since.setdefault(owner, now)
+            if now - since >= self.server_stopped_grace:
+                log.info(
+                    "user %s has had no notebook server for %.0f s; their clusters end",
+                    owner,
+                    now - since,
+                )
+                due.add(owner)
+        return due
 
     async def close(self) -> None:
         """Close the HTTP session."""
