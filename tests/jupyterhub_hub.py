@@ -186,9 +186,19 @@ class JupyterHub:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        if proxy is not None:
+        # The hub stops its proxy itself; one it left is killed, checked to be ours
+        # (a second stop() must not signal whatever process took the PID since).
+        if proxy is not None and _is_proxy(proxy):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proxy, signal.SIGTERM)
+
+
+def _is_proxy(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"configurable-http-proxy" in cmdline
 
 
 @contextlib.contextmanager

@@ -114,8 +114,9 @@ def test_upstream_client_logs_in_with_a_hub_token(
 GRACE_SECONDS = 2.0
 
 
-def create_cluster(gateway: Gateway, token: str) -> str:
-    status, _, body = gateway.request(
+def create_cluster(gateway: Gateway, token: str) -> tuple[str, str]:
+    """A new cluster's name, and the session cookie of the login."""
+    status, headers, body = gateway.request(
         "POST",
         "/api/v1/clusters/",
         user=None,
@@ -124,19 +125,21 @@ def create_cluster(gateway: Gateway, token: str) -> str:
     )
     assert status == 201, body
     name: str = body["name"]
-    return name
+    (cookie,) = [v for k, v in headers.items() if k.lower() == "set-cookie"]
+    return name, cookie.split(";", 1)[0]
 
 
-def cluster_status(gateway: Gateway, token: str, name: str) -> str:
+def cluster_status(gateway: Gateway, cookie: str, name: str) -> str:
     status, _, body = gateway.request(
-        "GET",
-        f"/api/v1/clusters/{name}",
-        user=None,
-        headers={"Authorization": f"jupyterhub {token}"},
+        "GET", f"/api/v1/clusters/{name}", user=None, headers={"Cookie": cookie}
     )
     assert status == 200, body
     result: str = body["status"]
     return result
+
+
+def stopped_by_auth(gateway: Gateway) -> float:
+    return gateway.metrics("auth").get(("flotilla_auth_owner_clusters_stopped_total", ()), 0.0)
 
 
 def test_clusters_end_a_grace_period_after_the_owners_server(
@@ -149,23 +152,41 @@ def test_clusters_end_a_grace_period_after_the_owners_server(
     hub.start_server("alice")
     alice, bob = hub.user_token("alice"), hub.user_token("bob")
     with running_gateway(tmp_path, hub_config(hub, extra)) as gateway:
-        with_server = create_cluster(gateway, alice)
-        without_server = create_cluster(gateway, bob)
+        with_server, alice_cookie = create_cluster(gateway, alice)
+        without_server, bob_cookie = create_cluster(gateway, bob)
         # bob never had a server: his cluster ends after the grace period.
         wait_for(
-            lambda: cluster_status(gateway, bob, without_server) == "STOPPED",
+            lambda: cluster_status(gateway, bob_cookie, without_server) == "STOPPED",
             60,
             "bob's cluster to end",
         )
-        assert cluster_status(gateway, alice, with_server) in {"PENDING", "RUNNING"}
+        assert cluster_status(gateway, alice_cookie, with_server) in {"PENDING", "RUNNING"}
 
         stopped_at = time.monotonic()
         hub.stop_server("alice")
         wait_for(
-            lambda: cluster_status(gateway, alice, with_server) == "STOPPED",
+            lambda: cluster_status(gateway, alice_cookie, with_server) == "STOPPED",
             60,
             "alice's cluster to end",
         )
         assert time.monotonic() - stopped_at >= GRACE_SECONDS
-    auth_log = (tmp_path / "logs" / "auth.log").read_text(errors="replace")
+        assert stopped_by_auth(gateway) == 2
+
+        # While the hub is down nobody's server can be told, so no cluster ends, not
+        # even a serverless owner's: watch the checks fail for longer than the grace.
+        again, _ = create_cluster(gateway, bob)
+        hub.stop()
+        log = tmp_path / "logs" / "auth.log"
+        failed = "cannot ask JupyterHub for the servers of user bob"
+        before = log.read_text(errors="replace").count(failed)
+        wait_for(
+            lambda: (
+                log.read_text(errors="replace").count(failed) >= before + 3 * GRACE_SECONDS / 0.2
+            ),
+            60,
+            "failed server checks",
+        )
+        assert cluster_status(gateway, bob_cookie, again) in {"PENDING", "RUNNING"}
+        assert stopped_by_auth(gateway) == 2
+    auth_log = log.read_text(errors="replace")
     assert f"stopped cluster {with_server} of user alice" in auth_log, auth_log[-3000:]

@@ -119,6 +119,7 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
             deployment.secret("identity_key"),
             period,
             settings.registry_timeout_seconds,
+            metrics,
         )
         owner_watch.start()
         log.info("checking the owners of active clusters every %g s", period)

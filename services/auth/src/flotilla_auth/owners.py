@@ -19,6 +19,7 @@ from flotilla.registry.v1 import registry_pb2, registry_pb2_grpc
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
 
 from .authenticator import Authenticator
+from .metrics import AuthMetrics
 
 __all__ = ["OWNER_WATCH_USER", "OwnerWatch"]
 
@@ -38,12 +39,14 @@ class OwnerWatch:
         identity_key: str,
         period_seconds: float,
         timeout_seconds: float,
+        metrics: AuthMetrics | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
         self._identity_key = identity_key
         self._period = period_seconds
         self._timeout = timeout_seconds
+        self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -71,6 +74,8 @@ class OwnerWatch:
                 )
                 log.info("stopped cluster %s of user %s: the authenticator says so", name, owner)
                 stopped.append(name)
+                if self._metrics is not None:
+                    self._metrics.owner_clusters_stopped.inc()
         return stopped
 
     async def _run(self) -> None:
