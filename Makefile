@@ -11,6 +11,7 @@ ENVOY := $(ENVOY_VENV)/lib/python3.11/site-packages/envoy/_bin/envoy
 UPSTREAM_VENV := $(CACHE)/upstream-client
 REFERENCE_VENV := $(CACHE)/bench-reference
 JUPYTERLAB_VENV := $(CACHE)/jupyterlab
+JUPYTERHUB_VENV := $(CACHE)/jupyterhub
 REFERENCE_YARN_VENV := $(CACHE)/bench-reference-yarn
 K8S_RELEASE := v1.37.2
 K8S_BIN := $(CACHE)/k8s/$(K8S_RELEASE)/bin
@@ -63,6 +64,13 @@ $(JUPYTERLAB_VENV)/.installed: $(UV)
 		dask==2026.8.0 distributed==2026.8.0 bokeh==3.9.2
 	touch $@
 
+# A real JupyterHub as identity provider (tests/jupyterhub_hub.py), with its proxy from npm.
+$(JUPYTERHUB_VENV)/.installed: $(UV)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(JUPYTERHUB_VENV)
+	$(UV) pip install --quiet --python $(JUPYTERHUB_VENV)/bin/python jupyterhub==6.1.1
+	npm install --silent --no-save --prefix $(JUPYTERHUB_VENV) configurable-http-proxy@5.3.0
+	touch $@
+
 # The reference gateway `make bench` compares against, with its local-process backend.
 $(REFERENCE_VENV)/.installed: $(UV)
 	$(UV) venv --quiet --clear --python $(PYTHON) $(REFERENCE_VENV)
@@ -98,8 +106,8 @@ run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)
 
 test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
-		$(REFERENCE_YARN_VENV)/.installed $(JUPYTERLAB_VENV)/.installed $(K8S_BIN)/VERSIONS \
-		lint typecheck
+		$(REFERENCE_YARN_VENV)/.installed $(JUPYTERLAB_VENV)/.installed \
+		$(JUPYTERHUB_VENV)/.installed $(K8S_BIN)/VERSIONS lint typecheck
 	FLOTILLA_K8S_BIN=$(abspath $(K8S_BIN)) FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
 		FLOTILLA_JUPYTERLAB_PYTHON=$(abspath $(JUPYTERLAB_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -111,7 +111,7 @@ def test_jobqueue_names_become_the_batch_backends() -> None:
     ("section", "key", "value", "message"),
     [
         ("DaskGateway", "backend_class", f"{DGS}.backends.kubernetes.KubeBackend", "no such"),
-        ("DaskGateway", "authenticator_class", f"{DGS}.auth.JupyterHubAuthenticator", "no such"),
+        ("DaskGateway", "authenticator_class", "site_auth.LdapAuthenticator", "no such"),
         ("Proxy", "prefix", "/gateway", "Flotilla serves the API at /"),
         ("PBSClusterConfig", "worker_resource_list", "select=1", "extra_options"),
         ("PBSBackend", "gateway_hostname", "login1", "c.Deployment.api_url"),
@@ -185,3 +185,17 @@ def test_a_missing_module_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="No module named 'no_such_module'") as info:
         load(tmp_path, "import no_such_module\n")
     assert "\n" not in str(info.value)
+
+
+def test_jupyterhub_authenticator_keeps_its_settings(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        f"""
+        c.DaskGateway.authenticator_class = "{DGS}.auth.JupyterHubAuthenticator"
+        c.JupyterHubAuthenticator.jupyterhub_api_url = "http://hub:8081/hub/api"
+        c.JupyterHubAuthenticator.cache_max_age = 120
+        """,
+    )
+    assert cfg.Auth.authenticator_class == "jupyterhub"
+    assert cfg.JupyterHubAuthenticator.jupyterhub_api_url == "http://hub:8081/hub/api"
+    assert cfg.JupyterHubAuthenticator.cache_max_age == 120

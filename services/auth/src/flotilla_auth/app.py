@@ -20,6 +20,7 @@ from .authenticator import Authenticator, AuthenticatorConfigError, load_authent
 from .checker import Checker
 from .config import Auth
 from .metrics import AuthMetrics
+from .owners import OwnerWatch
 from .servicer import SERVICE_NAME, AuthorizationServicer
 from .tokens import CachingTokenVerifier, RegistryTokenVerifier
 
@@ -41,6 +42,7 @@ class AuthServer:
         authenticator: Authenticator,
         checker: Checker,
         metrics_server: MetricsServer | None = None,
+        owner_watch: OwnerWatch | None = None,
     ) -> None:
         self.server = server
         self.port = port
@@ -48,11 +50,14 @@ class AuthServer:
         self.metrics_server = metrics_server
         self._channel = channel
         self._authenticator = authenticator
+        self._owner_watch = owner_watch
 
     async def stop(self, grace: float = _GRACE_SECONDS) -> None:
         """Finish in-flight checks (up to ``grace`` seconds), then release everything."""
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self._owner_watch is not None:
+            await self._owner_watch.stop()
         await self.server.stop(grace)
         await self._authenticator.close()
         await self._channel.close()
@@ -105,7 +110,20 @@ async def start(config: Config, address: str | None = None) -> AuthServer:
         deployment.registry_grpc_address,
     )
     metrics_server = serve_metrics(deployment, "auth", metrics.registry)
-    return AuthServer(server, port, channel, authenticator, checker, metrics_server)
+    owner_watch = None
+    period = authenticator.owner_check_period_seconds
+    if period is not None:
+        owner_watch = OwnerWatch(
+            authenticator,
+            channel,
+            deployment.secret("identity_key"),
+            period,
+            settings.registry_timeout_seconds,
+            metrics,
+        )
+        owner_watch.start()
+        log.info("checking the owners of active clusters every %g s", period)
+    return AuthServer(server, port, channel, authenticator, checker, metrics_server, owner_watch)
 
 
 async def serve(config: Config) -> None:

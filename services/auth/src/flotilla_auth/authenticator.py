@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -153,6 +153,21 @@ class Authenticator(Configurable):
         May raise ``AuthenticatorError`` like ``authenticate``.
         """
         return None
+
+    @property
+    def owner_check_period_seconds(self) -> float | None:
+        """Seconds between ``owners_to_stop`` calls, or ``None`` (the default): the
+        authenticator never ends anyone's clusters."""
+        return None
+
+    async def owners_to_stop(self, owners: Collection[str]) -> set[str]:
+        """Of ``owners`` (the users with active clusters), those whose clusters must end
+        now, e.g. because their session at the identity provider is gone.
+
+        Asked every ``owner_check_period_seconds``; auth then stops those users'
+        clusters. Must not raise for one user's failed lookup: leave that user out.
+        """
+        return set()
 
     async def close(self) -> None:
         """Release resources (HTTP sessions, caches) at shutdown."""

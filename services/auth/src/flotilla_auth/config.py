@@ -6,15 +6,17 @@ Only traits live here, so the configuration reference can be generated from the
 
 from __future__ import annotations
 
+import os
+
 from flotilla_common.sessions import (
     DEFAULT_COOKIE_NAME,
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_ROLES_REFRESH_SECONDS,
 )
-from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode, default
 from traitlets.config import Configurable
 
-__all__ = ["Auth", "BasicAuthenticator", "KerberosAuthenticator"]
+__all__ = ["Auth", "BasicAuthenticator", "JupyterHubAuthenticator", "KerberosAuthenticator"]
 
 
 class Auth(Configurable):
@@ -158,3 +160,90 @@ class KerberosAuthenticator(Configurable):
         ),
         config=True,
     )
+
+
+class JupyterHubAuthenticator(Configurable):
+    """JupyterHub API tokens (the dask-gateway client's ``auth="jupyterhub"``).
+
+    Option names as in dask-gateway-server's ``JupyterHubAuthenticator``. The hub's
+    groups become the user's groups (``c.Auth.admin_groups`` names those whose members
+    are admins) and the hub's admin flag is the gateway's.
+    """
+
+    jupyterhub_api_url = Unicode(
+        help=(
+            "URL of the hub's REST API, e.g. 'http://hub:8081/hub/api'. Default: the "
+            "JUPYTERHUB_API_URL environment variable (set when the gateway runs as a hub "
+            "service)."
+        ),
+        config=True,
+    )
+    jupyterhub_api_token = Unicode(
+        help=(
+            "The gateway's own API token, as registered in c.JupyterHub.services. Used "
+            "only to refresh a user's groups and admin flag (GET /users/<name>, scopes "
+            "read:users and read:users:groups); without it users present their token "
+            "again when c.Auth.roles_refresh_seconds have passed. Default: the "
+            "JUPYTERHUB_API_TOKEN environment variable."
+        ),
+        config=True,
+    )
+    tls_cert = Unicode(
+        "",
+        help="Path of a client certificate (PEM) presented to the hub, for internal TLS.",
+        config=True,
+    )
+    tls_key = Unicode(
+        "", help="Path of the private key (PEM) of tls_cert, if not in the same file.", config=True
+    )
+    tls_ca = Unicode(
+        "",
+        help="Path of the CA bundle (PEM) the hub's certificate is checked against.",
+        config=True,
+    )
+    cache_max_age = Integer(
+        0,
+        min=0,
+        help=(
+            "Seconds a session cookie from a JupyterHub login is accepted before the token "
+            "is checked with the hub again; 0 uses c.Auth.cookie_max_age_seconds. Accepted "
+            "for compatibility with dask-gateway-server (its default there is 300)."
+        ),
+        config=True,
+    )
+    request_timeout_seconds = Float(
+        10.0,
+        min=0.1,
+        help="Deadline, in seconds, of each call to the hub's API.",
+        config=True,
+    )
+
+    server_stopped_grace = Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds a user's clusters outlive their last notebook server: once the hub "
+            "has reported no running or pending server of the owner for this long, auth "
+            "stops the owner's clusters (a user who never had a server counts as one "
+            "whose server stopped). 0: clusters never end for this reason. Needs "
+            "jupyterhub_api_token with read:users (and read:servers for named servers)."
+        ),
+        config=True,
+    )
+    server_check_period = Float(
+        60.0,
+        min=0.1,
+        help=(
+            "Seconds between two checks of the notebook servers of the users who own "
+            "active clusters (only with server_stopped_grace)."
+        ),
+        config=True,
+    )
+
+    @default("jupyterhub_api_url")
+    def _default_api_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL", "")
+
+    @default("jupyterhub_api_token")
+    def _default_api_token(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")

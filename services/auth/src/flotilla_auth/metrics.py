@@ -11,7 +11,8 @@ __all__ = ["AuthMetrics"]
 
 
 class AuthMetrics:
-    """Every decision Envoy asked for: its result, HTTP status and how long it took."""
+    """Every decision Envoy asked for: its result, HTTP status and how long it took; and
+    the clusters auth stopped for their owner's sake."""
 
     def __init__(self) -> None:
         self.registry = new_registry()
@@ -25,6 +26,13 @@ class AuthMetrics:
             "flotilla_auth_check_seconds",
             "Seconds each decision took (a login costs its authenticator's exchange).",
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.owner_clusters_stopped = Counter(
+            "flotilla_auth_owner_clusters_stopped",
+            "Clusters auth stopped because the authenticator said their owner is gone "
+            "(e.g. no JupyterHub notebook server for server_stopped_grace).",
             registry=self.registry,
         )
 

@@ -48,6 +48,7 @@ BACKENDS: dict[str, tuple[str, dict[tuple[str, str], Any]]] = {
 #: ``c.DaskGateway.authenticator_class`` -> Flotilla's ``c.Auth.authenticator_class``.
 AUTHENTICATORS = {
     f"{_DGS}.auth.KerberosAuthenticator": "kerberos",
+    f"{_DGS}.auth.JupyterHubAuthenticator": "jupyterhub",
     f"{_DGS}.auth.SimpleAuthenticator": "basic",
 }
 
@@ -217,7 +218,7 @@ def translate(cfg: Config) -> Config:
         else:
             errors.append(
                 f"c.DaskGateway.authenticator_class {path!r}: Flotilla has no such "
-                "authenticator (kerberos, basic); set c.Auth.authenticator_class"
+                "authenticator (kerberos, jupyterhub, basic); set c.Auth.authenticator_class"
             )
     if "Proxy" in cfg and "address" in cfg.Proxy:
         address = str(_drop(cfg, "Proxy", "address"))
