@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from gateway_stack import upstream_python
 from helpers import wait_for
+from jupyterhub_hub import JupyterHub, jupyterhub_hub
 from k8s_cluster import KubeControlPlane, KubeError
 from k8s_node_fixture import KubeNode
 from kube_gateway import KubeGateway, dump, kube_gateway
@@ -24,29 +26,51 @@ SCENARIO = Path(__file__).parent / "scenarios" / "upstream_kubernetes.py"
 
 
 @pytest.fixture(scope="module")
+def hub() -> Iterator[JupyterHub]:
+    """The real JupyterHub users log in to; the gateway is its registered service."""
+    with jupyterhub_hub() as running:
+        running.create_user("alice", groups=("dask-users",))
+        yield running
+
+
+@pytest.fixture(scope="module")
 def stack(
-    kube: KubeControlPlane, kube_node: KubeNode, tmp_path_factory: pytest.TempPathFactory
+    kube: KubeControlPlane,
+    kube_node: KubeNode,
+    hub: JupyterHub,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[KubeGateway]:
     namespace = kube.create_namespace("gateway")
     state_dir = tmp_path_factory.mktemp("kube-gateway")
+    login = textwrap.dedent(
+        f"""
+        c.Auth.authenticator_class = "jupyterhub"
+        c.JupyterHubAuthenticator.jupyterhub_api_url = {hub.api_url!r}
+        c.JupyterHubAuthenticator.jupyterhub_api_token = {hub.service_token!r}
+        """
+    )
     try:
-        with kube_gateway(kube, namespace, state_dir) as gateway:
+        with kube_gateway(kube, namespace, state_dir, login) as gateway:
             yield gateway
     finally:
         kube.client().delete(f"/api/v1/namespaces/{namespace}")
 
 
-def test_upstream_client_runs_a_cluster_of_pods(stack: KubeGateway) -> None:
+def test_upstream_client_with_a_hub_token_runs_a_cluster_of_pods(
+    stack: KubeGateway, hub: JupyterHub
+) -> None:
+    # As in alice's notebook server: the hub's token in JUPYTERHUB_API_TOKEN.
     done = subprocess.run(
-        [upstream_python(), str(SCENARIO), stack.address, "basic", stack.kube.api_url,
+        [upstream_python(), str(SCENARIO), stack.address, "jupyterhub", stack.kube.api_url,
          str(stack.kube.ca_file), str(stack.token_file), stack.namespace],
         capture_output=True, text=True, timeout=300,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", "JUPYTERHUB_API_TOKEN": hub.user_token("alice")},
     )  # fmt: skip
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-5000:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(dump(result))
     assert result["status"] == "RUNNING"
+    assert result["owner"] == "alice"
     assert len(result["scheduler_pods"]) == 1
     assert len(set(result["worker_pods"])) == 3
     assert result["sum"] == 1_000_000.0

@@ -60,6 +60,9 @@ with Gateway(address, auth=auth) as gateway:
     name = result["name"] = cluster.name
     result["status"] = gateway.get_cluster(name).status.name
     result["scheduler_pods"] = running(name, "dask-scheduler")
+    # Whose cluster the gateway says it is: the owner annotation of its scheduler pod.
+    [scheduler] = pods(name, "dask-scheduler")
+    result["owner"] = scheduler["metadata"]["annotations"].get("flotilla.dev/owner")
 
     t0 = time.monotonic()
     cluster.scale(3)
