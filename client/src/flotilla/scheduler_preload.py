@@ -20,7 +20,9 @@ cluster works behind either gateway:
 
 The environment provides ``DASK_GATEWAY_API_URL``, ``DASK_GATEWAY_API_TOKEN`` (a value
 containing ``/`` names a file holding the token) and ``DASK_GATEWAY_CLUSTER_NAME``; the
-scheduler exits with status 1 if one is missing.
+scheduler exits with status 1 if one is missing. ``FLOTILLA_SCHEDULER_HOST``, when set,
+is the host the heartbeats report in every address instead of the one the scheduler
+listens on (a Kubernetes Service's DNS name in front of the pod's IP).
 
 Only the standard library, click, tornado and distributed (all loaded by ``dask
 scheduler`` anyway) are imported.
@@ -90,6 +92,10 @@ def _parse_address(address: str) -> tuple[str, int]:
     if not sep:
         raise ValueError(f"invalid address {address!r}: expected host:port")
     return host.strip("[]"), int(port)
+
+
+#: The host reported in the scheduler's addresses instead of the one it listens on.
+ADVERTISE_HOST = "FLOTILLA_SCHEDULER_HOST"
 
 
 def _read_environment() -> tuple[str, str, str]:
@@ -380,7 +386,17 @@ class GatewayPlugin(SchedulerPlugin):
         return task
 
     def _host(self) -> str:
-        return str(get_address_host(self.scheduler.address))
+        return os.environ.get(ADVERTISE_HOST) or str(get_address_host(self.scheduler.address))
+
+    def _scheduler_address(self) -> str:
+        """The scheduler's comm address, with the advertised host if one is set."""
+        address = str(self.scheduler.address)
+        host = os.environ.get(ADVERTISE_HOST)
+        if not host:
+            return address
+        scheme, _, rest = address.rpartition("://")
+        port = rest.rpartition(":")[2]
+        return f"{scheme}://{host}:{port}" if scheme else f"{host}:{port}"
 
     # -- scheduler plugin hooks -----------------------------------------------------------
 
@@ -511,7 +527,7 @@ class GatewayPlugin(SchedulerPlugin):
         closing = set(closing)
         dashboard = self.scheduler.services.get("dashboard")
         return {
-            "scheduler_address": self.scheduler.address,
+            "scheduler_address": self._scheduler_address(),
             "dashboard_address": f"http://{self._host()}:{dashboard.port}" if dashboard else "",
             "api_address": self.api_address,
             "count": self.count,

@@ -201,3 +201,19 @@ async def test_clients_connecting_and_leaving_are_reported_at_once(gateway: Gate
 async def test_idle_timeout_deletes_the_cluster(gateway: Gateway) -> None:
     async with scheduler("--dg-idle-timeout", "0.4"):
         await wait_for(lambda: gateway.deletes == 1, 10, "the idle DELETE")
+
+
+async def test_an_advertised_host_replaces_the_listening_one_in_every_address(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pod behind a Kubernetes Service: it listens on its pod IP, the gateway is told
+    # the Service's name.
+    monkeypatch.setenv(scheduler_preload.ADVERTISE_HOST, "c1.dask.svc")
+    async with scheduler("--dg-heartbeat-period", "0.2") as s:
+        beat = await wait_for(lambda: gateway.beats and gateway.beats[0], 10, "first heartbeat")
+        port = s.address.rpartition(":")[2]
+        assert s.address.startswith("tls://127.0.0.1:") or s.address.startswith("tcp://127.0.0.1:")
+        assert beat["scheduler_address"] == s.address.replace("127.0.0.1", "c1.dask.svc")
+        assert beat["scheduler_address"].endswith(f"c1.dask.svc:{port}")
+        assert beat["dashboard_address"] == (f"http://c1.dask.svc:{s.services['dashboard'].port}")
+        assert beat["api_address"].startswith("http://c1.dask.svc:")

@@ -325,3 +325,16 @@ def test_the_backend_and_its_cluster_config_are_registered() -> None:
         "worker_extra_pod_annotations",
         "worker_extra_pod_labels",
     } <= names
+
+
+def test_service_addressing_makes_the_scheduler_report_its_service_name() -> None:
+    from flotilla import scheduler_preload
+    from flotilla_launcher.backends import kubernetes
+
+    assert kubernetes.ADVERTISE_HOST == scheduler_preload.ADVERTISE_HOST
+    plain = _by_kind(scheduler_manifests("i", _cluster(), OWNER))["Pod"]
+    named = _by_kind(scheduler_manifests("i", _cluster(), OWNER, "svc-c1.dask.svc"))["Pod"]
+    plain_env = {e["name"]: e.get("value") for e in plain["spec"]["containers"][0]["env"]}
+    named_env = {e["name"]: e.get("value") for e in named["spec"]["containers"][0]["env"]}
+    assert kubernetes.ADVERTISE_HOST not in plain_env
+    assert named_env[kubernetes.ADVERTISE_HOST] == "svc-c1.dask.svc"

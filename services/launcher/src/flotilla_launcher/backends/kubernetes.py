@@ -71,6 +71,9 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 CREDENTIALS_DIR = "/etc/dask-credentials"
 TOKEN_KEY = "api-token"
 #: Ports of the scheduler in its pod (each pod has its own network namespace).
+#: The variable flotilla.scheduler_preload reports as its host instead of the pod's IP
+#: (``ADVERTISE_HOST`` there; named here to keep distributed out of the launcher).
+ADVERTISE_HOST = "FLOTILLA_SCHEDULER_HOST"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 API_PORT = 8788
@@ -485,10 +488,13 @@ def _pod(
     }
 
 
-def scheduler_pod(instance: str, cluster: ClusterSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The scheduler's pod: listens on its pod IP at fixed ports."""
+def scheduler_pod(
+    instance: str, cluster: ClusterSpec, owner: Mapping[str, Any], advertise_host: str = ""
+) -> dict[str, Any]:
+    """The scheduler's pod: listens on its pod IP at fixed ports, and tells the gateway
+    ``advertise_host`` (its Service's name) instead of that IP when one is given."""
     argv = _fixed_ports(scheduler_command(cluster.config, host="$(POD_IP)"))
-    return _pod(
+    pod = _pod(
         name=scheduler_pod_name(cluster),
         component=SCHEDULER,
         instance=instance,
@@ -498,15 +504,19 @@ def scheduler_pod(instance: str, cluster: ClusterSpec, owner: Mapping[str, Any])
         worker_name=None,
         settings=KubeSettings.of(cluster.config),
     )
+    if advertise_host:
+        env = pod["spec"]["containers"][0]["env"]
+        env.append({"name": ADVERTISE_HOST, "value": advertise_host})
+    return pod
 
 
 def scheduler_manifests(
-    instance: str, cluster: ClusterSpec, owner: Mapping[str, Any]
+    instance: str, cluster: ClusterSpec, owner: Mapping[str, Any], advertise_host: str = ""
 ) -> list[dict[str, Any]]:
     """The Secret, scheduler pod and Service of ``cluster`` (``owner``: its ConfigMap)."""
     return [
         secret_manifest(instance, cluster, owner),
-        scheduler_pod(instance, cluster, owner),
+        scheduler_pod(instance, cluster, owner, advertise_host),
         service_manifest(instance, cluster, owner),
     ]
 
@@ -708,8 +718,9 @@ class KubeBackend(Backend):
         ["pod-ip", "service"],
         "pod-ip",
         help=(
-            "How workers reach their scheduler: 'pod-ip', the address the scheduler "
-            "reported (its pod IP), or 'service', its Service's DNS name (needs cluster DNS)."
+            "How workers and the gateway (Envoy, the registry) reach a scheduler: "
+            "'pod-ip', its pod's IP, or 'service', its Service's DNS name, which the "
+            "scheduler then reports as its address (needs cluster DNS where Envoy runs)."
         ),
         config=True,
     )
@@ -1045,7 +1056,12 @@ class KubeBackend(Backend):
         name = scheduler_pod_name(cluster)
         state = {"namespace": self.namespace, "pod": name}
         owner = await self._owner(cluster, create=True)
-        secret, pod, service = scheduler_manifests(self.instance, cluster, owner)
+        advertise = (
+            f"{service_name(cluster)}.{self.namespace}.svc"
+            if self.scheduler_address == "service"
+            else ""
+        )
+        secret, pod, service = scheduler_manifests(self.instance, cluster, owner, advertise)
         await self._create("secrets", secret, cluster)
         kept = await self._adopt(self._pods_of(cluster, SCHEDULER), name, "the scheduler")
         if kept is not None:
