@@ -59,6 +59,31 @@ def test_a_yarn_and_kerberos_configuration_reads_as_flotillas(tmp_path: Path) ->
     assert "db_url" not in cfg.YarnBackend
 
 
+def test_a_kubernetes_configuration_reads_as_flotillas(tmp_path: Path) -> None:
+    # The settings of dask-gateway's Helm chart (its gateway.extraConfig and backend values).
+    cfg = load(
+        tmp_path,
+        f"""
+        c.DaskGateway.backend_class = "{DGS}.backends.kubernetes.KubeBackend"
+        c.KubeBackend.gateway_instance = "prod-gateway"
+        c.KubeBackend.crd_version = "v1alpha1"
+        c.KubeClusterConfig.namespace = "dask"
+        c.KubeClusterConfig.image = "ghcr.io/dask/dask-gateway:2026.3.0"
+        c.KubeClusterConfig.worker_cores_limit = 2
+        c.KubeClusterConfig.worker_extra_pod_config = {{"tolerations": [{{"key": "gpu"}}]}}
+        c.KubeController.k8s_api_rate_limit = 50
+        """,
+    )
+    assert cfg.Registry.backends == ["kubernetes"]
+    assert cfg.KubeBackend.instance == "prod-gateway"
+    assert cfg.KubeBackend.namespace == "dask"
+    assert "crd_version" not in cfg.KubeBackend and "KubeController" not in cfg
+    assert cfg.KubeClusterConfig.image == "ghcr.io/dask/dask-gateway:2026.3.0"
+    assert cfg.KubeClusterConfig.worker_cores_limit == 2
+    assert cfg.KubeClusterConfig.worker_extra_pod_config == {"tolerations": [{"key": "gpu"}]}
+    assert "namespace" not in cfg.KubeClusterConfig
+
+
 def test_flotillas_own_configuration_is_left_as_it_is(tmp_path: Path) -> None:
     text = """
     c.Registry.backends = ["local", "slurm"]
@@ -76,6 +101,7 @@ def test_flotillas_own_configuration_is_left_as_it_is(tmp_path: Path) -> None:
     [
         (f"{DGS}.backends.jobqueue.slurm.SlurmBackend", "slurm", None),
         (f"{DGS}.backends.jobqueue.pbs.PBSBackend", "pbs", None),
+        (f"{DGS}.backends.kubernetes.KubeBackend", "kubernetes", None),
         (f"{DGS}.backends.local.LocalBackend", "local", "user"),
         (f"{DGS}.backends.local.UnsafeLocalBackend", "local", "self"),
     ],
@@ -110,7 +136,8 @@ def test_jobqueue_names_become_the_batch_backends() -> None:
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        ("DaskGateway", "backend_class", f"{DGS}.backends.kubernetes.KubeBackend", "no such"),
+        ("DaskGateway", "backend_class", f"{DGS}.backends.kubernetes.KubeController", "no such"),
+        ("KubeBackend", "common_labels", {"team": "a"}, "worker_extra_pod_labels"),
         ("DaskGateway", "authenticator_class", "site_auth.LdapAuthenticator", "no such"),
         ("Proxy", "prefix", "/gateway", "Flotilla serves the API at /"),
         ("PBSClusterConfig", "worker_resource_list", "select=1", "extra_options"),

@@ -37,6 +37,7 @@ _DGS = "dask_gateway_server"
 #: ``c.DaskGateway.backend_class`` -> (Flotilla backend, settings it implies).
 BACKENDS: dict[str, tuple[str, dict[tuple[str, str], Any]]] = {
     f"{_DGS}.backends.yarn.YarnBackend": ("yarn", {}),
+    f"{_DGS}.backends.kubernetes.KubeBackend": ("kubernetes", {}),
     f"{_DGS}.backends.jobqueue.slurm.SlurmBackend": ("slurm", {}),
     f"{_DGS}.backends.jobqueue.pbs.PBSBackend": ("pbs", {}),
     f"{_DGS}.backends.local.LocalBackend": ("local", {("LocalBackend", "run_as"): "user"}),
@@ -58,6 +59,7 @@ _BACKEND_SECTIONS = (
     "DBBackendBase",
     "JobQueueBackend",
     "YarnBackend",
+    "KubeBackend",
     "SlurmBackend",
     "PBSBackend",
     "LocalBackend",
@@ -99,6 +101,11 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
         for s in ("JobQueueClusterConfig", "SlurmClusterConfig", "PBSClusterConfig")
         for k in ("staging_directory",)
     },
+    ("KubeBackend", "gateway_instance"): ("KubeBackend", "instance"),
+    ("KubeController", "gateway_instance"): ("KubeBackend", "instance"),
+    ("KubeClusterConfig", "namespace"): ("KubeBackend", "namespace"),
+    ("KubeController", "backoff_base_delay"): ("Launcher", "backoff_base"),
+    ("KubeController", "backoff_max_delay"): ("Launcher", "backoff_max"),
     ("SimpleAuthenticator", "password"): ("BasicAuthenticator", "password"),
     ("Authenticator", "cookie_name"): ("Auth", "cookie_name"),
     ("Authenticator", "cache_max_age"): ("Auth", "cookie_max_age_seconds"),
@@ -121,6 +128,47 @@ IGNORED: dict[tuple[str, str], str] = {
     ("YarnBackend", "app_client_cache_max_size"): (
         "the yarn launcher keeps one client per running application"
     ),
+    **{
+        (
+            s,
+            "crd_version",
+        ): "no DaskCluster resource: each cluster's objects are owned by a ConfigMap"
+        for s in ("KubeBackend", "KubeController")
+    },
+    **{
+        (
+            s,
+            "label_selector",
+        ): "the launcher watches the pods labelled with its c.KubeBackend.instance"
+        for s in ("KubeBackend", "KubeController")
+    },
+    **{
+        ("KubeController", k): "the kubernetes launcher does the controller's work"
+        for k in (
+            "config_file",
+            "address",
+            "api_url",
+            "parallelism",
+            "completed_cluster_cleanup_period",
+            "completed_cluster_max_age",
+        )
+    },
+    **{
+        (
+            "KubeController",
+            k,
+        ): "c.KubeBackend.max_concurrent_requests bounds the launcher's API calls"
+        for k in ("k8s_api_rate_limit", "k8s_api_rate_limit_burst")
+    },
+    **{
+        ("KubeController", k): "Envoy routes to schedulers, configured by proxy-config (no Traefik)"
+        for k in (
+            "proxy_prefix",
+            "proxy_web_entrypoint",
+            "proxy_tcp_entrypoint",
+            "proxy_web_middlewares",
+        )
+    },
     **{(s, "db_debug"): "no SQL echo in Flotilla" for s in _BACKEND_SECTIONS},
     **{
         (s, "scheduler_api_retries"): "schedulers retry heartbeats until heartbeat_timeout"
@@ -137,6 +185,12 @@ IGNORED: dict[tuple[str, str], str] = {
 #: (section, name) -> what to do instead (a start-up error when set).
 REFUSED: dict[tuple[str, str], str] = {
     ("Proxy", "prefix"): "Flotilla serves the API at /; remove it",
+    **{
+        (s, k): f"set c.KubeClusterConfig.scheduler_extra_pod_{k.split('_')[1]} and "
+        f"worker_extra_pod_{k.split('_')[1]} (pods only)"
+        for s in ("KubeBackend", "KubeController")
+        for k in ("common_labels", "common_annotations")
+    },
     ("Proxy", "tls_cert"): "put a TLS-terminating load balancer in front of Envoy",
     ("Proxy", "tls_key"): "put a TLS-terminating load balancer in front of Envoy",
     ("Proxy", "externally_managed"): "Envoy is always run and configured by Flotilla",
