@@ -99,8 +99,8 @@ $(K8S_BIN)/VERSIONS:
 
 # Flotilla and dask-gateway-server side by side; results in bench/results/.
 bench: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
-		$(REFERENCE_YARN_VENV)/.installed
-	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+		$(REFERENCE_YARN_VENV)/.installed $(K8S_BIN)/VERSIONS
+	FLOTILLA_K8S_BIN=$(abspath $(K8S_BIN)) $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 run: setup
 	$(VENV)/bin/flotilla-embedded --config $(CONFIG)

@@ -164,6 +164,7 @@ class Agent:
         cluster = self._hold(self.gateway.new_cluster(shutdown_on_close=False))
         client = self._hold(cluster.get_client(set_as_default=False))
         create = _elapsed(start)
+        name = cluster.name
         up: list[float] = []
         down: list[float] = []
         scaled_at: list[float] = []  # wall clock, for the YARN logs' times
@@ -190,6 +191,7 @@ class Agent:
             "down_seconds": down,
             "create_seconds": create,
             "scaled_at": scaled_at,
+            "name": name,
         }
 
     def proxy_throughput(self, mib: int, repeats: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Check", "Row", "markdown", "p90", "summary"]
+__all__ = ["Check", "Row", "kube_table", "markdown", "p90", "summary"]
 
 
 def p90(samples: Sequence[float]) -> float:
@@ -103,8 +103,10 @@ def markdown(
     checks: Sequence[Check],
     single: Sequence[tuple[str, str, Sequence[float]]],
     meta: Mapping[str, Any],
+    sections: Sequence[str] = (),
 ) -> str:
-    """The results page: context, the comparison table, Flotilla-only rows, acceptance."""
+    """The results page: context, the comparison table, Flotilla-only rows, acceptance,
+    then ``sections`` (more Markdown)."""
     lines = [
         f"# Flotilla vs dask-gateway-server {meta.get('reference_version', '')}".rstrip(),
         "",
@@ -148,4 +150,50 @@ def markdown(
             f"| {check.name} | {_fmt(check.value)} | {check.op} {_fmt(check.limit)} | "
             f"{'yes' if check.passed else 'NO'} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *sections]) + "\n"
+
+
+def kube_table(
+    rows: Sequence[Row],
+    stages: Sequence[tuple[str, Sequence[float]]],
+    per_pod: Sequence[tuple[str, Sequence[float]]],
+) -> str:
+    """The kubernetes section: ``rows`` compare the kubernetes backend (``Row.flotilla``)
+    with the local one (``Row.reference``); ``stages`` and ``per_pod`` (label, seconds)
+    say where a kubernetes step spent its time."""
+    lines = [
+        "",
+        "## Kubernetes backend vs local backend (Flotilla, same machine)",
+        "",
+        "Pods run by the test-only node agent (tests/k8s_node_agent.py), not a kubelet: "
+        "no image pull, no container runtime. The local backend forks schedulers and workers "
+        "from its fork server (distributed already imported); every pod starts a fresh "
+        "Python. Ratio = kubernetes median / local median.",
+        "",
+        "| metric | unit | kubernetes median | kubernetes p90 | local median | local p90 "
+        "| ratio | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        k, loc = summary(row.flotilla), summary(row.reference)
+        lines.append(
+            f"| {row.metric} | {row.unit} | {_fmt(k['median'])} | {_fmt(k['p90'])} | "
+            f"{_fmt(loc['median'])} | {_fmt(loc['p90'])} | {_fmt(row.ratio())} | "
+            f"{k['n']}/{loc['n']} |"
+        )
+    lines += [
+        "",
+        "Where the time goes (kubernetes; seconds after the client's call, median):",
+        "",
+        "| until | s | n |",
+        "|---|---|---|",
+    ]
+    for label, samples in stages:
+        s = summary(samples)
+        lines.append(f"| {label} | {_fmt(s['median'])} | {s['n']} |")
+    lines += ["", "Per pod, each stage after the one before (median):", "", "| stage | s | n |"]
+    lines.append("|---|---|---|")
+    for label, samples in per_pod:
+        s = summary(samples)
+        lines.append(f"| {label} | {_fmt(s['median'])} | {s['n']} |")
+    return "\n".join(lines)

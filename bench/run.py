@@ -3,7 +3,9 @@
 Starts both gateways on free ports, one client agent per gateway (``agent.py``, the
 unmodified PyPI ``dask-gateway`` client), and runs every scenario of issue 5 on both,
 alternating sample by sample (and which gateway goes first), so background load hits
-both alike. Then runs the control-plane simulation (Flotilla only, ``sim.py``).
+both alike; the YARN section (``yarn.py``) on a private YARN, the kubernetes section
+(``kubernetes.py``: Flotilla's kubernetes backend next to its local one) on a private
+control plane. Then runs the control-plane simulation (Flotilla only, ``sim.py``).
 Writes ``results.json`` (every sample) and ``results.md`` (medians, p90, ratios and the
 acceptance table) to ``--out``.
 
@@ -37,7 +39,10 @@ from bench import sim
 from bench.client import Agent, AgentError
 from bench.gateways import REPO, GatewayProcess, start_flotilla, start_reference
 from bench.hops import HOPS, hop_durations
-from bench.report import Check, Row, markdown, summary
+from bench.kubernetes import STAGES as KUBE_STAGES
+from bench.kubernetes import breakdown as kube_breakdown
+from bench.kubernetes import kube_gateway
+from bench.report import Check, Row, kube_table, markdown, summary
 from bench.yarn import SCALE_STAGES, scale_breakdown, timeline, yarn_gateways
 
 MIB = 2**20
@@ -70,6 +75,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "yarn_new_cluster": 6,
         "yarn_scale_workers": 4,
         "yarn_scale_rounds": 6,
+        "k8s_new_cluster": 5,
+        "k8s_scale_workers": 8,
+        "k8s_scale_rounds": 5,
         #: The scenarios run on the reference too (None: all of them).
         "reference_scenarios": None,
     },
@@ -99,6 +107,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "yarn_new_cluster": 1,
         "yarn_scale_workers": 1,
         "yarn_scale_rounds": 1,
+        "k8s_new_cluster": 1,
+        "k8s_scale_workers": 2,
+        "k8s_scale_rounds": 1,
         "reference_scenarios": ["new_cluster", "first_task", "yarn"],
     },
 }
@@ -116,6 +127,7 @@ SCENARIOS = {
     "sequential": "clusters one after another",
     "simulation": "control-plane simulation",
     "yarn": "YARN: both gateways' YARN backends",
+    "kubernetes": "Kubernetes: Flotilla's kubernetes backend next to its local one",
 }
 
 
@@ -353,6 +365,70 @@ class Bench:
         # The YARN's logs are in the work directory now.
         self.extra["yarn_scale_breakdown"] = scale_breakdown(self.workdir / "yarn", scaled)
 
+    def scenario_kubernetes(self) -> None:
+        """Cold new_cluster() until RUNNING, shutdown() until STOPPED (and, on kubernetes,
+        every pod gone), and scale(n) until connected, on the kubernetes backend (pods
+        run by the node agent, bench/kubernetes.py) and on the local one."""
+        samples: dict[str, dict[str, list[float]]] = {"kubernetes": {}, "local": {}}
+        steps: list[dict[str, Any]] = []
+        side = {"kubernetes": "kubernetes", "flotilla": "local"}
+
+        def add(name: str, metric: str, values: float | list[float]) -> None:
+            bucket = samples[side[name]].setdefault(metric, [])
+            bucket.extend(values if isinstance(values, list) else [values])
+
+        with kube_gateway(self.workdir) as section:
+            self.gateways["kubernetes"] = section.gateway
+            try:
+                self.agents["kubernetes"] = self._agent("kubernetes")
+                self.driven = ("kubernetes", "flotilla")
+
+                def cycle(name: str, agent: Agent) -> None:
+                    result = agent.call("new_cluster", timeout=300)
+                    add(name, "new_cluster_s", result["seconds"])
+                    add(name, "stop_s", result["stop_seconds"])
+                    if name != "kubernetes":
+                        return
+                    gone = section.watch.wait_deleted(result["name"], 60)
+                    add(name, "stop_gone_s", gone - result["finished_at"])
+                    steps.append(
+                        {
+                            "step": "new_cluster",
+                            "cluster": result["name"],
+                            "at": result["started_at"],
+                            "ready": result["seconds"],
+                        }
+                    )
+
+                self.alternate(self.plan["k8s_new_cluster"], cycle)
+                workers = self.plan["k8s_scale_workers"]
+
+                def scale(name: str, agent: Agent) -> None:
+                    result = agent.call("scale", workers=workers, cycles=1, timeout=300)
+                    add(name, "scale_up_s", result["up_seconds"])
+                    if name == "kubernetes":
+                        steps.append(
+                            {
+                                "step": "scale",
+                                "cluster": result["name"],
+                                "at": result["scaled_at"][0],
+                                "ready": result["up_seconds"][0],
+                            }
+                        )
+
+                self.alternate(self.plan["k8s_scale_rounds"], scale)
+                self.extra["kubernetes_breakdown"] = kube_breakdown(
+                    section.watch, section.agent_log, steps
+                )
+            finally:
+                self.driven = GATEWAYS
+                agent = self.agents.pop("kubernetes", None)
+                if agent is not None:
+                    agent.close()
+                self.gateways.pop("kubernetes", None)
+        self.extra["kubernetes_samples"] = samples
+        self.extra["kubernetes_steps"] = steps
+
     def _measure_lists(self) -> None:
         def latency(name: str, agent: Agent) -> None:
             result = agent.call("list_latency", requests=self.plan["list_requests"])
@@ -545,6 +621,9 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help=f"comma-separated subset of scenarios: {', '.join(SCENARIOS)}",
     )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated scenarios to leave out (after --only)"
+    )
     parser.add_argument("--note", default="", help="a line for the results page (e.g. load)")
     parser.add_argument(
         "--set",
@@ -600,6 +679,62 @@ def _run(bench: Bench, only: list[str], args: argparse.Namespace) -> dict[str, A
     return sim_result
 
 
+#: Who does each stage of a kubernetes pod's start (bench/kubernetes.py STAGES).
+_KUBE_WHO = {
+    "created": "Flotilla (registry, launcher) and the API server",
+    "scheduled": "kube-scheduler",
+    "started": "node agent",
+    "running": "node agent",
+}
+#: What "ready" is, and who does it, per step.
+_KUBE_READY = {
+    "new_cluster": "new_cluster() returned (RUNNING, routed, connected) "
+    "[dask scheduler start, Flotilla]",
+    "scale": "the workers connected to the scheduler [dask worker start]",
+}
+
+
+def _kube_section(bench: Bench) -> str:
+    """The kubernetes section of results.md: both backends' medians and the breakdown."""
+    k, loc = (
+        bench.extra["kubernetes_samples"]["kubernetes"],
+        bench.extra["kubernetes_samples"]["local"],
+    )
+    workers = bench.plan["k8s_scale_workers"]
+    rows = [
+        Row(metric, "s", k.get(key, []), loc.get(key, []))
+        for key, metric in (
+            ("new_cluster_s", "cold new_cluster() until RUNNING"),
+            ("stop_s", "shutdown() until STOPPED"),
+            ("stop_gone_s", "shutdown() until every pod is gone (local: STOPPED)"),
+            ("scale_up_s", f"scale({workers}) until {workers} workers connected"),
+        )
+    ]
+    # Pods gone is STOPPED on the local backend: its processes are gone by then.
+    rows[2] = Row(rows[2].metric, "s", rows[2].flotilla, loc.get("stop_s", []))
+    found = bench.extra.get("kubernetes_breakdown", {})
+    stages = []
+    for step, what in (
+        ("new_cluster", "new_cluster(): scheduler pod"),
+        ("scale", f"scale({workers}): last worker pod"),
+    ):
+        for stage, seconds in found.get(step, {}).items():
+            label = (
+                _KUBE_READY[step]
+                if stage == "ready"
+                else f"{KUBE_STAGES[stage]} [{_KUBE_WHO[stage]}]"
+            )
+            stages.append((f"{what}: {label}", seconds))
+    per_pod = []
+    for step in ("new_cluster", "scale"):
+        for transition, seconds in found.get(f"{step}_per_pod", {}).items():
+            who = _KUBE_WHO[transition.split("->")[1]]
+            per_pod.append(
+                (f"{step}: {transition.replace('call', 'client call')} [{who}]", seconds)
+            )
+    return kube_table(rows, stages, per_pod)
+
+
 def _write(
     out: Path, bench: Bench, sim_result: dict[str, Any], meta: dict[str, Any], ok: bool
 ) -> None:
@@ -646,7 +781,8 @@ def _write(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (out / "results.md").write_text(markdown(list(rows.values()), checks, single, meta))
+    sections = [_kube_section(bench)] if "kubernetes_samples" in bench.extra else []
+    (out / "results.md").write_text(markdown(list(rows.values()), checks, single, meta, sections))
     print((out / "results.md").read_text())
 
 
@@ -664,7 +800,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown plan key {key!r}")
         plan[key] = json.loads(value)
     only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
-    unknown = sorted(set(only) - set(SCENARIOS))
+    skip = [s for s in args.skip.split(",") if s]
+    unknown = sorted((set(only) | set(skip)) - set(SCENARIOS))
+    only = [s for s in only if s not in skip]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
     workdir = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))

@@ -1,4 +1,5 @@
-"""``make bench`` in smoke mode: every scenario once, tiny (~10 s).
+"""``make bench`` in smoke mode: every scenario once, tiny (~10 s); the kubernetes section
+(its own control plane and node agent) apart, marked k8s (~30 s).
 
 CI does not run the benchmark itself (it takes minutes and wants a quiet machine);
 this keeps every path of it working: both gateways start, every scenario produces
@@ -23,6 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / ".cache" / "bench-reference"
 REFERENCE_YARN = REPO / ".cache" / "bench-reference-yarn"
+K8S_BIN = Path(os.environ.get("FLOTILLA_K8S_BIN") or REPO / ".cache/k8s/v1.37.2/bin")
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -42,11 +44,16 @@ def _real(values: list[Any]) -> bool:
     )
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
+def _client() -> Path:
     client = Path(
         os.environ.get("FLOTILLA_UPSTREAM_PYTHON", REPO / ".cache/upstream-client/bin/python")
     )
     _require(client, "the upstream dask-gateway client")
+    return client
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    client = _client()
     _require(REFERENCE / "bin" / "dask-gateway-server", "the reference dask-gateway-server")
     _require(REFERENCE_YARN / "bin" / "dask-gateway-server", "dask-gateway-server 2025.4.0")
     proc = subprocess.run(
@@ -62,6 +69,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
             str(REFERENCE),
             "--reference-yarn-venv",
             str(REFERENCE_YARN),
+            "--skip",
+            "kubernetes",
         ],
         cwd=REPO,
         capture_output=True,
@@ -114,3 +123,60 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert yarn_seconds < 300, yarn_seconds
     page = (tmp_path / "results.md").read_text()
     assert "| cold new_cluster() | s |" in page and "Acceptance (issue 5)" in page
+
+
+@pytest.mark.k8s
+@pytest.mark.timeout(120)
+def test_bench_kubernetes_smoke(tmp_path: Path) -> None:
+    """The kubernetes section once, scale(2): both backends measured, and the breakdown of
+    where a kubernetes step spent its time has every stage, in order."""
+    client = _client()
+    _require(REFERENCE / "bin" / "dask-gateway-server", "the reference dask-gateway-server")
+    _require(K8S_BIN / "kube-apiserver", "the Kubernetes binaries (`make k8s`)")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--smoke",
+            "--only",
+            "kubernetes",
+            "--out",
+            str(tmp_path),
+            "--client-python",
+            str(client),
+            "--reference-venv",
+            str(REFERENCE),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env={**os.environ, "FLOTILLA_K8S_BIN": str(K8S_BIN)},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["completed"] and data["failures"] == [], data["failures"]
+    samples = data["extra"]["kubernetes_samples"]
+    for backend, metrics in (
+        ("kubernetes", ("new_cluster_s", "stop_s", "stop_gone_s", "scale_up_s")),
+        ("local", ("new_cluster_s", "stop_s", "scale_up_s")),
+    ):
+        for metric in metrics:
+            assert _real(samples[backend].get(metric, [])), (backend, metric, samples)
+    assert min(samples["kubernetes"]["scale_up_s"]) > 0.01
+    found = data["extra"]["kubernetes_breakdown"]
+    for step in ("new_cluster", "scale"):
+        stages = found[step]
+        assert list(stages) == ["created", "scheduled", "started", "running", "ready"], stages
+        medians = [statistics.median(seconds) for seconds in stages.values()]
+        assert 0 < medians[0] and medians == sorted(medians), (step, stages)
+        per_pod = found[f"{step}_per_pod"]
+        assert len(per_pod) == 4 and all(_real(v) for v in per_pod.values()), per_pod
+    page = (tmp_path / "results.md").read_text()
+    assert "## Kubernetes backend vs local backend" in page
+    assert "| scale(2) until 2 workers connected | s |" in page
+    # The section starts its own control plane and node agent; it stays cheap.
+    seconds = data["extra"]["stage_seconds"][
+        "Kubernetes: Flotilla's kubernetes backend next to its local one"
+    ]
+    assert seconds < 60, seconds
