@@ -14,12 +14,15 @@ import contextlib
 import json
 import subprocess
 import textwrap
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from flotilla import BasicAuth
+from flotilla import Gateway as FlotillaGateway
 from gateway_stack import Gateway, running_stack, write_config
 from helpers import wait_for
 from k8s_cluster import KubeClient, KubeControlPlane
@@ -84,6 +87,18 @@ class KubeGateway(Gateway):
             found[kind] = sorted(i["metadata"]["name"] for i in items)
         return found
 
+    def client(self) -> FlotillaGateway:
+        return FlotillaGateway(self.address, auth=BasicAuth("alice"))
+
+    def running_pods(self, cluster: str, component: str) -> list[dict[str, Any]]:
+        """The cluster's pods of ``component`` Running and not being deleted."""
+        return [
+            p
+            for p in self.pods(cluster, component)
+            if (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+
     def pods(self, cluster: str, component: str) -> list[dict[str, Any]]:
         selector = f"gateway.dask.org/cluster={cluster},app.kubernetes.io/component={component}"
         return list(
@@ -110,6 +125,11 @@ def launcher_settings(kube: KubeControlPlane, namespace: str, token_file: Path) 
     )
 
 
+def supervise(gateway: Gateway, stop: threading.Event) -> None:
+    while not stop.wait(0.2):
+        gateway.stack.check_children()
+
+
 @contextlib.contextmanager
 def kube_gateway(
     kube: KubeControlPlane, namespace: str, state_dir: Path, extra: str = ""
@@ -123,7 +143,20 @@ def kube_gateway(
         state_dir, launcher_settings(kube, namespace, token_file) + extra
     )
     with running_stack(config, address, state_dir) as gateway:
-        yield KubeGateway(gateway.address, gateway.stack, state_dir, kube, namespace, token_file)
+        stop = threading.Event()
+        # Restart a service that died, as flotilla-embedded does. A child gets SIGTERM when
+        # the thread that started it ends: this thread outlives the tests.
+        supervisor = threading.Thread(
+            target=supervise, args=(gateway, stop), name="kube-gateway-supervisor"
+        )
+        supervisor.start()
+        try:
+            yield KubeGateway(
+                gateway.address, gateway.stack, state_dir, kube, namespace, token_file
+            )
+        finally:
+            stop.set()
+            supervisor.join()
     api = kube.client()
     wait_for(
         lambda: not api.get(f"/api/v1/namespaces/{namespace}/pods")["items"],
