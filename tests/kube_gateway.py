@@ -14,12 +14,15 @@ import contextlib
 import json
 import subprocess
 import textwrap
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from flotilla import BasicAuth, GatewayAuth
+from flotilla import Gateway as FlotillaGateway
 from gateway_stack import Gateway, running_stack, write_config
 from helpers import wait_for
 from k8s_cluster import KubeClient, KubeControlPlane
@@ -68,6 +71,8 @@ class KubeGateway(Gateway):
     kube: KubeControlPlane
     namespace: str
     token_file: Path
+    #: How :meth:`client` logs in (the tests' user alice).
+    auth: GatewayAuth = field(default_factory=lambda: BasicAuth("alice"))
 
     @property
     def launcher_api(self) -> KubeClient:
@@ -83,6 +88,18 @@ class KubeGateway(Gateway):
             items = api.get(f"/api/v1/namespaces/{self.namespace}/{kind}", selector)["items"]
             found[kind] = sorted(i["metadata"]["name"] for i in items)
         return found
+
+    def client(self) -> FlotillaGateway:
+        return FlotillaGateway(self.address, auth=self.auth)
+
+    def running_pods(self, cluster: str, component: str) -> list[dict[str, Any]]:
+        """The cluster's pods of ``component`` Running and not being deleted."""
+        return [
+            p
+            for p in self.pods(cluster, component)
+            if (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
 
     def pods(self, cluster: str, component: str) -> list[dict[str, Any]]:
         selector = f"gateway.dask.org/cluster={cluster},app.kubernetes.io/component={component}"
@@ -110,12 +127,22 @@ def launcher_settings(kube: KubeControlPlane, namespace: str, token_file: Path) 
     )
 
 
+def supervise(gateway: Gateway, stop: threading.Event) -> None:
+    while not stop.wait(0.2):
+        gateway.stack.check_children()
+
+
 @contextlib.contextmanager
 def kube_gateway(
-    kube: KubeControlPlane, namespace: str, state_dir: Path, extra: str = ""
+    kube: KubeControlPlane,
+    namespace: str,
+    state_dir: Path,
+    extra: str = "",
+    auth: GatewayAuth | None = None,
 ) -> Iterator[KubeGateway]:
-    """The gateway (basic auth unless ``extra`` says otherwise) on ``namespace``; on exit
-    every pod of the namespace must be gone."""
+    """The gateway (basic auth unless ``extra`` says otherwise; ``auth``: how its
+    ``client()`` logs in) on ``namespace``; on exit every pod of the namespace must be
+    gone."""
     token_file = state_dir / "launcher.token"
     token_file.write_text(apply_launcher_rbac(kube, namespace))
     token_file.chmod(0o600)
@@ -123,7 +150,21 @@ def kube_gateway(
         state_dir, launcher_settings(kube, namespace, token_file) + extra
     )
     with running_stack(config, address, state_dir) as gateway:
-        yield KubeGateway(gateway.address, gateway.stack, state_dir, kube, namespace, token_file)
+        stop = threading.Event()
+        # Restart a service that died, as flotilla-embedded does. A child gets SIGTERM when
+        # the thread that started it ends: this thread outlives the tests.
+        supervisor = threading.Thread(
+            target=supervise, args=(gateway, stop), name="kube-gateway-supervisor"
+        )
+        supervisor.start()
+        try:
+            yield KubeGateway(
+                gateway.address, gateway.stack, state_dir, kube, namespace, token_file,
+                auth or BasicAuth("alice"),
+            )  # fmt: skip
+        finally:
+            stop.set()
+            supervisor.join()
     api = kube.client()
     wait_for(
         lambda: not api.get(f"/api/v1/namespaces/{namespace}/pods")["items"],

@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "GatewaySecurity": "security",
     "GatewayServerError": "errors",
     "GatewayWarning": "errors",
+    "JupyterHubAuth": "auth",
     "Options": "options",
     "__version__": "_version",
     "get_auth": "auth",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ._version import __version__ as __version__
     from .auth import BasicAuth as BasicAuth
     from .auth import GatewayAuth as GatewayAuth
+    from .auth import JupyterHubAuth as JupyterHubAuth
     from .auth import get_auth as get_auth
     from .client import ClusterReport as ClusterReport
     from .client import ClusterStatus as ClusterStatus

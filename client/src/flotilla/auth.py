@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import getpass
 import importlib
+import os
 from typing import Any
 
 import dask.config
 
 from .utils import format_template
 
-__all__ = ["BasicAuth", "GatewayAuth", "get_auth"]
+__all__ = ["BasicAuth", "GatewayAuth", "JupyterHubAuth", "get_auth"]
 
 
 class GatewayAuth:
@@ -87,7 +88,31 @@ class BasicAuth(GatewayAuth):
         return f"BasicAuth(username={self.username!r})"
 
 
-_auth_types: dict[str, type[GatewayAuth]] = {"basic": BasicAuth}
+class JupyterHubAuth(GatewayAuth):
+    """A JupyterHub API token, for a gateway that logs users in with their hub.
+
+    Parameters
+    ----------
+    api_token : str, optional
+        Defaults to ``$JUPYTERHUB_API_TOKEN``, the token a notebook server started by the
+        hub has.
+    """
+
+    def __init__(self, api_token: str | None = None) -> None:
+        super().__init__()
+        token = api_token if api_token is not None else os.environ.get("JUPYTERHUB_API_TOKEN")
+        if not token:
+            raise ValueError(
+                "JupyterHub authentication needs a token: pass api_token or set "
+                "JUPYTERHUB_API_TOKEN (a notebook server started by the hub has it)"
+            )
+        self.api_token = token
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"jupyterhub {self.api_token}")]
+
+
+_auth_types: dict[str, type[GatewayAuth]] = {"basic": BasicAuth, "jupyterhub": JupyterHubAuth}
 
 
 def _import_object(path: str) -> Any:

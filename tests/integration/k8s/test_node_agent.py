@@ -295,14 +295,36 @@ def test_the_dask_image_runs_dask_scheduler_reachable_at_the_pod_ip(
     kube: KubeControlPlane, kube_node: KubeNode, kube_namespace: str
 ) -> None:
     env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    command = ["dask", "scheduler", "--host", "$(POD_IP)", "--port", "8786", "--no-dashboard"]
+    # Even with --no-dashboard the scheduler serves HTTP (health, metrics) on its dashboard
+    # address, 0.0.0.0:8787 by default: a free port of the pod IP instead, so nothing later
+    # finds 8787 taken.
+    command = ["dask", "scheduler", "--host", "$(POD_IP)", "--port", "8786",
+               "--no-dashboard", "--dashboard-address", "$(POD_IP):0"]  # fmt: skip
+    api = kube.client()
     path = _create(kube, kube_namespace, _pod("scheduler", command, env=env))
-    running = kube.client().wait_for(path, _phase("Running"), 60, "pod scheduler Running")
-    address = (running["status"]["podIP"], 8786)
+    try:
+        running = api.wait_for(path, _phase("Running"), 60, "pod scheduler Running")
+        pid = int(
+            running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://")
+        )
+        address = (running["status"]["podIP"], 8786)
 
-    def listening() -> bool:
-        with socket.create_connection(address, timeout=1):
+        def listening() -> bool:
+            with socket.create_connection(address, timeout=1):
+                return True
+
+        wait_for(listening, 60, f"dask-scheduler listening on {address}")
+        assert f"tcp://{address[0]}:8786" in api.get(f"{path}/log")
+    finally:
+        if api.exists(path):
+            api.delete(path)
+        wait_for(lambda: not api.exists(path), 60, "pod scheduler gone")
+
+    def exited() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return True
+        return False
 
-    wait_for(listening, 60, f"dask-scheduler listening on {address}")
-    assert f"tcp://{address[0]}:8786" in kube.client().get(f"{path}/log")
+    wait_for(exited, 30, f"the scheduler's process {pid} to exit")

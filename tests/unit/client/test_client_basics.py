@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 from flotilla._rpc import _grpc_target, _parse_set_cookie
-from flotilla.auth import BasicAuth, GatewayAuth, get_auth
+from flotilla.auth import BasicAuth, GatewayAuth, JupyterHubAuth, get_auth
 from flotilla.client import ClusterStatus, map_rpc_error, resolve_addresses
 from flotilla.errors import (
     GatewayAuthError,
@@ -44,6 +44,7 @@ def test_exported_names_are_pinned() -> None:
         "GatewaySecurity",
         "GatewayServerError",
         "GatewayWarning",
+        "JupyterHubAuth",
         "Options",
         "__version__",
         "get_auth",
@@ -204,6 +205,15 @@ class TokenAuth(GatewayAuth):
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")]
+
+
+def test_jupyterhub_auth_sends_the_hub_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "from-env")
+    assert get_auth("jupyterhub").metadata() == [("authorization", "jupyterhub from-env")]
+    assert JupyterHubAuth("given").metadata() == [("authorization", "jupyterhub given")]
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN")
+    with pytest.raises(ValueError, match="JUPYTERHUB_API_TOKEN"):
+        JupyterHubAuth()
 
 
 def test_get_auth(monkeypatch: pytest.MonkeyPatch) -> None:

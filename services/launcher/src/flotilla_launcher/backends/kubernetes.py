@@ -42,6 +42,7 @@ import os
 import re
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -730,6 +731,16 @@ class KubeBackend(Backend):
     watch_timeout = Integer(
         300, min=1, help="Seconds each watch request lasts before it is renewed.", config=True
     )
+    stopped_logs_kept = Integer(
+        100,
+        min=0,
+        help=(
+            "Clusters whose logs are kept in memory between their stop (which deletes the "
+            "pods, and with them their logs) and the launcher's read of them; the oldest "
+            "are dropped beyond this many."
+        ),
+        config=True,
+    )
 
     @default("namespace")
     def _default_namespace(self) -> str:
@@ -747,6 +758,11 @@ class KubeBackend(Backend):
         self._watch_task: asyncio.Task[None] | None = None
         self._owners: dict[str, dict[str, Any]] = {}
         self._owner_locks: dict[str, asyncio.Lock] = {}
+        #: Cluster name -> its logs as read just before stop_cluster deleted its pods, until
+        #: the next read_logs of it (oldest first, at most ``stopped_logs_kept``).
+        self._stopped_logs: OrderedDict[str, dict[str, str]] = OrderedDict()
+        #: The sizes of the last read_logs (the launcher's settings), used by stop_cluster.
+        self._log_sizes = (256 * 1024, 4 * 1024 * 1024)
         #: Requests in flight now and at most (tests read them).
         self.in_flight = 0
         self.max_in_flight = 0
@@ -1079,8 +1095,17 @@ class KubeBackend(Backend):
         await self._create("services", service, cluster)
 
     async def stop_cluster(self, cluster: ClusterSpec, state: Mapping[str, Any]) -> None:
-        """Delete the scheduler pod(s) and the owner (the garbage collector does the rest)."""
+        """Delete the scheduler pod(s) and the owner (the garbage collector does the rest).
+
+        The pods' logs go with them: they are read first and kept for the next
+        :meth:`read_logs` of the cluster (the launcher's, once it has stopped)."""
         await self._ensure_watch()
+        if cluster.name not in self._stopped_logs:  # a retried stop keeps the first read
+            logs = await self._read_pod_logs(cluster, state, *self._log_sizes)
+            self._stopped_logs[cluster.name] = logs
+            while len(self._stopped_logs) > self.stopped_logs_kept:
+                dropped, _ = self._stopped_logs.popitem(last=False)
+                log.info("cluster %s: logs read at its stop dropped, never asked for", dropped)
         names = {p["metadata"]["name"] for p in self._pods_of(cluster, SCHEDULER)}
         names.add(str(state.get("pod") or scheduler_pod_name(cluster)))
         for name in names:
@@ -1177,8 +1202,18 @@ class KubeBackend(Backend):
         self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
     ) -> dict[str, str]:
         """The scheduler's and the workers' container logs (pods/log), newest workers first,
-        for pods that still exist."""
+        for pods that still exist; for a cluster this launcher stopped, those read just
+        before :meth:`stop_cluster` deleted its pods."""
+        self._log_sizes = (tail_bytes, total_bytes)
+        kept = self._stopped_logs.pop(cluster.name, None)
+        if kept is not None:
+            return kept
         await self._ensure_watch()
+        return await self._read_pod_logs(cluster, state, tail_bytes, total_bytes)
+
+    async def _read_pod_logs(
+        self, cluster: ClusterSpec, state: Mapping[str, Any], tail_bytes: int, total_bytes: int
+    ) -> dict[str, str]:
         out: dict[str, str] = {}
         left = total_bytes
         scheduler = str(state.get("pod") or scheduler_pod_name(cluster))
