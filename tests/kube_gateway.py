@@ -115,7 +115,7 @@ def launcher_settings(kube: KubeControlPlane, namespace: str, token_file: Path) 
         f"""
         c.Registry.backends = ["kubernetes"]
         c.Launcher.status_check_period = 1.0
-        c.KubeBackend.api_url = {kube.api_url!r}
+        c.KubeBackend.kube_api_url = {kube.api_url!r}
         c.KubeBackend.ca_file = {str(kube.ca_file)!r}
         c.KubeBackend.api_token_file = {str(token_file)!r}
         c.KubeBackend.namespace = {namespace!r}

@@ -94,7 +94,7 @@ def make_backend(
 
     def make(**kwargs: Any) -> KubeBackend:
         return KubeBackend(
-            api_url=kube.api_url,
+            kube_api_url=kube.api_url,
             ca_file=str(kube.ca_file),
             api_token_file=str(token_file),
             namespace=kube_namespace,

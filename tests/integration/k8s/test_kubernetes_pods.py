@@ -51,7 +51,7 @@ def backend(
     token = tmp_path / "token"
     token.write_text(kube.admin_token)
     return KubeBackend(
-        api_url=kube.api_url,
+        kube_api_url=kube.api_url,
         ca_file=str(kube.ca_file),
         api_token_file=str(token),
         namespace=kube_namespace,

@@ -72,8 +72,14 @@ def test_a_kubernetes_configuration_reads_as_flotillas(tmp_path: Path) -> None:
         c.KubeClusterConfig.worker_cores_limit = 2
         c.KubeClusterConfig.worker_extra_pod_config = {{"tolerations": [{{"key": "gpu"}}]}}
         c.KubeController.k8s_api_rate_limit = 50
+        c.KubeBackend.api_url = "http://api-dask-gateway.dask:8000/api"
+        c.KubeBackend.kube_api_url = "https://10.0.0.1:443"
         """,
     )
+    # dask-gateway's api_url is the gateway's address; the API server's is Flotilla's own.
+    assert cfg.Deployment.api_url == "http://api-dask-gateway.dask:8000/api"
+    assert cfg.KubeBackend.kube_api_url == "https://10.0.0.1:443"
+    assert "api_url" not in cfg.KubeBackend
     assert cfg.Registry.backends == ["kubernetes"]
     assert cfg.KubeBackend.instance == "prod-gateway"
     assert cfg.KubeBackend.namespace == "dask"

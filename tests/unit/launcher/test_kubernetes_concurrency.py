@@ -46,7 +46,7 @@ async def test_500_workers_keep_requests_in_flight_bounded() -> None:
     handler = _Counting()
     backend = KubeBackend(
         transport=httpx.MockTransport(handler),
-        api_url="https://kube.invalid",
+        kube_api_url="https://kube.invalid",
         api_token_file="",
         namespace="ns",
         max_concurrent_requests=16,

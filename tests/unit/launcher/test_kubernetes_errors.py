@@ -19,7 +19,7 @@ def _backend(status: int, message: str = "") -> KubeBackend:
 
     return KubeBackend(
         transport=httpx.MockTransport(handler),
-        api_url="https://kube.invalid",
+        kube_api_url="https://kube.invalid",
         api_token_file="",
         namespace="ns",
     )

@@ -42,7 +42,7 @@ async def test_stop_reads_the_logs_first_and_read_logs_returns_them_once() -> No
     server = _Server()
     backend = KubeBackend(
         transport=httpx.MockTransport(server),
-        api_url="https://kube.invalid",
+        kube_api_url="https://kube.invalid",
         api_token_file="",
         namespace="ns",
         stopped_logs_kept=1,

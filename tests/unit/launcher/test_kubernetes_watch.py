@@ -52,7 +52,7 @@ async def test_the_cache_follows_the_watch_and_relists_after_410() -> None:
     server = _Server()
     backend = KubeBackend(
         transport=httpx.MockTransport(server),
-        api_url="https://kube.invalid",
+        kube_api_url="https://kube.invalid",
         api_token_file="",
         namespace="ns",
     )

@@ -688,11 +688,13 @@ class KubeBackend(Backend):
         ),
         config=True,
     )
-    api_url = Unicode(
+    kube_api_url = Unicode(
         "",
         help=(
             "URL of the Kubernetes API server. Empty: in-cluster "
-            "(https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)."
+            "(https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT). Not api_url: "
+            "dask-gateway-server's c.KubeBackend.api_url is the gateway's own API address, "
+            "read as c.Deployment.api_url."
         ),
         config=True,
     )
@@ -770,13 +772,13 @@ class KubeBackend(Backend):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _base_url(self) -> str:
-        if self.api_url:
-            return self.api_url.rstrip("/")
+        if self.kube_api_url:
+            return self.kube_api_url.rstrip("/")
         host = os.environ.get("KUBERNETES_SERVICE_HOST")
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
             raise SystemExit(
-                "c.KubeBackend.api_url is empty and KUBERNETES_SERVICE_HOST is not set "
+                "c.KubeBackend.kube_api_url is empty and KUBERNETES_SERVICE_HOST is not set "
                 "(not running in a pod)"
             )
         if ":" in host:
