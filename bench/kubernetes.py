@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from bench.gateways import REPO, GatewayProcess, start_flotilla
 sys.path.insert(0, str(REPO / "tests"))
 
 from k8s_cluster import KubeClient, KubeControlPlane, KubeError, kube_control_plane
-from k8s_node_fixture import AGENT, DASK_IMAGE, NODE_NAME, _node_ready
+from k8s_node_fixture import start_node_agent, stop_node_agent
 from kube_gateway import apply_launcher_rbac, launcher_settings
 
 __all__ = ["STAGES", "KubeSection", "PodWatch", "breakdown", "kube_gateway"]
@@ -214,44 +213,6 @@ class KubeSection:
     watch: PodWatch
 
 
-def _start_node_agent(kube: KubeControlPlane, state: Path) -> subprocess.Popen[bytes]:
-    state.mkdir(parents=True)
-    token_file = state / "token"
-    token_file.write_text(kube.admin_token)
-    token_file.chmod(0o600)
-    argv = [
-        sys.executable,
-        str(AGENT),
-        f"--api-url={kube.api_url}",
-        f"--ca-file={kube.ca_file}",
-        f"--ca-key-file={kube.ca_key_file}",
-        f"--token-file={token_file}",
-        f"--node={NODE_NAME}",
-        f"--state-dir={state}",
-        f"--image={DASK_IMAGE}={REPO / '.venv'}",
-        f"--cpu={NODE_CPU}",
-        f"--memory={NODE_MEMORY}",
-    ]
-    with (state / "agent.log").open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not _node_ready(kube, NODE_NAME, process):
-        if time.monotonic() > deadline:
-            process.terminate()
-            raise TimeoutError(f"node {NODE_NAME} not Ready after 60 s")
-        time.sleep(0.1)  # readiness poll with a deadline
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextlib.contextmanager
 def kube_gateway(workdir: Path) -> Iterator[KubeSection]:
     """The control plane, the node agent and a kubernetes-backend Flotilla on them; all
@@ -260,7 +221,7 @@ def kube_gateway(workdir: Path) -> Iterator[KubeSection]:
     root.mkdir(parents=True, exist_ok=True)
     with kube_control_plane() as kube:
         agent_state = kube.state_dir / "node-agent"
-        agent = _start_node_agent(kube, agent_state)
+        agent = start_node_agent(kube, agent_state, f"--cpu={NODE_CPU}", f"--memory={NODE_MEMORY}")
         gateway: GatewayProcess | None = None
         try:
             namespace = kube.create_namespace("bench")
@@ -277,7 +238,7 @@ def kube_gateway(workdir: Path) -> Iterator[KubeSection]:
         finally:
             if gateway is not None:
                 gateway.stop()
-            _stop(agent)
+            stop_node_agent(kube, agent)
             with contextlib.suppress(OSError):
                 shutil.copy(agent_state / "agent.log", root / "agent.log")
             with contextlib.suppress(OSError):

@@ -64,11 +64,12 @@ def _node_ready(kube: KubeControlPlane, name: str, process: subprocess.Popen[byt
     return ready and untainted and bool(port)
 
 
-@pytest.fixture(scope="session")
-def kube_node(kube: KubeControlPlane) -> Iterator[KubeNode]:
-    """One node agent for the whole run, Ready before the first test; stopped by PID."""
-    state_dir = kube.state_dir / "node-agent"
-    state_dir.mkdir()
+def start_node_agent(
+    kube: KubeControlPlane, state_dir: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """Start the node agent (its files in the new ``state_dir``, ``extra`` arguments such
+    as ``--cpu=32``) and return it once its Node is Ready; stop it by PID."""
+    state_dir.mkdir(parents=True)
     token_file = state_dir / "token"
     token_file.write_text(kube.admin_token)
     token_file.chmod(0o600)
@@ -82,22 +83,39 @@ def kube_node(kube: KubeControlPlane) -> Iterator[KubeNode]:
         f"--node={NODE_NAME}",
         f"--state-dir={state_dir}",
         f"--image={DASK_IMAGE}={PROJECT / '.venv'}",
+        *extra,
     ]
     with (state_dir / "agent.log").open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    node = KubeNode(NODE_NAME, process, state_dir)
     try:
         wait_for(lambda: _node_ready(kube, NODE_NAME, process), 60, f"node {NODE_NAME} Ready")
-        yield node
+    except BaseException:
+        stop_node_agent(kube, process)
+        raise
+    return process
+
+
+def stop_node_agent(kube: KubeControlPlane, process: subprocess.Popen[bytes]) -> None:
+    """Stop the agent by PID (it stops its pods' processes) and delete its Node."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    try:
+        kube.client().delete(f"/api/v1/nodes/{NODE_NAME}")
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture(scope="session")
+def kube_node(kube: KubeControlPlane) -> Iterator[KubeNode]:
+    """One node agent for the whole run, Ready before the first test; stopped by PID."""
+    state_dir = kube.state_dir / "node-agent"
+    process = start_node_agent(kube, state_dir)
+    try:
+        yield KubeNode(NODE_NAME, process, state_dir)
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        try:
-            kube.client().delete(f"/api/v1/nodes/{NODE_NAME}")
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        stop_node_agent(kube, process)
