@@ -15,6 +15,7 @@ JUPYTERHUB_VENV := $(CACHE)/jupyterhub
 REFERENCE_YARN_VENV := $(CACHE)/bench-reference-yarn
 K8S_RELEASE := v1.37.2
 K8S_BIN := $(CACHE)/k8s/$(K8S_RELEASE)/bin
+COMPOSE := $(CACHE)/compose/v5.6.0/docker-compose
 CONFIG ?= deploy/embedded/flotilla_config.py
 export FLOTILLA_ENVOY := $(abspath $(ENVOY))
 export UV_LINK_MODE := copy
@@ -97,6 +98,11 @@ k8s: $(K8S_BIN)/VERSIONS
 $(K8S_BIN)/VERSIONS:
 	K8S_VERSION=$(K8S_RELEASE) scripts/build_k8s.sh $(K8S_BIN)
 
+# Docker Compose (the `docker compose` plugin) from its Go module, about 2 minutes: the
+# test of deploy/compose/ runs `docker compose config` with it.
+$(COMPOSE):
+	COMPOSE_VERSION=v5.6.0 scripts/build_compose.sh $(dir $(COMPOSE))
+
 # Flotilla and dask-gateway-server side by side; results in bench/results/.
 bench: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
 		$(REFERENCE_YARN_VENV)/.installed $(K8S_BIN)/VERSIONS
@@ -107,8 +113,9 @@ run: setup
 
 test: setup $(UPSTREAM_VENV)/.installed $(REFERENCE_VENV)/.installed \
 		$(REFERENCE_YARN_VENV)/.installed $(JUPYTERLAB_VENV)/.installed \
-		$(JUPYTERHUB_VENV)/.installed $(K8S_BIN)/VERSIONS lint typecheck
-	FLOTILLA_K8S_BIN=$(abspath $(K8S_BIN)) FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
+		$(JUPYTERHUB_VENV)/.installed $(K8S_BIN)/VERSIONS $(COMPOSE) lint typecheck
+	FLOTILLA_K8S_BIN=$(abspath $(K8S_BIN)) FLOTILLA_DOCKER_COMPOSE=$(abspath $(COMPOSE)) \
+		FLOTILLA_UPSTREAM_PYTHON=$(abspath $(UPSTREAM_VENV))/bin/python \
 		FLOTILLA_JUPYTERLAB_PYTHON=$(abspath $(JUPYTERLAB_VENV))/bin/python \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 

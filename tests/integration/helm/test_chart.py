@@ -26,7 +26,6 @@ import pytest
 import yaml
 from flotilla_common.clusterconfig import ClusterConfig
 from flotilla_common.config import Deployment, load_config
-from helpers import apt_install
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +33,7 @@ PROJECT = Path(__file__).resolve().parents[3]
 CHART = PROJECT / "deploy" / "helm" / "flotilla"
 DOCKER = PROJECT / "deploy" / "docker"
 COMPOSE = PROJECT / "deploy" / "compose" / "docker-compose.yaml"
+COMPOSE_PLUGIN = ".cache/compose/v5.6.0/docker-compose"
 K8S_BIN = Path(os.environ.get("FLOTILLA_K8S_BIN", PROJECT / ".cache/k8s/v1.37.2/bin"))
 RELEASE = "gw"
 NAMESPACE = "flotilla"
@@ -379,31 +379,28 @@ def test_dockerfiles_copy_what_exists_and_run_real_entry_points(helm: Path) -> N
     assert (PROJECT / "client" / "src" / f"{preload}.py").is_file()
 
 
-def _compose() -> list[str]:
+def _compose(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """``docker compose`` with the plugin ``make test`` builds (FLOTILLA_DOCKER_COMPOSE):
+    the docker CLI finds it in ``$DOCKER_CONFIG/cli-plugins``; without a docker CLI, the
+    plugin binary runs on its own."""
+    plugin = Path(os.environ.get("FLOTILLA_DOCKER_COMPOSE") or PROJECT / COMPOSE_PLUGIN).resolve()
+    if not plugin.is_file():
+        _unavailable(f"no Docker Compose at {plugin} (run `make {COMPOSE_PLUGIN}`)")
     docker = shutil.which("docker")
-    if (
-        docker
-        and subprocess.run(
-            [docker, "compose", "version"], capture_output=True, check=False
-        ).returncode
-        == 0
-    ):
-        return [docker, "compose"]
-    if shutil.which("docker-compose") is None:
-        failed = apt_install(["docker-compose"])
-        if failed:
-            _unavailable(f"no docker compose: {failed}")
-    found = shutil.which("docker-compose")
-    if found is None:
-        _unavailable("installed docker-compose but found none on PATH")
-    return [found]
+    if docker is None:
+        return [str(plugin)], {}
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(plugin)
+    return [docker, "compose"], {"DOCKER_CONFIG": str(plugins.parent)}
 
 
-def test_compose_file_is_valid() -> None:
-    compose = _compose()
+def test_compose_file_is_valid(tmp_path: Path) -> None:
+    compose, compose_env = _compose(tmp_path)
     # Made-up values for the secrets the file requires; `config` only interpolates them.
     env = {
         **os.environ,
+        **compose_env,
         **{
             name: f"test-{name.lower()}"
             for name in (
@@ -435,7 +432,7 @@ def test_compose_file_is_valid() -> None:
         "envoy",
     }
     # Without the secrets it refuses, rather than run with none.
-    bare = {k: v for k, v in os.environ.items() if k != "FLOTILLA_INTERNAL_TOKEN"}
+    bare = {k: v for k, v in env.items() if k != "FLOTILLA_INTERNAL_TOKEN"}
     refused = subprocess.run(
         [*compose, "-f", str(COMPOSE), "config"],
         env=bare,
@@ -445,3 +442,4 @@ def test_compose_file_is_valid() -> None:
         check=False,
     )
     assert refused.returncode != 0
+    assert "FLOTILLA_INTERNAL_TOKEN" in refused.stderr, refused.stderr
