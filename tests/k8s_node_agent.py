@@ -35,8 +35,8 @@ and write goes to the API server, and the real kube-scheduler binds pods to this
   Completed/Error, phase per restartPolicy (Always/OnFailure restart the container with
   restartCount + 1 after a CrashLoopBackOff);
 * deletion (deletionTimestamp, or the pod gone): SIGTERM to the process groups, SIGKILL
-  after terminationGracePeriodSeconds (capped at ``--max-grace``), then the final DELETE
-  with gracePeriodSeconds=0 that ends a graceful deletion, and the sandbox is removed;
+  after terminationGracePeriodSeconds (capped at ``--max-grace``), the sandbox is removed,
+  then the final DELETE with gracePeriodSeconds=0 that ends a graceful deletion;
 * ``GET /containerLogs/<ns>/<pod>/<container>?tailLines=&follow=`` is served over HTTPS
   on 127.0.0.1, on a free port published as ``status.daemonEndpoints.kubeletEndpoint.Port``,
   so the API server's ``pods/log`` works. Its certificate (SAN IP:127.0.0.1) is signed by
@@ -663,6 +663,9 @@ class PodWorker(threading.Thread):
     def finish(self) -> None:
         if self.agent.stopping.is_set() and not (self.deleting.is_set() or self.gone.is_set()):
             return  # the agent stops: the pod stays, as it does when a kubelet restarts
+        # The sandbox goes before the final delete, as a kubelet reclaims a pod's volumes
+        # before it lets the object go: whoever sees the pod gone sees its files gone.
+        shutil.rmtree(self.sandbox, ignore_errors=True)
         if self.deleting.is_set() and not self.gone.is_set():
             body = {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}}
             try:
@@ -670,7 +673,6 @@ class PodWorker(threading.Thread):
             except KubeError as exc:
                 if exc.status not in (404, 409):
                     log.warning("pod %s/%s: final delete failed: %s", self.ns, self.pod_name, exc)
-        shutil.rmtree(self.sandbox, ignore_errors=True)
         self.agent.forget(self)
 
 
@@ -696,10 +698,11 @@ class LogHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(404, f"pod {ns}/{name} not on this node")
             return
         logfile = worker.sandbox / "logs" / f"{container}.log"
-        if not logfile.exists():
+        try:
+            data = logfile.read_bytes()
+        except FileNotFoundError:
             self.send_error(400, f'container "{container}" in pod "{name}" is waiting to start')
             return
-        data = logfile.read_bytes()
         if "tailLines" in query:
             n = int(query["tailLines"][0])
             lines = data.splitlines(keepends=True)
