@@ -1074,11 +1074,7 @@ class KubeBackend(Backend):
         name = scheduler_pod_name(cluster)
         state = {"namespace": self.namespace, "pod": name}
         owner = await self._owner(cluster, create=True)
-        advertise = (
-            f"{service_name(cluster)}.{self.namespace}.svc"
-            if self.scheduler_address == "service"
-            else ""
-        )
+        advertise = self._service_host(cluster) if self.scheduler_address == "service" else ""
         secret, pod, service = scheduler_manifests(self.instance, cluster, owner, advertise)
         await self._create("secrets", secret, cluster)
         kept = await self._adopt(self._pods_of(cluster, SCHEDULER), name, "the scheduler")
@@ -1157,10 +1153,13 @@ class KubeBackend(Backend):
 
     # -- workers ----------------------------------------------------------------------------
 
+    def _service_host(self, cluster: ClusterSpec) -> str:
+        """The DNS name of the cluster's scheduler Service, for ``scheduler_address="service"``."""
+        return f"{service_name(cluster)}.{self.namespace}.svc"
+
     def _scheduler_address(self, worker: WorkerSpec) -> str:
         if self.scheduler_address == "service":
-            svc = service_name(worker.cluster)
-            return f"tls://{svc}.{self.namespace}.svc:{SCHEDULER_PORT}"
+            return f"tls://{self._service_host(worker.cluster)}:{SCHEDULER_PORT}"
         return worker.scheduler_address
 
     async def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
