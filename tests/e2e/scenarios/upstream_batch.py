@@ -18,6 +18,7 @@ import time
 import dask.array as da
 from dask_gateway import Gateway
 from dask_gateway.auth import BasicAuth
+from scenario_util import until
 
 address, user, backend = sys.argv[1:4]
 result = {}
@@ -41,16 +42,6 @@ def worker_jobs(cluster_name):
         check=True,
     ).stdout.split()
     return [j for j in out if j == f"flotilla-worker-{cluster_name[:8]}"]
-
-
-def until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 gateway = Gateway(address, auth=BasicAuth(user, ""))

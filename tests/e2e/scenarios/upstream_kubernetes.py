@@ -18,21 +18,12 @@ import urllib.request
 
 import dask.array as da
 from dask_gateway import Gateway
+from scenario_util import until
 
 address, auth, api_url, ca_file, token_file, namespace = sys.argv[1:7]
 context = ssl.create_default_context(cafile=ca_file)
 token = open(token_file).read().strip()
 result = {}
-
-
-def until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pods(name, component):

@@ -14,19 +14,10 @@ import urllib.request
 
 import dask.array as da
 from dask_gateway import Gateway
+from scenario_util import until
 
 address, rm_url = sys.argv[1:3]
 result = {}
-
-
-def until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def rm(path):
