@@ -6,16 +6,24 @@ tests check what the API server and the garbage collector do with the backend's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from flotilla_common.tls import new_keypair
-from flotilla_launcher.backends.base import BackendError, ClusterConfig, ClusterSpec, WorkerSpec
+from flotilla_launcher.backends.base import (
+    BackendError,
+    ClusterConfig,
+    ClusterSpec,
+    ProcessStatus,
+    WorkerSpec,
+)
 from flotilla_launcher.backends.kubernetes import KubeBackend
 from k8s_cluster import KubeControlPlane
 
@@ -23,13 +31,32 @@ pytestmark = [pytest.mark.integration, pytest.mark.k8s, pytest.mark.timeout(300)
 
 
 async def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``check()``'s first true value (awaited when it is a coroutine), polled every 0.1 s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def _stopped(check: Awaitable[list[ProcessStatus]]) -> ProcessStatus | None:
+    """The one status ``check`` gives, if it is not running."""
+    (status,) = await check
+    return None if status.running else status
+
+
+@contextlib.asynccontextmanager
+async def _running(backend: KubeBackend) -> AsyncIterator[KubeBackend]:
+    """The backend started, and closed when the block ends."""
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
 
 
 #: Keeps pods Pending even when the node agent (kube_node) runs in the same session.
@@ -120,9 +147,7 @@ async def test_a_cluster_is_owned_objects_with_valid_labels(
 ) -> None:
     api = kube.client()
     base = f"/api/v1/namespaces/{kube_namespace}"
-    backend = make_backend()
-    await backend.start()
-    try:
+    async with _running(make_backend()) as backend:
         cluster = _cluster()
         state = await _start(backend, cluster)
         worker = WorkerSpec(cluster, "w1", "10.0.0.9:8786")
@@ -152,16 +177,12 @@ async def test_a_cluster_is_owned_objects_with_valid_labels(
         # No node ran them: the API server answers empty logs, named by process.
         logs = await backend.read_logs(cluster, state, 4096, 65536)
         assert logs == {"scheduler": "", "worker-w1": ""}
-    finally:
-        await backend.close()
 
 
 async def test_a_malformed_extra_config_is_a_backend_error_in_words(
     kube_namespace: str, make_backend: Callable[..., KubeBackend]
 ) -> None:
-    backend = make_backend()
-    await backend.start()
-    try:
+    async with _running(make_backend()) as backend:
         cluster = _cluster(
             "c2", scheduler_extra_container_config={"resources": {"limits": {"cpu": "lots"}}}
         )
@@ -171,8 +192,6 @@ async def test_a_malformed_extra_config_is_a_backend_error_in_words(
         assert "Kubernetes refused the Pod" in message and "cluster c2" in message
         assert "lots" in message or "quantities" in message
         assert "Traceback" not in message
-    finally:
-        await backend.close()
 
 
 async def test_stop_deletes_the_owner_and_the_garbage_collector_the_rest(
@@ -180,9 +199,7 @@ async def test_stop_deletes_the_owner_and_the_garbage_collector_the_rest(
 ) -> None:
     api = kube.client()
     base = f"/api/v1/namespaces/{kube_namespace}"
-    backend = make_backend()
-    await backend.start()
-    try:
+    async with _running(make_backend()) as backend:
         cluster = _cluster("c3")
         state = await _start(backend, cluster)
         wstates = [
@@ -199,8 +216,6 @@ async def test_stop_deletes_the_owner_and_the_garbage_collector_the_rest(
         ]
         await _until(lambda: not any(api.exists(p) for p in paths), 60, "the garbage collector")
         await backend.stop_cluster(cluster, state)  # idempotent
-    finally:
-        await backend.close()
 
 
 async def test_the_watch_sees_a_deleted_worker_pod(
@@ -210,8 +225,7 @@ async def test_the_watch_sees_a_deleted_worker_pod(
     backend = make_backend()
     changes = asyncio.Event()
     backend.on_change(changes.set)
-    await backend.start()
-    try:
+    async with _running(backend):
         cluster = _cluster("c4")
         state = await _start(backend, cluster)
         worker = WorkerSpec(cluster, "w1", "10.0.0.9:8786")
@@ -222,17 +236,10 @@ async def test_the_watch_sees_a_deleted_worker_pod(
             {"gracePeriodSeconds": "0"},
         )
         await asyncio.wait_for(changes.wait(), 30)
-
-        async def gone() -> Any:
-            (status,) = await backend.check_workers([(worker, wstate)])
-            return None if status.running else status
-
-        deadline = time.monotonic() + 30
-        status = None
-        while status is None and time.monotonic() < deadline:
-            status = await gone()
-            await asyncio.sleep(0.1)
-        assert status is not None and "deleted" in status.reason
+        status = await _until(
+            lambda: _stopped(backend.check_workers([(worker, wstate)])), 30, "the worker stopped"
+        )
+        assert "deleted" in status.reason
         (scheduler,) = await backend.check_clusters([(cluster, state)])
         assert scheduler.running
         # The scheduler pod deleted: the cluster fails with a reason.
@@ -240,15 +247,10 @@ async def test_the_watch_sees_a_deleted_worker_pod(
             f"/api/v1/namespaces/{kube_namespace}/pods/{state['pod']}",
             {"gracePeriodSeconds": "0"},
         )
-        failed = None
-        deadline = time.monotonic() + 30
-        while failed is None and time.monotonic() < deadline:
-            (s,) = await backend.check_clusters([(cluster, state)])
-            failed = None if s.running else s
-            await asyncio.sleep(0.1)
-        assert failed is not None and "scheduler" in failed.reason
-    finally:
-        await backend.close()
+        failed = await _until(
+            lambda: _stopped(backend.check_clusters([(cluster, state)])), 30, "the cluster failed"
+        )
+        assert "scheduler" in failed.reason
 
 
 async def test_a_new_backend_adopts_pods_and_deletes_a_duplicate(
@@ -256,15 +258,11 @@ async def test_a_new_backend_adopts_pods_and_deletes_a_duplicate(
 ) -> None:
     api = kube.client()
     pods = f"/api/v1/namespaces/{kube_namespace}/pods"
-    first = make_backend()
-    await first.start()
     cluster = _cluster("c5")
     worker = WorkerSpec(cluster, "w1", "10.0.0.9:8786")
-    try:
+    async with _running(make_backend()) as first:
         state = await _start(first, cluster)
         wstate = await _start_worker(first, worker)
-    finally:
-        await first.close()
     # A duplicate of the worker's pod (a launcher that died between two creates).
     duplicate = api.get(f"{pods}/{wstate['pod']}")
     duplicate["metadata"] = {
@@ -276,9 +274,7 @@ async def test_a_new_backend_adopts_pods_and_deletes_a_duplicate(
     before = {p["metadata"]["name"] for p in api.get(pods, {"labelSelector": selector})["items"]}
     assert len(before) == 3
 
-    second = make_backend()
-    await second.start()
-    try:
+    async with _running(make_backend()) as second:
         assert await _start(second, cluster) == state
         assert await _start_worker(second, worker) == wstate
         await _until(
@@ -286,8 +282,6 @@ async def test_a_new_backend_adopts_pods_and_deletes_a_duplicate(
         )
         after = {p["metadata"]["name"] for p in api.get(pods, {"labelSelector": selector})["items"]}
         assert after == {state["pod"], wstate["pod"]}
-    finally:
-        await second.close()
 
 
 async def test_500_workers_keep_requests_in_flight_bounded(
@@ -296,9 +290,7 @@ async def test_500_workers_keep_requests_in_flight_bounded(
     transport = _CountingTransport(
         httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(kube.ca_file)))
     )
-    backend = make_backend(transport=transport, max_concurrent_requests=8)
-    await backend.start()
-    try:
+    async with _running(make_backend(transport=transport, max_concurrent_requests=8)) as backend:
         cluster = _cluster("c6")
         await _start(backend, cluster)
         before = transport.requests
@@ -317,29 +309,19 @@ async def test_500_workers_keep_requests_in_flight_bounded(
             },
         )
         assert len(listing["items"]) == 500
-    finally:
-        await backend.close()
 
 
 async def test_an_unschedulable_worker_fails_after_worker_start_timeout(
     make_backend: Callable[..., KubeBackend],
 ) -> None:
-    backend = make_backend()
-    await backend.start()
-    try:
+    async with _running(make_backend()) as backend:
         cluster = _cluster("c7", worker_start_timeout=1.0)
         await _start(backend, cluster)
         worker = WorkerSpec(cluster, "w1", "10.0.0.9:8786")
         wstate = await _start_worker(backend, worker)
-        deadline = time.monotonic() + 60
-        while True:
-            (status,) = await backend.check_workers([(worker, wstate)])
-            if not status.running or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        assert not status.running
+        status = await _until(
+            lambda: _stopped(backend.check_workers([(worker, wstate)])), 60, "the worker failed"
+        )
         # The real kube-scheduler's words, after the backend's.
         assert "could not be scheduled within 1s: " in status.reason, status.reason
         assert "node" in status.reason
-    finally:
-        await backend.close()
