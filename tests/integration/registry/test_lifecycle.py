@@ -129,6 +129,12 @@ async def test_start_timeout_then_logs_through_grpc_and_rest(start_registry: Any
                 registry_pb2.GetClusterLogsRequest(name="nope"), metadata=alice
             )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        # It never had workers; bob may not ask.
+        listed = await api.ListWorkers(registry_pb2.ListWorkersRequest(name=name), metadata=alice)
+        assert list(listed.workers) == []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.ListWorkers(registry_pb2.ListWorkersRequest(name=name), metadata=bob)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await launcher.SaveClusterLogs(
                 internal_pb2.SaveClusterLogsRequest(cluster_name=name),
@@ -154,6 +160,12 @@ async def test_start_timeout_then_logs_through_grpc_and_rest(start_registry: Any
         )
         assert await get("nope/logs", "alice") == (404, {"error": "Cluster nope not found"})
         assert await get(f"{name}/logs", None) == (401, {"error": "Authentication required"})
+        assert await get(f"{name}/workers", "alice") == (200, {"workers": []})
+        assert await get(f"{name}/workers", "bob") == (
+            403,
+            {"error": f"User bob lacks permissions to view cluster {name}"},
+        )
+        assert await get("nope/workers", "alice") == (404, {"error": "Cluster nope not found"})
         # The dask-gateway report keeps exactly its keys: the reason is not among them.
         status, report = await get(name, "alice")
         assert status == 200 and report["status"] == "FAILED"

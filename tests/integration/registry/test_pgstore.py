@@ -1,16 +1,18 @@
-"""PostgresStore on a real server: migrations under concurrent start, and change locks."""
+"""PostgresStore on a real server: migrations under concurrent start, change locks, and
+the queries both stores answer alike."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 from flotilla_registry.crypto import FieldCipher, generate_key
-from flotilla_registry.model import ClusterRecord, Target
+from flotilla_registry.model import ClusterRecord, Observed, Status, Target, WorkerRecord
 from flotilla_registry.pgstore import PostgresStore
-from flotilla_registry.store import _migrations
+from flotilla_registry.store import SQLiteStore, Store, _migrations
 from postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -106,5 +108,39 @@ async def test_client_counts_are_kept_unknown_included(postgres: PostgresServer)
             0,
             1_767_225_600_123,
         )
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("which", ["sqlite", "postgres"])
+async def test_list_workers_is_newest_first_ended_ones_too(
+    which: str, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Both stores list a cluster's workers the same way (the workers listing of the
+    REST API and ListWorkers), limited, and none of another cluster's."""
+    store: Store = (
+        PostgresStore(postgres.new_database())
+        if which == "postgres"
+        else SQLiteStore(str(tmp_path / "registry.sqlite"))
+    )
+    await store.open()
+    try:
+        c, other = _record(), _record()
+        for i, name in enumerate(["a", "b", "c"]):
+            c.workers[name] = WorkerRecord(name=name, start_time=1_000 + i)
+        c.workers["a"].target, c.workers["a"].observed = Target.FAILED, Observed.STOPPED
+        c.workers["a"].reason, c.workers["a"].stop_time = "exited with code 137", 5_000
+        other.workers["x"] = WorkerRecord(name="x", start_time=9_000)
+        await store.save_cluster(c, list(c.workers))
+        await store.save_cluster(other, ["x"])
+        listed = await store.list_workers(c.name, 10)
+        assert [w.name for w in listed] == ["c", "b", "a"]
+        assert (listed[2].status, listed[2].reason, listed[2].stop_time) == (
+            Status.FAILED,
+            "exited with code 137",
+            5_000,
+        )
+        assert [w.name for w in await store.list_workers(c.name, 2)] == ["c", "b"]
+        assert await store.list_workers("nope", 10) == []
     finally:
         await store.close()

@@ -355,6 +355,31 @@ async def test_workers_wait_for_the_scheduler_address(
     assert stub.worker_reports[-1].observed == types_pb2.OBSERVED_STARTING
 
 
+@pytest.mark.parametrize("ended", [True, False])
+async def test_a_worker_the_registry_failed_is_stopped_with_why_it_ended(
+    setup: tuple[Reconciler, FakeBackend, FakeStub], ended: bool
+) -> None:
+    """The scheduler saw the worker leave, so the registry failed it: the stop report
+    carries the backend's reason when the worker had already ended, none while it ran."""
+    reconciler, backend, stub = setup
+    backend.alive.add("c1")
+    if not ended:
+        backend.alive.add("c1/w1")
+    running = {"scheduler_address": "127.0.0.1:5", "state_json": '{"pid": 1}'}
+    worker = internal_pb2.LaunchWorker(
+        name="w1", target=types_pb2.TARGET_FAILED, observed=types_pb2.OBSERVED_RUNNING,
+        state_json='{"pid": 7}',
+    )  # fmt: skip
+    reconciler._apply(
+        initial(record(observed=types_pb2.OBSERVED_RUNNING, workers=[worker], **running))
+    )
+    await reconciler._reconcile("c1")
+    assert backend.stopped == ["c1/w1"]
+    [report] = stub.worker_reports
+    assert report.observed == types_pb2.OBSERVED_STOPPED
+    assert report.failure_reason == ("worker exited" if ended else "")
+
+
 async def test_logs_are_sent_before_the_stopped_report(
     setup: tuple[Reconciler, FakeBackend, FakeStub],
 ) -> None:

@@ -378,6 +378,78 @@ async def test_housekeeping_runs_its_chores_until_stopped() -> None:
     assert len(purges) == 1
 
 
+# -- workers and why they failed ----------------------------------------------------------
+
+OOM = "worker w exceeded its memory limit of 400 MiB (OOMKilled)"
+
+
+async def test_workers_lists_the_ended_ones_with_the_launchers_reason(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = await make_service(store)
+    c = await service.create(ALICE, {})
+    token = Identity("alice", cluster=c.name)
+    await service.heartbeat(token, c.name, beat(count=2))
+    first, second = sorted((await service.get(ALICE, c.name)).workers)
+    await service.heartbeat(token, c.name, beat(count=2, active=[first, second]))
+    await service.report_worker(c.name, first, Observed.STOPPED, "", OOM)
+    listed = {w.name: w for w in await service.workers(ALICE, c.name)}
+    assert len(listed) == 3  # the failed one, the other, and the failed one's replacement
+    assert (listed[first].status, listed[first].reason) == (Status.FAILED, OOM)
+    assert listed[first].stop_time is not None
+    assert (listed[second].status, listed[second].reason) == (Status.RUNNING, "")
+    [replacement] = set(listed) - {first, second}
+    assert listed[replacement].status == Status.PENDING
+    # Newest first, bounded.
+    store_order = [w.name for w in await service.workers(ALICE, c.name)]
+    starts = [listed[n].start_time for n in store_order]
+    assert starts == sorted(starts, reverse=True)
+    monkeypatch.setattr(clusters, "MAX_LISTED_WORKERS", 1)
+    assert len(await service.workers(ALICE, c.name)) == 1
+    # Only the owner and admins; a cluster token is not a user.
+    assert len(await service.workers(ADMIN, c.name)) == 1
+    with pytest.raises(PermissionDenied, match="User bob lacks permissions to view cluster"):
+        await service.workers(BOB, c.name)
+    with pytest.raises(PermissionDenied):
+        await service.workers(token, c.name)
+    with pytest.raises(ClusterNotFound):
+        await service.workers(ALICE, "nope")
+    # Kept with the finished cluster's record.
+    await service.stop(ALICE, c.name)
+    await service.report_cluster(c.name, Observed.STOPPED, "", "")
+    monkeypatch.setattr(clusters, "MAX_LISTED_WORKERS", 1000)
+    ended = {w.name: w for w in await service.workers(ALICE, c.name)}
+    assert set(ended) == set(listed) and ended[first].reason == OOM
+    assert all(w.status in (Status.STOPPED, Status.FAILED) for w in ended.values())
+
+
+async def test_the_launchers_reason_replaces_the_schedulers(store: SQLiteStore) -> None:
+    """The scheduler often sees a worker go before its launcher sees why (a memory limit,
+    a cancelled job): the launcher's words replace the scheduler's vaguer ones."""
+    service = await make_service(store)
+    c = await service.create(ALICE, {})
+    token = Identity("alice", cluster=c.name)
+    await service.heartbeat(token, c.name, beat(count=2))
+    died, scaled = sorted((await service.get(ALICE, c.name)).workers)
+    await service.heartbeat(token, c.name, beat(count=2, active=[died, scaled]))
+    await service.heartbeat(
+        token, c.name, {**beat(count=2, active=[scaled]), "closed_workers": [died]}
+    )
+    [w] = [w for w in await service.workers(ALICE, c.name) if w.name == died]
+    assert (w.status, w.reason) == (Status.STOPPING, "worker left the scheduler unexpectedly")
+    await service.report_worker(c.name, died, Observed.STOPPED, "", OOM)
+    [w] = [w for w in await service.workers(ALICE, c.name) if w.name == died]
+    assert (w.status, w.reason) == (Status.FAILED, OOM)
+    # A worker closed on purpose (a scale down) stays STOPPED, without a reason.
+    await service.heartbeat(
+        token, c.name, {**beat(count=1, active=[scaled]), "closing_workers": [scaled]}
+    )
+    await service.heartbeat(token, c.name, {**beat(count=1), "closed_workers": [scaled]})
+    await service.report_worker(c.name, scaled, Observed.STOPPED, "", "exited with code 0")
+    [w] = [w for w in await service.workers(ALICE, c.name) if w.name == scaled]
+    assert (w.status, w.reason) == (Status.STOPPED, "")
+
+
 # -- logs ---------------------------------------------------------------------------------
 
 

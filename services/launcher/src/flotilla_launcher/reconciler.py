@@ -39,6 +39,7 @@ __all__ = ["Reconciler"]
 log = logging.getLogger(__name__)
 
 RUNNING = types_pb2.TARGET_RUNNING
+FAILED = types_pb2.TARGET_FAILED
 CREATED = types_pb2.OBSERVED_CREATED
 STARTING = types_pb2.OBSERVED_STARTING
 OBS_RUNNING = types_pb2.OBSERVED_RUNNING
@@ -615,9 +616,12 @@ class Reconciler:
 
         if w.target != RUNNING:
             if wobs != STOPPED:
+                reason = ""
+                if w.target == FAILED and wobs in ACTIVE:
+                    reason = await self._exit_reason(wspec, wstate, tw)
                 await self.backend.stop_worker(wspec, wstate)
                 tw.observed = STOPPED
-                await report(STOPPED)
+                await report(STOPPED, reason=reason)
                 log.info("cluster %s: worker %s stopped", rec.name, w.name)
             return
 
@@ -661,6 +665,21 @@ class Reconciler:
             await self.backend.stop_worker(wspec, wstate)
             tw.observed = STOPPED
             await report(STOPPED, reason=tw.exit_reason)
+
+    async def _exit_reason(
+        self, wspec: WorkerSpec, wstate: dict[str, Any], tw: _TrackedWorker
+    ) -> str:
+        """Why a worker the registry failed (its scheduler saw it leave) ended, asked
+        before the stop removes what tells ("" while it still runs, or if unknown): the
+        registry keeps the launcher's words over the scheduler's."""
+        if tw.exit_reason:
+            return tw.exit_reason
+        try:
+            [status] = await self.backend.check_workers([(wspec, wstate)])
+        except Exception as exc:  # the stop goes ahead; only the words are lost
+            log.warning("worker %s: could not read why it ended: %s", wspec.name, exc)
+            return ""
+        return "" if status.running else status.reason
 
     # -- status checks --------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 ACTIVE = frozenset({Status.PENDING, Status.RUNNING})
 #: Most log text one GetClusterLogs reply carries (the client accepts larger messages).
 MAX_LOGS_BYTES = 16 * 2**20
+#: Most workers one ListWorkers reply lists (the most recently started).
+MAX_LISTED_WORKERS = 1000
 #: Most workers or clients a heartbeat's report is stored as (the columns are 32-bit
 #: integers; more is the same to the gateway).
 _MAX_REPORTED = 2**31 - 1
@@ -900,6 +902,9 @@ class ClusterService:
                     w.reason = failure_reason or "worker exited"
                     if not w.close_expected and never_ran:
                         changed |= self._count_start_failure(c, w.reason)
+                elif w.target == Target.FAILED and failure_reason and not w.close_expected:
+                    # The scheduler saw it leave first; the launcher says why it ended.
+                    w.reason = failure_reason
                 if c.target == Target.RUNNING:
                     changed |= self._match_count(c)
             await self._commit(c, changed)
@@ -1040,6 +1045,13 @@ class ClusterService:
                 break
             out[process] = text
         return out
+
+    async def workers(self, identity: Identity, name: str) -> list[WorkerRecord]:
+        """A cluster's :data:`MAX_LISTED_WORKERS` most recently started workers, the
+        ended ones too (with their reasons), newest first."""
+        self._require_user(identity)
+        await self._find(identity, name, "view")
+        return await self.store.list_workers(name, MAX_LISTED_WORKERS)
 
     async def _request_logs(self, name: str) -> None:
         """Ask the cluster's launcher for current logs (through its watch) and wait for the

@@ -8,10 +8,17 @@ from typing import Any
 from flotilla.registry.v1 import internal_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .model import ClusterRecord, Status
+from .model import ClusterRecord, Status, WorkerRecord
 from .quotas import Shape
 
-__all__ = ["cluster_json", "cluster_message", "launch_message", "web_json"]
+__all__ = [
+    "cluster_json",
+    "cluster_message",
+    "launch_message",
+    "web_json",
+    "worker_json",
+    "worker_message",
+]
 
 
 def _ts(ms: int) -> Timestamp:
@@ -50,6 +57,26 @@ def cluster_message(c: ClusterRecord) -> types_pb2.Cluster:
     if c.stop_time is not None:
         msg.stop_time.CopyFrom(_ts(c.stop_time))
     return msg
+
+
+def worker_message(w: WorkerRecord) -> types_pb2.Worker:
+    msg = types_pb2.Worker(
+        name=w.name, status=int(w.status), reason=w.reason, start_time=_ts(w.start_time)
+    )
+    if w.stop_time is not None:
+        msg.stop_time.CopyFrom(_ts(w.stop_time))
+    return msg
+
+
+def worker_json(w: WorkerRecord) -> dict[str, Any]:
+    """A worker as ``GET /api/v1/clusters/{name}/workers`` lists it."""
+    return {
+        "name": w.name,
+        "status": w.status.name,
+        "reason": w.reason,
+        "start_time": w.start_time,
+        "stop_time": w.stop_time,
+    }
 
 
 def cluster_json(c: ClusterRecord) -> dict[str, Any]:

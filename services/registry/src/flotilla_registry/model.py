@@ -61,6 +61,10 @@ class WorkerRecord:
     def finished(self) -> bool:
         return self.observed == Observed.STOPPED and self.target != Target.RUNNING
 
+    @property
+    def status(self) -> Status:
+        return derive_status(self.target, self.observed)
+
 
 @dataclass
 class ClusterRecord:

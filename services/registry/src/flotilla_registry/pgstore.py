@@ -31,7 +31,7 @@ import asyncpg.exceptions as pgerr
 
 from .crypto import FieldCipher, UndecryptableValue
 from .errors import StoreUnavailable
-from .model import ClusterRecord
+from .model import ClusterRecord, WorkerRecord
 from .store import (
     _ACCRUED_SQL,
     _CLUSTER_COLUMNS,
@@ -336,6 +336,17 @@ class PostgresStore(Store):
         for wrow in wrows:
             c.workers[wrow["name"]] = _worker_from_row(wrow)[1]
         return c
+
+    async def list_workers(self, cluster: str, limit: int) -> list[WorkerRecord]:
+        wcols = ", ".join(_WORKER_COLUMNS)
+        async with self._conn(f"reading workers of cluster {cluster}") as conn:
+            rows = await conn.fetch(
+                f"SELECT {wcols} FROM workers WHERE cluster = $1 "
+                "ORDER BY start_time DESC, name LIMIT $2",
+                cluster,
+                limit,
+            )
+        return [_worker_from_row(row)[1] for row in rows]
 
     async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
         cols = ", ".join(_CLUSTER_COLUMNS)

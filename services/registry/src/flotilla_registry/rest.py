@@ -19,7 +19,7 @@ from flotilla_common.sessions import WEB_HEADER, SessionCookies, cross_site_refu
 
 from . import __version__
 from .clusters import ClusterService
-from .convert import cluster_json, web_json
+from .convert import cluster_json, web_json, worker_json
 from .errors import InvalidRequest, NotAuthenticated, PermissionDenied, RegistryError
 from .model import ClusterRecord, Status
 
@@ -229,6 +229,11 @@ class _Api:
         logs = await self.service.logs(self.identity(request), request.match_info["name"])
         return web.json_response({"logs": logs})
 
+    async def workers(self, request: web.Request) -> web.Response:
+        """Not part of dask-gateway's API: the cluster's workers, the ended ones too."""
+        workers = await self.service.workers(self.identity(request), request.match_info["name"])
+        return web.json_response({"workers": [worker_json(w) for w in workers]})
+
     async def login(self, request: web.Request) -> web.Response:
         """Who the caller is (the web page's sign-in: auth has set the session cookie)."""
         identity = self.identity(request)
@@ -299,6 +304,7 @@ def make_app(
     app.router.add_post(f"/api/v1/clusters/{name}/adapt", api.adapt)
     app.router.add_post(f"/api/v1/clusters/{name}/heartbeat", api.heartbeat)
     app.router.add_get(f"/api/v1/clusters/{name}/logs", api.logs)
+    app.router.add_get(f"/api/v1/clusters/{name}/workers", api.workers)
     app.router.add_get("/api/v1/usage", api.usage)
     app.router.add_get("/api/v1/login", api.login)
     app.router.add_post("/api/v1/logout", api.logout)

@@ -19,7 +19,7 @@ from flotilla_common.identity import IDENTITY_HEADER, Identity, InvalidIdentity,
 
 from . import __version__
 from .clusters import ClusterService, RouteInfo
-from .convert import cluster_message, launch_message
+from .convert import cluster_message, launch_message, worker_message
 from .errors import InvalidRequest, NotAuthenticated
 from .model import ClusterRecord, Observed, Status
 
@@ -137,6 +137,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         return registry_pb2.GetClusterLogsResponse(
             logs=[types_pb2.ProcessLog(process=p, text=text) for p, text in logs.items()]
         )
+
+    async def ListWorkers(
+        self, request: registry_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListWorkersResponse:
+        workers = await self.service.workers(_identity(context, self.key), request.name)
+        return registry_pb2.ListWorkersResponse(workers=[worker_message(w) for w in workers])
 
     async def GetUsage(
         self, request: registry_pb2.GetUsageRequest, context: grpc.aio.ServicerContext

@@ -66,6 +66,11 @@ class Store(abc.ABC):
     async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
         """Finished clusters of ``owner`` (every owner when None), without workers."""
 
+    @abc.abstractmethod
+    async def list_workers(self, cluster: str, limit: int) -> list[WorkerRecord]:
+        """The ``limit`` most recently started workers of ``cluster``, finished ones too,
+        newest first. Empty for an unknown cluster."""
+
     # Logs and retention (migration 0002). Logs belong to their cluster's record: deleting
     # the cluster deletes them.
 
@@ -331,6 +336,14 @@ class SQLiteStore(Store):
             for row in await cur.fetchall():
                 c.workers[row[1]] = _worker_from_row(row)[1]
         return c
+
+    async def list_workers(self, cluster: str, limit: int) -> list[WorkerRecord]:
+        wcols = ", ".join(_WORKER_COLUMNS)
+        async with self.db.execute(
+            f"SELECT {wcols} FROM workers WHERE cluster = ? ORDER BY start_time DESC, name LIMIT ?",
+            (cluster, limit),
+        ) as cur:
+            return [_worker_from_row(row)[1] for row in await cur.fetchall()]
 
     async def list_finished(self, owner: str | None) -> list[ClusterRecord]:
         cols = ", ".join(_CLUSTER_COLUMNS)

@@ -125,6 +125,18 @@ class GetClusterLogsResponse(_message.Message):
     logs: _containers.RepeatedCompositeFieldContainer[_types_pb2.ProcessLog]
     def __init__(self, logs: _Optional[_Iterable[_Union[_types_pb2.ProcessLog, _Mapping]]] = ...) -> None: ...
 
+class ListWorkersRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[_types_pb2.Worker]
+    def __init__(self, workers: _Optional[_Iterable[_Union[_types_pb2.Worker, _Mapping]]] = ...) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("all_users",)
     ALL_USERS_FIELD_NUMBER: _ClassVar[int]

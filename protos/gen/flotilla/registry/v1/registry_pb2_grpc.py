@@ -85,6 +85,11 @@ class RegistryServiceStub:
                 request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.SerializeToString,
                 response_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/flotilla.registry.v1.RegistryService/ListWorkers',
+                request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/flotilla.registry.v1.RegistryService/GetUsage',
                 request_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetUsageRequest.SerializeToString,
@@ -173,6 +178,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """A cluster's workers, the active ones and those that ended, with why each one that
+        failed did (its exit, a memory limit, an image that cannot be pulled), for as long
+        as the cluster's record is kept. Returns NOT_FOUND, PERMISSION_DENIED when the
+        caller neither owns it nor is an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """What the caller's active clusters reserve, the caller's quota, and the core-hours
         and memory-hours reserved so far (every user's for an admin with all_users).
@@ -229,6 +244,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetClusterLogs,
                     request_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.FromString,
                     response_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.ListWorkersRequest.FromString,
+                    response_serializer=flotilla_dot_registry_dot_v1_dot_registry__pb2.ListWorkersResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -485,6 +505,33 @@ class RegistryService:
             '/flotilla.registry.v1.RegistryService/GetClusterLogs',
             flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsRequest.SerializeToString,
             flotilla_dot_registry_dot_v1_dot_registry__pb2.GetClusterLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.registry.v1.RegistryService/ListWorkers',
+            flotilla_dot_registry_dot_v1_dot_registry__pb2.ListWorkersRequest.SerializeToString,
+            flotilla_dot_registry_dot_v1_dot_registry__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

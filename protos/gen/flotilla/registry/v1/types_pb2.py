@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flotilla/registry/v1/types.proto\x12\x14\x66lotilla.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.flotilla.registry.v1.ClusterStatus\x12\x17\n\x0f\x64\x61shboard_route\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tstop_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0coptions_json\x18\x06 \x01(\t\x12\x10\n\x08tls_cert\x18\x07 \x01(\t\x12\x0f\n\x07tls_key\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x19\n\x11requested_workers\x18\x0c \x01(\x05\x12\x17\n\x0frunning_workers\x18\r \x01(\x05\x12\r\n\x05\x63ores\x18\x0e \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x0f \x01(\x03\"T\n\x0bOptionField\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x03 \x01(\t\x12\x11\n\tspec_json\x18\x04 \x01(\t\"+\n\nProcessLog\x12\x0f\n\x07process\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t*\xbb\x01\n\rClusterStatus\x12\x1e\n\x1a\x43LUSTER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43LUSTER_STATUS_PENDING\x10\x01\x12\x1a\n\x16\x43LUSTER_STATUS_RUNNING\x10\x02\x12\x1b\n\x17\x43LUSTER_STATUS_STOPPING\x10\x03\x12\x1a\n\x16\x43LUSTER_STATUS_STOPPED\x10\x04\x12\x19\n\x15\x43LUSTER_STATUS_FAILED\x10\x05*[\n\x06Target\x12\x16\n\x12TARGET_UNSPECIFIED\x10\x00\x12\x12\n\x0eTARGET_RUNNING\x10\x01\x12\x12\n\x0eTARGET_STOPPED\x10\x02\x12\x11\n\rTARGET_FAILED\x10\x03*}\n\x08Observed\x12\x18\n\x14OBSERVED_UNSPECIFIED\x10\x00\x12\x14\n\x10OBSERVED_CREATED\x10\x01\x12\x15\n\x11OBSERVED_STARTING\x10\x02\x12\x14\n\x10OBSERVED_RUNNING\x10\x03\x12\x14\n\x10OBSERVED_STOPPED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flotilla/registry/v1/types.proto\x12\x14\x66lotilla.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.flotilla.registry.v1.ClusterStatus\x12\x17\n\x0f\x64\x61shboard_route\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tstop_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0coptions_json\x18\x06 \x01(\t\x12\x10\n\x08tls_cert\x18\x07 \x01(\t\x12\x0f\n\x07tls_key\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x19\n\x11requested_workers\x18\x0c \x01(\x05\x12\x17\n\x0frunning_workers\x18\r \x01(\x05\x12\r\n\x05\x63ores\x18\x0e \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x0f \x01(\x03\"T\n\x0bOptionField\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x03 \x01(\t\x12\x11\n\tspec_json\x18\x04 \x01(\t\"\xba\x01\n\x06Worker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.flotilla.registry.v1.ClusterStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tstop_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\nProcessLog\x12\x0f\n\x07process\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t*\xbb\x01\n\rClusterStatus\x12\x1e\n\x1a\x43LUSTER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43LUSTER_STATUS_PENDING\x10\x01\x12\x1a\n\x16\x43LUSTER_STATUS_RUNNING\x10\x02\x12\x1b\n\x17\x43LUSTER_STATUS_STOPPING\x10\x03\x12\x1a\n\x16\x43LUSTER_STATUS_STOPPED\x10\x04\x12\x19\n\x15\x43LUSTER_STATUS_FAILED\x10\x05*[\n\x06Target\x12\x16\n\x12TARGET_UNSPECIFIED\x10\x00\x12\x12\n\x0eTARGET_RUNNING\x10\x01\x12\x12\n\x0eTARGET_STOPPED\x10\x02\x12\x11\n\rTARGET_FAILED\x10\x03*}\n\x08Observed\x12\x18\n\x14OBSERVED_UNSPECIFIED\x10\x00\x12\x14\n\x10OBSERVED_CREATED\x10\x01\x12\x15\n\x11OBSERVED_STARTING\x10\x02\x12\x14\n\x10OBSERVED_RUNNING\x10\x03\x12\x14\n\x10OBSERVED_STOPPED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flotilla.registry.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLUSTERSTATUS']._serialized_start=616
-  _globals['_CLUSTERSTATUS']._serialized_end=803
-  _globals['_TARGET']._serialized_start=805
-  _globals['_TARGET']._serialized_end=896
-  _globals['_OBSERVED']._serialized_start=898
-  _globals['_OBSERVED']._serialized_end=1023
+  _globals['_CLUSTERSTATUS']._serialized_start=805
+  _globals['_CLUSTERSTATUS']._serialized_end=992
+  _globals['_TARGET']._serialized_start=994
+  _globals['_TARGET']._serialized_end=1085
+  _globals['_OBSERVED']._serialized_start=1087
+  _globals['_OBSERVED']._serialized_end=1212
   _globals['_CLUSTER']._serialized_start=92
   _globals['_CLUSTER']._serialized_end=482
   _globals['_OPTIONFIELD']._serialized_start=484
   _globals['_OPTIONFIELD']._serialized_end=568
-  _globals['_PROCESSLOG']._serialized_start=570
-  _globals['_PROCESSLOG']._serialized_end=613
+  _globals['_WORKER']._serialized_start=571
+  _globals['_WORKER']._serialized_end=757
+  _globals['_PROCESSLOG']._serialized_start=759
+  _globals['_PROCESSLOG']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,20 @@ class OptionField(_message.Message):
     spec_json: str
     def __init__(self, field: _Optional[str] = ..., label: _Optional[str] = ..., default_json: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
 
+class Worker(_message.Message):
+    __slots__ = ("name", "status", "reason", "start_time", "stop_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    STOP_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: ClusterStatus
+    reason: str
+    start_time: _timestamp_pb2.Timestamp
+    stop_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ClusterStatus, str]] = ..., reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ProcessLog(_message.Message):
     __slots__ = ("process", "text")
     PROCESS_FIELD_NUMBER: _ClassVar[int]
