@@ -136,6 +136,13 @@ def test_create_scale_logs_stop(users: dict[str, User], tmp_path: Path) -> None:
 
         logs = carol.json("logs", name)["logs"]
         assert "scheduler" in logs and any(p.startswith("worker-") for p in logs)
+        [worker] = carol.json("workers", name)
+        assert (worker["status"], worker["reason"], worker["stop_time"]) == ("RUNNING", None, None)
+        assert f"worker-{worker['name']}" in logs
+        table = carol.ok("workers", name).splitlines()
+        assert table[0].split() == ["NAME", "STATUS", "RAN", "REASON"]
+        assert table[1].split()[:2] == [worker["name"], "running"]
+        assert carol.json("workers", name, "--failed") == []
         assert "==> scheduler <==" in carol.ok("logs", name)
 
         # --follow prints every line once, until the cluster has stopped.
@@ -223,6 +230,8 @@ def test_only_an_admin_lists_and_stops_another_users_cluster(users: dict[str, Us
         assert carol.fails("list", "--all-users") == "User carol is not an admin"
         assert carol.fails("admin", "usage") == "User carol is not an admin"
         assert carol.fails("scale", name, "1").startswith("User carol lacks permissions")
+        assert carol.fails("workers", name).startswith("User carol lacks permissions")
+        assert ada.json("workers", name) == []  # an admin may look; no workers asked for
         assert carol.fails("stop", "no-such-cluster") == "Cluster no-such-cluster not found"
         assert bob.json("list", "--status", "pending", "--status", "running")[0]["name"] == name
 

@@ -178,6 +178,12 @@ def test_workers_that_keep_failing(gw: Gateway) -> None:
     assert len(workers) >= 3
     assert all("no GPU here" in logs[w] for w in workers)
     assert "Scheduler at:" in logs["scheduler"]
+    # Each failed worker, with its own reason, under the name its log has.
+    listed = gw.list_workers(name)
+    assert len(listed) >= 3
+    assert all(w.status is ClusterStatus.FAILED for w in listed), listed
+    assert all("exited with code 2" in (w.reason or "") for w in listed), [w.reason for w in listed]
+    assert {f"worker-{w.name}" for w in listed} <= set(workers)
 
 
 def test_workers_that_never_connect(gw: Gateway) -> None:
@@ -198,6 +204,9 @@ def test_workers_that_never_connect(gw: Gateway) -> None:
     workers = [p for p in logs if p.startswith("worker-")]
     assert len(workers) == 2 and all("worker hanging" in logs[w] for w in workers)
     assert cluster_pids(name) == []
+    assert [(w.status, w.reason) for w in gw.list_workers(name)] == 2 * [
+        (ClusterStatus.FAILED, "worker did not connect within worker_start_timeout (3 s)")
+    ]
 
 
 def scheduler_pid(name: str) -> int:

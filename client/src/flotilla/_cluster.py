@@ -22,7 +22,7 @@ from distributed.objects import SchedulerInfo
 
 from . import comm as _comm  # registers the "gateway" comm backend
 from ._gateway import Gateway, _AsyncT
-from ._report import ClusterReport
+from ._report import ClusterReport, WorkerReport
 from .auth import GatewayAuth
 from .errors import GatewayServerError
 from .options import Options
@@ -677,6 +677,24 @@ class GatewayCluster(Cluster, Generic[_AsyncT]):
             }
 
         return self._sync(select)
+
+    @overload
+    def list_workers(self: GatewayCluster[Literal[False]]) -> list[WorkerReport]: ...
+    @overload
+    def list_workers(self: GatewayCluster[Literal[True]]) -> Awaitable[list[WorkerReport]]: ...
+    @overload
+    def list_workers(
+        self: GatewayCluster[bool],
+    ) -> list[WorkerReport] | Awaitable[list[WorkerReport]]: ...
+    def list_workers(self) -> list[WorkerReport] | Awaitable[list[WorkerReport]]:
+        """This cluster's workers, those that ended too, and why each failed one did;
+        see :meth:`Gateway.list_workers`.
+
+        Returns
+        -------
+        workers : list of WorkerReport
+        """
+        return self._sync(self.gateway._list_workers, self.name)
 
     @overload
     def report(self: GatewayCluster[Literal[False]], **kwargs: Any) -> ClusterReport: ...

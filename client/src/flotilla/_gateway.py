@@ -22,7 +22,7 @@ from distributed.utils import LoopRunner
 from flotilla.registry.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
 from . import config as _config  # registers the gateway.* dask config defaults
-from ._report import ClusterReport, ClusterStatus, Quota, UsageReport
+from ._report import ClusterReport, ClusterStatus, Quota, UsageReport, WorkerReport
 from ._rpc import _grpc_target, _parse_set_cookie, map_rpc_error, resolve_addresses
 from ._version import __version__
 from .auth import GatewayAuth, get_auth
@@ -923,6 +923,46 @@ class Gateway(Generic[_AsyncT]):
             scheduler first.
         """
         return self.sync(self._cluster_logs, cluster_name, **kwargs)
+
+    async def _list_workers(self, cluster_name: str) -> list[WorkerReport]:
+        resp: registry_pb2.ListWorkersResponse = await self._rpc(
+            "ListWorkers", registry_pb2.ListWorkersRequest(name=cluster_name)
+        )
+        return [WorkerReport._from_proto(w) for w in resp.workers]
+
+    @overload
+    def list_workers(
+        self: Gateway[Literal[False]], cluster_name: str, **kwargs: Any
+    ) -> list[WorkerReport]: ...
+    @overload
+    def list_workers(
+        self: Gateway[Literal[True]], cluster_name: str, **kwargs: Any
+    ) -> Awaitable[list[WorkerReport]]: ...
+    @overload
+    def list_workers(
+        self: Gateway[bool], cluster_name: str, **kwargs: Any
+    ) -> list[WorkerReport] | Awaitable[list[WorkerReport]]: ...
+    def list_workers(
+        self, cluster_name: str, **kwargs: Any
+    ) -> list[WorkerReport] | Awaitable[list[WorkerReport]]:
+        """A cluster's workers, those that ended too, and why each failed one did.
+
+        A worker that ended without being asked to (it crashed, exceeded its memory
+        limit, its image could not be pulled, its job was cancelled) is FAILED and its
+        ``reason`` says why, in words; the gateway starts another in its place. Works for
+        stopped and failed clusters too, for as long as the gateway keeps their records.
+
+        Parameters
+        ----------
+        cluster_name : str
+            The cluster's name.
+
+        Returns
+        -------
+        workers : list of WorkerReport
+            Most recently started first; at most the 1000 most recent.
+        """
+        return self.sync(self._list_workers, cluster_name, **kwargs)
 
     async def _usage(self, all_users: bool = False) -> list[UsageReport]:
         resp: registry_pb2.GetUsageResponse = await self._rpc(

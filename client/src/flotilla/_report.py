@@ -13,7 +13,7 @@ from flotilla.registry.v1 import types_pb2
 
 from .security import GatewaySecurity
 
-__all__ = ["ClusterReport", "ClusterStatus", "Quota", "UsageReport"]
+__all__ = ["ClusterReport", "ClusterStatus", "Quota", "UsageReport", "WorkerReport"]
 
 
 class ClusterStatus(enum.IntEnum):
@@ -199,6 +199,55 @@ class ClusterReport:
             running_workers=msg.running_workers,
             cores=msg.cores,
             memory=msg.memory_bytes,
+        )
+
+
+class WorkerReport:
+    """One worker of a cluster, as :meth:`Gateway.list_workers` lists it.
+
+    Attributes
+    ----------
+    name : str
+        The worker's name (its process in the cluster's logs is ``worker-<name>``).
+    status : ClusterStatus
+        PENDING until it connects, RUNNING, STOPPING, STOPPED when it was asked to stop
+        (a scale down), FAILED when it ended on its own.
+    reason : str or None
+        Why it failed or stopped, when the gateway knows: an exit code, a memory limit
+        it exceeded, an image that cannot be pulled.
+    start_time : datetime.datetime or None
+        When the gateway asked for it (local time).
+    stop_time : datetime.datetime or None
+        When it ended, or None while it is active.
+    """
+
+    __slots__ = ("name", "reason", "start_time", "status", "stop_time")
+
+    def __init__(
+        self,
+        name: str,
+        status: ClusterStatus,
+        reason: str | None,
+        start_time: datetime | None,
+        stop_time: datetime | None,
+    ) -> None:
+        self.name = name
+        self.status = status
+        self.reason = reason
+        self.start_time = start_time
+        self.stop_time = stop_time
+
+    def __repr__(self) -> str:
+        return f"WorkerReport<name={self.name}, status={self.status.name}>"
+
+    @classmethod
+    def _from_proto(cls, msg: types_pb2.Worker) -> WorkerReport:
+        return cls(
+            name=msg.name,
+            status=ClusterStatus._create(msg.status),
+            reason=msg.reason or None,
+            start_time=_timestamp(msg.start_time) if msg.HasField("start_time") else None,
+            stop_time=_timestamp(msg.stop_time) if msg.HasField("stop_time") else None,
         )
 
 

@@ -37,7 +37,7 @@ from .utils import format_template
 
 if TYPE_CHECKING:
     # Imported when a verb runs: distributed and grpc take a second, --help need not.
-    from .client import ClusterReport, Gateway, UsageReport
+    from .client import ClusterReport, Gateway, UsageReport, WorkerReport
 
 del _config
 
@@ -416,6 +416,27 @@ def cluster_table(reports: Sequence[ClusterReport], owners: bool, now: datetime)
     return format_table(headers, rows)
 
 
+def worker_document(report: WorkerReport) -> dict[str, Any]:
+    """A worker as ``flotilla workers --json`` prints it."""
+    return {
+        "name": report.name,
+        "status": report.status.name,
+        "reason": report.reason,
+        "start_time": _iso(report.start_time),
+        "stop_time": _iso(report.stop_time),
+    }
+
+
+def worker_table(reports: Sequence[WorkerReport], now: datetime) -> str:
+    """The ``flotilla workers`` table: the reason last, whole (it is what one looks for)."""
+    rows = []
+    for r in reports:
+        end = r.stop_time or now
+        ran = format_age((end - r.start_time).total_seconds()) if r.start_time else "-"
+        rows.append([r.name, r.status.name.lower(), ran, r.reason or ""])
+    return format_table(["NAME", "STATUS", "RAN", "REASON"], rows)
+
+
 def _quota_text(quota: Mapping[str, Any]) -> str:
     parts = []
     for key, label in (
@@ -743,6 +764,21 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_workers(args: argparse.Namespace) -> int:
+    with _gateway(_connection(args)) as gw:
+        reports: list[WorkerReport] = gw.list_workers(args.name)
+    if args.failed:
+        reports = [r for r in reports if r.status.name == "FAILED"]
+    if args.json:
+        _print_json([worker_document(r) for r in reports])
+    elif reports:
+        print(worker_table(reports, now=datetime.now()))
+    else:
+        which = "failed workers" if args.failed else "workers"
+        print(f"No {which} recorded for cluster {args.name}", file=sys.stderr)
+    return 0
+
+
 def _cmd_options(args: argparse.Namespace) -> int:
     with _gateway(_connection(args)) as gw:
         options = gw.cluster_options()
@@ -878,6 +914,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=FOLLOW_INTERVAL_SECONDS,
         help=f"seconds between polls with --follow (default {FOLLOW_INTERVAL_SECONDS:g})",
     )
+
+    p = verb(
+        "workers", _cmd_workers, "list a cluster's workers, ended ones too, with why they failed"
+    )
+    p.add_argument("name")
+    p.add_argument("--failed", action="store_true", help="only the workers that failed")
 
     verb("options", _cmd_options, "show the cluster options you may set")
 

@@ -15,7 +15,7 @@ from ._gateway import CALL_TIMEOUT_SECONDS as CALL_TIMEOUT_SECONDS
 from ._gateway import LOGS_WAIT_SECONDS as LOGS_WAIT_SECONDS
 from ._gateway import WAIT_SECONDS as WAIT_SECONDS
 from ._gateway import Gateway
-from ._report import ClusterReport, ClusterStatus, Quota, UsageReport
+from ._report import ClusterReport, ClusterStatus, Quota, UsageReport, WorkerReport
 from ._rpc import map_rpc_error, resolve_addresses
 from .errors import (
     GatewayAuthError,
@@ -42,6 +42,7 @@ __all__ = [
     "GatewayWarning",
     "Quota",
     "UsageReport",
+    "WorkerReport",
     "map_rpc_error",
     "resolve_addresses",
 ]

@@ -28,7 +28,10 @@ from flotilla.cli import (
     new_output,
     parse_option,
     save_login,
+    worker_document,
+    worker_table,
 )
+from flotilla.client import WorkerReport
 from helpers import free_port
 
 if TYPE_CHECKING:
@@ -203,6 +206,24 @@ def test_the_cluster_table() -> None:
     # columns line up: every value starts where its header does
     assert lines[1].index("running") == lines[0].index("STATUS") == lines[2].index("stopped")
     assert "OWNER" not in cluster_table([report()], owners=False, now=now)
+
+
+def test_the_workers_table_ends_with_the_whole_reason() -> None:
+    now = datetime(2026, 1, 1, 12, 5)
+    oom = "worker w1 exceeded its memory limit of 400 MiB (OOMKilled)"
+    reports = [
+        WorkerReport("w2", ClusterStatus.RUNNING, None, datetime(2026, 1, 1, 12, 3), None),
+        WorkerReport(
+            "w1", ClusterStatus.FAILED, oom, datetime(2026, 1, 1, 12), datetime(2026, 1, 1, 12, 1)
+        ),
+    ]
+    lines = worker_table(reports, now=now).splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "RAN", "REASON"]
+    assert lines[1].split() == ["w2", "running", "2m"]
+    assert lines[2].split()[:3] == ["w1", "failed", "1m"] and lines[2].endswith("   " + oom)
+    doc = worker_document(reports[1])
+    assert doc["status"] == "FAILED" and doc["reason"] == oom
+    assert doc["stop_time"].startswith("2026-01-01T12:01:00")
 
 
 def test_the_json_document_has_no_tls_credentials() -> None:

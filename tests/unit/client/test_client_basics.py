@@ -74,6 +74,7 @@ def test_client_module_exports_are_pinned() -> None:
         "GatewayWarning",
         "Quota",
         "UsageReport",
+        "WorkerReport",
         "map_rpc_error",
         "resolve_addresses",
     ]

@@ -8,7 +8,7 @@ from typing import Literal, assert_type
 
 from distributed import Client
 from flotilla import ClusterReport, Gateway, GatewayCluster, Options
-from flotilla.client import UsageReport
+from flotilla.client import UsageReport, WorkerReport
 
 
 def sync_mode(flag: bool) -> None:
@@ -23,6 +23,7 @@ def sync_mode(flag: bool) -> None:
     assert_type(gw.scale_cluster("c", 2), None)
     assert_type(gw.adapt_cluster("c", maximum=3), None)
     assert_type(gw.get_cluster_logs("c"), dict[str, str])
+    assert_type(gw.list_workers("c"), list[WorkerReport])
     assert_type(gw.usage(), list[UsageReport])
     assert_type(gw.get_versions(), dict[str, dict[str, str]])
     assert_type(gw.close(), None)
@@ -35,6 +36,7 @@ def sync_mode(flag: bool) -> None:
     assert_type(cluster.scale(3), None)
     assert_type(cluster.adapt(maximum=4), None)
     assert_type(cluster.get_logs(), dict[str, str])
+    assert_type(cluster.list_workers(), list[WorkerReport])
     assert_type(cluster.get_client(), Client)
     assert_type(cluster.close(), None)
     assert_type(cluster.shutdown(), None)
@@ -62,6 +64,8 @@ async def async_mode() -> None:
         assert_type(connected, GatewayCluster[Literal[True]])
     assert_type(await cluster.report(), ClusterReport)
     assert_type(await cluster.get_logs(), dict[str, str])
+    assert_type(await cluster.list_workers(), list[WorkerReport])
+    assert_type(await gw.list_workers("c"), list[WorkerReport])
     await cluster.scale(2)
     await cluster.close()
     assert_type(
