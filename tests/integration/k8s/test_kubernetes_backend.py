@@ -147,13 +147,17 @@ async def test_a_cluster_is_owned_objects_with_valid_labels(
 ) -> None:
     api = kube.client()
     base = f"/api/v1/namespaces/{kube_namespace}"
-    async with _running(make_backend()) as backend:
-        cluster = _cluster()
+    common = {"team": "climate", "example.org/tier": "gold"}
+    async with _running(
+        make_backend(common_labels=common, common_annotations={"cost-center": "42"})
+    ) as backend:
+        cluster = _cluster(worker_extra_pod_labels={"team": "ocean"})
         state = await _start(backend, cluster)
         worker = WorkerSpec(cluster, "w1", "10.0.0.9:8786")
         wstate = await _start_worker(backend, worker)
         owner = api.get(f"{base}/configmaps/flotilla-c1")
         uid = owner["metadata"]["uid"]
+        assert owner["metadata"]["labels"]["example.org/tier"] == "gold"
         for path in (
             f"{base}/secrets/flotilla-c1",
             f"{base}/services/flotilla-c1",
@@ -162,6 +166,11 @@ async def test_a_cluster_is_owned_objects_with_valid_labels(
         ):
             obj = api.get(path)
             meta = obj["metadata"]
+            # The common labels on every object; a worker's own extra labels win.
+            expected_team = "ocean" if path.endswith(wstate["pod"]) else "climate"
+            assert meta["labels"]["team"] == expected_team, path
+            assert meta["labels"]["example.org/tier"] == "gold", path
+            assert meta["annotations"]["cost-center"] == "42", path
             assert meta["ownerReferences"][0]["uid"] == uid, path
             assert meta["ownerReferences"][0]["blockOwnerDeletion"] is True
             assert meta["labels"]["gateway.dask.org/instance"] == "test"

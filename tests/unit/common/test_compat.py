@@ -72,6 +72,8 @@ def test_a_kubernetes_configuration_reads_as_flotillas(tmp_path: Path) -> None:
         c.KubeClusterConfig.worker_cores_limit = 2
         c.KubeClusterConfig.worker_extra_pod_config = {{"tolerations": [{{"key": "gpu"}}]}}
         c.KubeController.k8s_api_rate_limit = 50
+        c.KubeController.common_labels = {{"team": "climate"}}
+        c.KubeBackend.common_annotations = {{"cost-center": "42"}}
         c.KubeBackend.api_url = "http://api-dask-gateway.dask:8000/api"
         c.KubeBackend.kube_api_url = "https://10.0.0.1:443"
         """,
@@ -88,6 +90,8 @@ def test_a_kubernetes_configuration_reads_as_flotillas(tmp_path: Path) -> None:
     assert cfg.KubeClusterConfig.worker_cores_limit == 2
     assert cfg.KubeClusterConfig.worker_extra_pod_config == {"tolerations": [{"key": "gpu"}]}
     assert "namespace" not in cfg.KubeClusterConfig
+    assert cfg.KubeBackend.common_labels == {"team": "climate"}
+    assert cfg.KubeBackend.common_annotations == {"cost-center": "42"}
 
 
 def test_flotillas_own_configuration_is_left_as_it_is(tmp_path: Path) -> None:
@@ -143,7 +147,6 @@ def test_jobqueue_names_become_the_batch_backends() -> None:
     ("section", "key", "value", "message"),
     [
         ("DaskGateway", "backend_class", f"{DGS}.backends.kubernetes.KubeController", "no such"),
-        ("KubeBackend", "common_labels", {"team": "a"}, "worker_extra_pod_labels"),
         ("DaskGateway", "authenticator_class", "site_auth.LdapAuthenticator", "no such"),
         ("Proxy", "prefix", "/gateway", "Flotilla serves the API at /"),
         ("PBSClusterConfig", "worker_resource_list", "select=1", "extra_options"),

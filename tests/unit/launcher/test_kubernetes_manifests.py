@@ -14,6 +14,7 @@ from flotilla_launcher.backends.kubernetes import (
     DASHBOARD_PORT,
     LABEL_VALUE_RE,
     SCHEDULER_PORT,
+    KubeBackend,
     KubeSettings,
     dns_name,
     label_value,
@@ -338,3 +339,33 @@ def test_service_addressing_makes_the_scheduler_report_its_service_name() -> Non
     named_env = {e["name"]: e.get("value") for e in named["spec"]["containers"][0]["env"]}
     assert kubernetes.ADVERTISE_HOST not in plain_env
     assert named_env[kubernetes.ADVERTISE_HOST] == "svc-c1.dask.svc"
+
+
+@pytest.mark.parametrize(
+    ("setting", "values", "message"),
+    [
+        ("common_labels", {"team": "a b"}, "is not a valid label value"),
+        ("common_labels", {"team": "x" * 64}, "is not a valid label value"),
+        ("common_labels", {"bad key": "a"}, "is not a valid key"),
+        ("common_labels", {"Example.org/team": "a"}, "is not a valid key"),
+        ("common_labels", {"gateway.dask.org/cluster": "a"}, "is set by Flotilla itself"),
+        ("common_annotations", {"flotilla.dev/owner": "a"}, "is set by Flotilla itself"),
+        ("common_annotations", {"note": 3}, "must be a string"),
+    ],
+)
+def test_common_labels_kubernetes_would_refuse_stop_the_launcher(
+    setting: str, values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        KubeBackend(kube_api_url="https://127.0.0.1:1", **{setting: values})
+    text = str(stopped.value)
+    assert text.startswith(f"c.KubeBackend.{setting}") and message in text, text
+
+
+def test_annotations_may_be_any_text() -> None:
+    backend = KubeBackend(
+        kube_api_url="https://127.0.0.1:1",
+        common_labels={"example.org/team": "climate-1"},
+        common_annotations={"description": "Owned by the climate group; ask #dask"},
+    )
+    assert backend._common_annotations["description"].startswith("Owned by")

@@ -104,6 +104,8 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("KubeBackend", "gateway_instance"): ("KubeBackend", "instance"),
     ("KubeController", "gateway_instance"): ("KubeBackend", "instance"),
     ("KubeClusterConfig", "namespace"): ("KubeBackend", "namespace"),
+    ("KubeController", "common_labels"): ("KubeBackend", "common_labels"),
+    ("KubeController", "common_annotations"): ("KubeBackend", "common_annotations"),
     ("KubeController", "backoff_base_delay"): ("Launcher", "backoff_base"),
     ("KubeController", "backoff_max_delay"): ("Launcher", "backoff_max"),
     ("SimpleAuthenticator", "password"): ("BasicAuthenticator", "password"),
@@ -185,12 +187,6 @@ IGNORED: dict[tuple[str, str], str] = {
 #: (section, name) -> what to do instead (a start-up error when set).
 REFUSED: dict[tuple[str, str], str] = {
     ("Proxy", "prefix"): "Flotilla serves the API at /; remove it",
-    **{
-        (s, k): f"set c.KubeClusterConfig.scheduler_extra_pod_{k.split('_')[1]} and "
-        f"worker_extra_pod_{k.split('_')[1]} (pods only)"
-        for s in ("KubeBackend", "KubeController")
-        for k in ("common_labels", "common_annotations")
-    },
     ("Proxy", "tls_cert"): "put a TLS-terminating load balancer in front of Envoy",
     ("Proxy", "tls_key"): "put a TLS-terminating load balancer in front of Envoy",
     ("Proxy", "externally_managed"): "Envoy is always run and configured by Flotilla",

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from traitlets import Enum, Float, Integer, Unicode, default
+from traitlets import Dict, Enum, Float, Integer, Unicode, default
 
 from .base import Backend, BackendError, ClusterConfig, ClusterSpec, ProcessStatus, WorkerSpec
 from .commands import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
@@ -95,6 +95,14 @@ A_CLUSTER = "flotilla.dev/cluster"
 A_WORKER = "flotilla.dev/worker"
 
 LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+#: A label or annotation key: an optional DNS-subdomain prefix and "/", then a name.
+_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_KEY_PREFIX_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+#: Keys the backend sets itself: common_labels / common_annotations may not change them.
+_OWN_KEYS = frozenset(
+    {L_NAME, L_MANAGED, L_INSTANCE, L_COMPONENT, L_GATEWAY, L_CLUSTER, L_WORKER, L_OWNER}
+    | {A_OWNER, A_CLUSTER, A_WORKER}
+)
 _DNS_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 _CONTAINER_CONFIG = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
@@ -153,6 +161,32 @@ def labels(instance: str, cluster: ClusterSpec, component: str | None = None) ->
     }
     if component:
         out[L_COMPONENT] = component
+    return out
+
+
+def common_metadata(setting: str, values: Mapping[str, str], are_labels: bool) -> dict[str, str]:
+    """``values`` checked as the labels (or annotations) of every object; raises
+    ``SystemExit`` naming ``setting`` for a key or value Kubernetes would refuse, or a key
+    the backend sets itself."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        prefix, _, name = str(key).rpartition("/")
+        if not _KEY_NAME_RE.match(name) or (prefix and not _KEY_PREFIX_RE.match(prefix)):
+            raise SystemExit(
+                f"c.KubeBackend.{setting}: {key!r} is not a valid key ([prefix/]name, the "
+                "name at most 63 letters, digits, '-', '_', '.')"
+            )
+        if key in _OWN_KEYS:
+            raise SystemExit(f"c.KubeBackend.{setting}: {key!r} is set by Flotilla itself")
+        if not isinstance(value, str):
+            raise SystemExit(f"c.KubeBackend.{setting}[{key!r}] must be a string, got {value!r}")
+        if are_labels and (len(value) > 63 or not LABEL_VALUE_RE.match(value)):
+            raise SystemExit(
+                f"c.KubeBackend.{setting}[{key!r}]: {value!r} is not a valid label value (at "
+                "most 63 letters, digits, '-', '_', '.', starting and ending with a letter "
+                "or digit)"
+            )
+        out[str(key)] = value
     return out
 
 
@@ -733,6 +767,23 @@ class KubeBackend(Backend):
     watch_timeout = Integer(
         300, min=1, help="Seconds each watch request lasts before it is renewed.", config=True
     )
+    common_labels = Dict(
+        help=(
+            "Labels of every object of every cluster (its ConfigMap, Secret, Service and "
+            "pods), as in dask-gateway. The *_extra_pod_labels of c.KubeClusterConfig win "
+            "on pods; the keys Flotilla sets itself (app.kubernetes.io/name, managed-by, "
+            "instance and component, gateway.dask.org/instance and cluster, "
+            "flotilla.dev/owner, cluster and worker) cannot be set."
+        ),
+        config=True,
+    )
+    common_annotations = Dict(
+        help=(
+            "Annotations of every object of every cluster, as in dask-gateway; the "
+            "*_extra_pod_annotations of c.KubeClusterConfig win on pods."
+        ),
+        config=True,
+    )
     stopped_logs_kept = Integer(
         100,
         min=0,
@@ -751,6 +802,10 @@ class KubeBackend(Backend):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._transport = transport
+        self._common_labels = common_metadata("common_labels", self.common_labels, True)
+        self._common_annotations = common_metadata(
+            "common_annotations", self.common_annotations, False
+        )
         self._client: httpx.AsyncClient | None = None
         self._semaphore = asyncio.Semaphore(self.max_concurrent_requests)
         self._token = ""
@@ -859,8 +914,14 @@ class KubeBackend(Backend):
     async def _create(
         self, kind: str, manifest: dict[str, Any], cluster: ClusterSpec
     ) -> dict[str, Any]:
-        """Create an object, or get the one of that name that exists (409): adoption."""
-        name = manifest["metadata"]["name"]
+        """Create an object, or get the one of that name that exists (409): adoption.
+        The common labels and annotations go under the object's own."""
+        meta = manifest["metadata"]
+        name = meta["name"]
+        if self._common_labels:
+            meta["labels"] = {**self._common_labels, **meta.get("labels", {})}
+        if self._common_annotations:
+            meta["annotations"] = {**self._common_annotations, **meta.get("annotations", {})}
         try:
             created: dict[str, Any] = await self._request("POST", self._path(kind), manifest)
             return created
