@@ -6,14 +6,18 @@ FLOTILLA_UPDATE_SCREENSHOTS=1, the docs' to docs/images/)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from browser import screenshot
 from flotilla import BasicAuth, Gateway
 from gateway_stack import Gateway as Stack
-from gateway_stack import running_gateway
+from gateway_stack import cluster_pids, running_gateway
 from helpers import wait_for
 from playwright.sync_api import ConsoleMessage, Page, expect
 
@@ -59,6 +63,16 @@ def _sign_in(page: Page, stack: Stack, user: str) -> None:
 
 def _row(page: Page, name: str, table: str = "#cluster-table") -> object:
     return page.locator(f"{table} tr", has=page.get_by_role("rowheader", name=name))
+
+
+def _worker_process(cluster: str) -> tuple[str, int]:
+    """The name and a PID of the one worker of ``cluster`` (its env names it)."""
+    for pid in cluster_pids(cluster):
+        with contextlib.suppress(OSError):
+            for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                if item.startswith(b"DASK_GATEWAY_WORKER_NAME="):
+                    return item.split(b"=", 1)[1].decode(), pid
+    raise AssertionError(f"no worker process of cluster {cluster}")
 
 
 def test_a_user_runs_a_cluster_from_the_page(page: Page, stack: Stack, problems: list[str]) -> None:
@@ -110,9 +124,27 @@ def test_a_user_runs_a_cluster_from_the_page(page: Page, stack: Stack, problems:
     expect(row.locator("td").nth(1)).to_have_text("1/1", timeout=120_000)
     screenshot(page, "web-clusters", docs=True)
 
+    # The worker dies (its process group killed): the gateway replaces it, and the logs
+    # say first which worker failed and why.
+    worker, pid = _worker_process(name)
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    with Gateway(stack.address, auth=BasicAuth("mia")) as gw:
+
+        def failed() -> str | None:
+            return next(
+                (w.reason for w in gw.list_workers(name) if w.name == worker and w.stop_time),
+                None,
+            )
+
+        reason = wait_for(failed, 60, f"worker {worker} recorded as failed")
+    assert "killed by SIGKILL" in reason, reason
+    expect(row.locator("td").nth(1)).to_have_text("1/1", timeout=120_000)
+
     # Logs.
     row.get_by_role("button", name=f"Logs {name}").click()
     logs = page.locator("#logs-text")
+    expect(logs).to_contain_text("==> failed workers <==")
+    expect(logs).to_contain_text(f"{worker}: {reason}")
     expect(logs).to_contain_text("==> scheduler <==")
     expect(logs).to_contain_text("Scheduler at")
     page.get_by_role("button", name="Close logs").click()

@@ -348,8 +348,14 @@ function stopCluster(name) {
 
 function showLogs(name) {
   return act(async () => {
-    const { logs } = await api(`/api/v1/clusters/${encodeURIComponent(name)}/logs`);
-    const parts = Object.entries(logs || {}).map(([process, text]) => `==> ${process} <==\n${text}`);
+    const path = `/api/v1/clusters/${encodeURIComponent(name)}`;
+    const [{ logs }, { workers }] = await Promise.all([api(`${path}/logs`), api(`${path}/workers`)]);
+    // Why workers failed comes first: it is what one opens the logs to find.
+    const failed = (workers || []).filter((w) => w.status === "FAILED");
+    const parts = failed.length
+      ? [`==> failed workers <==\n${failed.map((w) => `${w.name}: ${w.reason || "no reason known"}`).join("\n")}\n`]
+      : [];
+    parts.push(...Object.entries(logs || {}).map(([process, text]) => `==> ${process} <==\n${text}`));
     $("logs-title").textContent = `Logs of ${name}`;
     $("logs-text").textContent = parts.join("\n") || "No logs yet.";
     show("logs");
