@@ -383,17 +383,24 @@ async def test_housekeeping_runs_its_chores_until_stopped() -> None:
 OOM = "worker w exceeded its memory limit of 400 MiB (OOMKilled)"
 
 
-async def test_workers_lists_the_ended_ones_with_the_launchers_reason(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service = await make_service(store)
+async def two_connected_workers(service: ClusterService) -> tuple[str, Identity, str, str]:
+    """A new cluster of alice's with two workers connected: its name, its scheduler's
+    identity and the workers' names (sorted)."""
     c = await service.create(ALICE, {})
     token = Identity("alice", cluster=c.name)
     await service.heartbeat(token, c.name, beat(count=2))
     first, second = sorted((await service.get(ALICE, c.name)).workers)
     await service.heartbeat(token, c.name, beat(count=2, active=[first, second]))
-    await service.report_worker(c.name, first, Observed.STOPPED, "", OOM)
-    listed = {w.name: w for w in await service.workers(ALICE, c.name)}
+    return c.name, token, first, second
+
+
+async def test_workers_lists_the_ended_ones_with_the_launchers_reason(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = await make_service(store)
+    name, token, first, second = await two_connected_workers(service)
+    await service.report_worker(name, first, Observed.STOPPED, "", OOM)
+    listed = {w.name: w for w in await service.workers(ALICE, name)}
     assert len(listed) == 3  # the failed one, the other, and the failed one's replacement
     assert (listed[first].status, listed[first].reason) == (Status.FAILED, OOM)
     assert listed[first].stop_time is not None
@@ -401,24 +408,24 @@ async def test_workers_lists_the_ended_ones_with_the_launchers_reason(
     [replacement] = set(listed) - {first, second}
     assert listed[replacement].status == Status.PENDING
     # Newest first, bounded.
-    store_order = [w.name for w in await service.workers(ALICE, c.name)]
+    store_order = [w.name for w in await service.workers(ALICE, name)]
     starts = [listed[n].start_time for n in store_order]
     assert starts == sorted(starts, reverse=True)
     monkeypatch.setattr(clusters, "MAX_LISTED_WORKERS", 1)
-    assert len(await service.workers(ALICE, c.name)) == 1
+    assert len(await service.workers(ALICE, name)) == 1
     # Only the owner and admins; a cluster token is not a user.
-    assert len(await service.workers(ADMIN, c.name)) == 1
+    assert len(await service.workers(ADMIN, name)) == 1
     with pytest.raises(PermissionDenied, match="User bob lacks permissions to view cluster"):
-        await service.workers(BOB, c.name)
+        await service.workers(BOB, name)
     with pytest.raises(PermissionDenied):
-        await service.workers(token, c.name)
+        await service.workers(token, name)
     with pytest.raises(ClusterNotFound):
         await service.workers(ALICE, "nope")
     # Kept with the finished cluster's record.
-    await service.stop(ALICE, c.name)
-    await service.report_cluster(c.name, Observed.STOPPED, "", "")
+    await service.stop(ALICE, name)
+    await service.report_cluster(name, Observed.STOPPED, "", "")
     monkeypatch.setattr(clusters, "MAX_LISTED_WORKERS", 1000)
-    ended = {w.name: w for w in await service.workers(ALICE, c.name)}
+    ended = {w.name: w for w in await service.workers(ALICE, name)}
     assert set(ended) == set(listed) and ended[first].reason == OOM
     assert all(w.status in (Status.STOPPED, Status.FAILED) for w in ended.values())
 
@@ -427,26 +434,22 @@ async def test_the_launchers_reason_replaces_the_schedulers(store: SQLiteStore) 
     """The scheduler often sees a worker go before its launcher sees why (a memory limit,
     a cancelled job): the launcher's words replace the scheduler's vaguer ones."""
     service = await make_service(store)
-    c = await service.create(ALICE, {})
-    token = Identity("alice", cluster=c.name)
-    await service.heartbeat(token, c.name, beat(count=2))
-    died, scaled = sorted((await service.get(ALICE, c.name)).workers)
-    await service.heartbeat(token, c.name, beat(count=2, active=[died, scaled]))
+    name, token, died, scaled = await two_connected_workers(service)
     await service.heartbeat(
-        token, c.name, {**beat(count=2, active=[scaled]), "closed_workers": [died]}
+        token, name, {**beat(count=2, active=[scaled]), "closed_workers": [died]}
     )
-    [w] = [w for w in await service.workers(ALICE, c.name) if w.name == died]
+    [w] = [w for w in await service.workers(ALICE, name) if w.name == died]
     assert (w.status, w.reason) == (Status.STOPPING, "worker left the scheduler unexpectedly")
-    await service.report_worker(c.name, died, Observed.STOPPED, "", OOM)
-    [w] = [w for w in await service.workers(ALICE, c.name) if w.name == died]
+    await service.report_worker(name, died, Observed.STOPPED, "", OOM)
+    [w] = [w for w in await service.workers(ALICE, name) if w.name == died]
     assert (w.status, w.reason) == (Status.FAILED, OOM)
     # A worker closed on purpose (a scale down) stays STOPPED, without a reason.
     await service.heartbeat(
-        token, c.name, {**beat(count=1, active=[scaled]), "closing_workers": [scaled]}
+        token, name, {**beat(count=1, active=[scaled]), "closing_workers": [scaled]}
     )
-    await service.heartbeat(token, c.name, {**beat(count=1), "closed_workers": [scaled]})
-    await service.report_worker(c.name, scaled, Observed.STOPPED, "", "exited with code 0")
-    [w] = [w for w in await service.workers(ALICE, c.name) if w.name == scaled]
+    await service.heartbeat(token, name, {**beat(count=1), "closed_workers": [scaled]})
+    await service.report_worker(name, scaled, Observed.STOPPED, "", "exited with code 0")
+    [w] = [w for w in await service.workers(ALICE, name) if w.name == scaled]
     assert (w.status, w.reason) == (Status.STOPPED, "")
 
 
