@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
 from flotilla.registry.v1 import registry_pb2, registry_pb2_grpc
 from flotilla_common.tls import new_keypair
 from flotilla_proxy_config.app import ProxyConfigService
@@ -41,13 +42,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Allows every request, unless told to deny with ``deny = (status, JSON body)``."""
+
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.deny: tuple[int, str] | None = None
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         self.paths.append(request.attributes.request.http.path)
+        if self.deny is not None:
+            status, body = self.deny
+            return external_auth_pb2.CheckResponse(
+                status=status_pb2.Status(code=14),
+                denied_response=external_auth_pb2.DeniedHttpResponse(
+                    status=http_status_pb2.HttpStatus(code=status), body=body
+                ),
+            )
         header = base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key="x-test-auth", value="allowed"),
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
@@ -190,6 +202,7 @@ class Gateway:
     http: aiohttp.ClientSession
     workdir: Path
     cleanups: list[Callable[[], Any]] = field(default_factory=list)
+    auth_server: grpc.aio.Server | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.public_port}{path}"
@@ -293,6 +306,7 @@ async def gateway(
             http=http,
             workdir=tmp_path,
             cleanups=cleanups,
+            auth_server=auth_server,
         )
         yield gw
     finally:
@@ -344,6 +358,23 @@ async def test_api_goes_through_ext_authz(gateway: Gateway) -> None:
     assert body["path_qs"] == "/api/v1/clusters?wait=1"
     assert body["headers"].get("x-test-auth") == "allowed"
     assert gateway.authz.paths == ["/api/v1/clusters?wait=1"]
+
+
+async def test_auths_denials_keep_their_body_and_auth_down_is_json_503(
+    gateway: Gateway,
+) -> None:
+    """A 503 from auth (its identity provider is down) keeps auth's words; a 503 because
+    auth itself does not answer gets Envoy's JSON."""
+    for status, text in ((503, "JupyterHub is unavailable"), (401, "Authentication required")):
+        gateway.authz.deny = (status, json.dumps({"error": text}))
+        got, body, headers = await gateway.get("/api/v1/clusters/")
+        assert (got, body) == (status, {"error": text})
+        assert headers["content-type"] == "application/json"
+    assert gateway.auth_server is not None
+    await gateway.auth_server.stop(0)
+    got, body, headers = await gateway.get("/api/v1/clusters/")
+    assert (got, body) == (503, {"error": "Service Unavailable"})
+    assert headers["content-type"] == "application/json"
 
 
 async def test_session_cookie_without_credentials_skips_ext_authz(gateway: Gateway) -> None:

@@ -50,6 +50,7 @@ from envoy.config.core.v3 import (
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -123,7 +124,7 @@ _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,200}[a-z0-9])?$")
 
 # Envoy's own answers, as dask-gateway's JSON errors. 4xx: requests Envoy refuses before
 # any service sees them (a NUL in the path, oversized headers, a path with no route).
-# Never 401/403/500: those come from auth, whose JSON bodies must pass unchanged.
+# Auth's denials (any status, its own JSON body) pass unchanged: see _local_reply_config.
 _LOCAL_REPLY_ERRORS = {
     400: "Bad Request",
     404: "Not Found",
@@ -393,8 +394,27 @@ def _reject_chain() -> listener_components_pb2.FilterChain:
 
 
 def _local_reply_config() -> hcm_pb2.LocalReplyConfig:
-    """Envoy's own answers (upstream down, auth down, malformed requests) get a JSON body."""
-    mappers = []
+    """Envoy's own answers (upstream down, auth down, malformed requests) get a JSON body.
+
+    A denial from auth is a local reply too (with auth's own JSON body): the first
+    mapper matches it and keeps that body, so the status mappers never see it (auth's
+    "JupyterHub is unavailable" stays that, not "Service Unavailable"). Auth being down
+    is ``ext_authz_error``, which the status mappers do see.
+    """
+    denied = cel_pb2.ExpressionFilter(expression="response.code_details == 'ext_authz_denied'")
+    mappers = [
+        hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(
+                extension_filter=accesslog_pb2.ExtensionFilter(
+                    name="envoy.access_loggers.extension_filters.cel", typed_config=_any(denied)
+                )
+            ),
+            body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
+                text_format_source=base_pb2.DataSource(inline_string="%LOCAL_REPLY_BODY%"),
+                content_type="application/json",
+            ),
+        )
+    ]
     for status, text in sorted(_LOCAL_REPLY_ERRORS.items()):
         mappers.append(
             hcm_pb2.ResponseMapper(
