@@ -429,7 +429,6 @@ def test_oauth_settings_default_from_the_api_url_and_deployment(
 @pytest.mark.parametrize(
     ("traits", "named"),
     [
-        ({"jupyterhub_api_url": "http://hub:8081/api"}, "jupyterhub_url"),
         ({"jupyterhub_url": "hub.example.org"}, "jupyterhub_url"),
         ({"oauth_redirect_url": "/api/v1/login/jupyterhub/callback"}, "oauth_redirect_url"),
     ],
@@ -441,3 +440,18 @@ def test_oauth_settings_errors_name_the_setting(traits: dict[str, str], named: s
         setattr(config.JupyterHubAuthenticator, name, value)
     with pytest.raises(AuthenticatorConfigError, match=rf"^c\.JupyterHubAuthenticator\.{named}: "):
         load_authenticator("jupyterhub", config)
+
+
+async def test_no_browser_sign_in_without_the_hubs_browser_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An API URL the hub's own URL cannot be told from: tokens still work, the page
+    # offers no sign-in, and the log says which setting is missing.
+    made = make_authenticator("http://hub-api.internal/api", jupyterhub_api_token="token")
+    try:
+        assert made.browser_login().kind == "none"
+        status, _, _ = denial(await check(servicer(made), {}, LOGIN_PATH))
+        assert status == 404
+    finally:
+        await made.close()
+    assert "c.JupyterHubAuthenticator.jupyterhub_url: not set" in caplog.text

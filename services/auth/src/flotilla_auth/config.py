@@ -248,7 +248,8 @@ class JupyterHubAuthenticator(Configurable):
             "'https://hub.example.org/' (the hub's API URL is often an internal address). "
             "The web page's 'Sign in with JupyterHub' sends the browser to "
             "<jupyterhub_url>/hub/api/oauth2/authorize. Default: jupyterhub_api_url "
-            "without its '/hub/api' ending."
+            "without its '/hub/api' ending; an API URL without that ending and no "
+            "jupyterhub_url leave the page without this sign-in (API tokens still work)."
         ),
         config=True,
     )

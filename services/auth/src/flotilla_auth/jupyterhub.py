@@ -138,6 +138,8 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             )
 
     def _browser_hub_url(self) -> str:
+        """Where browsers reach the hub; empty when it cannot be told (no browser
+        sign-in, while API tokens still work)."""
         if self.jupyterhub_url:
             if not _is_http_url(self.jupyterhub_url):
                 raise AuthenticatorConfigError(
@@ -145,12 +147,16 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
                     f"{self.jupyterhub_url!r}"
                 )
             return self.jupyterhub_url.rstrip("/")
-        if not self._api_url.endswith("/hub/api"):
-            raise AuthenticatorConfigError(
+        if self._api_url.endswith("/hub/api"):
+            return self._api_url.removesuffix("/hub/api")
+        if self.jupyterhub_api_token:
+            log.warning(
                 "c.JupyterHubAuthenticator.jupyterhub_url: not set, and jupyterhub_api_url "
-                f"({self._api_url!r}) does not end in /hub/api to derive it from"
+                "(%s) does not end in /hub/api to derive it from: the web page offers no "
+                "sign-in with JupyterHub",
+                self._api_url,
             )
-        return self._api_url.removesuffix("/hub/api")
+        return ""
 
     @property
     def cookie_max_age_seconds(self) -> int | None:
@@ -204,9 +210,9 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             raise _HubUnavailable(f"POST {url}: {type(exc).__name__}: {exc}") from None
 
     def browser_login(self) -> BrowserLogin:
-        """A redirect to the hub's OAuth sign-in (none without the service's token, which
-        is the OAuth client secret)."""
-        if not self.jupyterhub_api_token:
+        """A redirect to the hub's OAuth sign-in; none without the service's token (the
+        OAuth client secret) or the hub's browser-facing URL."""
+        if not (self.jupyterhub_api_token and self._hub_url):
             return BrowserLogin("none")
         return BrowserLogin("redirect", url=LOGIN_PATH, label="Sign in with JupyterHub")
 
@@ -214,7 +220,7 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
         """The OAuth flow's start (to the hub) and callback (from it)."""
         if request.route not in (LOGIN_PATH, CALLBACK_PATH):
             return None
-        if not self.jupyterhub_api_token:
+        if not (self.jupyterhub_api_token and self._hub_url):
             raise AuthenticatorError(NO_BROWSER_SIGN_IN, status_code=404)
         if request.route == LOGIN_PATH:
             return self._authorize()
