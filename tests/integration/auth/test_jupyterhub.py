@@ -361,6 +361,9 @@ async def test_a_code_the_hub_refuses_gets_403(hub: JupyterHub) -> None:
         denied = f"{CALLBACK_PATH}?error=access_denied&state={value}"
         status, body, _ = denial(await check(svc, {"cookie": state}, denied))
         assert (status, body) == (403, {"error": "JupyterHub did not sign you in (access_denied)"})
+        echoed = f"{CALLBACK_PATH}?error=%3Cb%3Ecall+us%3C%2Fb%3E&state={value}"
+        status, body, _ = denial(await check(svc, {"cookie": state}, echoed))
+        assert (status, body) == (403, {"error": "JupyterHub did not sign you in (error)"})
     finally:
         await auth.close()
 

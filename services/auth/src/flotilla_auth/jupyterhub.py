@@ -30,6 +30,7 @@ A browser signs in with the OAuth 2 authorization-code flow the hub offers its s
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -66,6 +67,7 @@ CALLBACK_PATH = LOGIN_PATH + "/callback"
 #: The OAuth state of a sign-in under way, sent back only to LOGIN_PATH and below.
 STATE_COOKIE = "flotilla-jupyterhub-state"
 STATE_MAX_AGE_SECONDS = 600
+_OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
 
 NO_BROWSER_SIGN_IN = "This gateway offers no sign-in with JupyterHub from a browser"
 STATE_MISMATCH = (
@@ -256,8 +258,12 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             raise AuthenticatorError(STATE_MISMATCH, status_code=400)
         error = request.query.get("error")
         if error:
-            log.info("JupyterHub did not sign a user in: %s", error)
-            raise AuthenticatorError(f"JupyterHub did not sign you in ({error})", status_code=403)
+            log.info("JupyterHub did not sign a user in: %r", error[:200])
+            # An OAuth error code (RFC 6749 4.1.2.1) is shown; other text is not echoed.
+            code_name = error if _OAUTH_ERROR.fullmatch(error) else "error"
+            raise AuthenticatorError(
+                f"JupyterHub did not sign you in ({code_name})", status_code=403
+            )
         code = request.query.get("code", "")
         if not code:
             raise AuthenticatorError("JupyterHub's answer has no code", status_code=400)
