@@ -204,6 +204,13 @@ def test_a_person_signs_in_to_the_page_through_the_hub(
     extra = f"c.JupyterHubAuthenticator.jupyterhub_url = {hub.url!r}\n"
     with running_gateway(tmp_path, hub_config(hub, extra), public_port=hub.gateway_port) as gw:
         assert gw.address + "/api/v1/login/jupyterhub/callback" == hub.oauth_redirect_uri
+        # A callback this browser did not start is refused, with a message (through
+        # Envoy, whose local replies keep the body of a 403).
+        status, _, body = gw.request(
+            "GET", "/api/v1/login/jupyterhub/callback?code=x&state=y", user=None
+        )
+        assert status == 403 and "not started from this browser" in body["error"], body
+
         page.goto(gw.address + "/")
         page.get_by_role("button", name="Sign in with JupyterHub").click()
 

@@ -330,7 +330,7 @@ async def test_a_callback_of_another_sign_in_is_refused(hub: JupyterHub) -> None
         _, other = await start_sign_in(svc)
         for cookie in ({"cookie": other}, {}):
             status, body, _ = denial(await check(svc, cookie, callback_path(back)))
-            assert status == 400
+            assert status == 403
             assert "not started from this browser" in body["error"]
         # Its own state still works: nothing was spent by the refusals.
         location, _ = redirect(await check(svc, {"cookie": state}, callback_path(back)))

@@ -856,7 +856,7 @@ async def test_an_authenticators_sign_in_steps_are_redirects() -> None:
 @pytest.mark.parametrize(
     ("failure", "status", "error"),
     [
-        (AuthenticatorError("bad state", status_code=400), 400, "bad state"),
+        (AuthenticatorError("bad state", status_code=403), 403, "bad state"),
         (AuthenticatorError("the provider is down", status_code=503), 503, "the provider is down"),
         (RuntimeError("a bug"), 401, "Sign-in failed"),
     ],

@@ -19,7 +19,7 @@ A browser signs in with the OAuth 2 authorization-code flow the hub offers its s
    HttpOnly cookie;
 2. the hub signs the user in and sends the browser back to
    ``/api/v1/login/jupyterhub/callback?code=..&state=..``; a state that is not the
-   cookie's is refused (400);
+   cookie's is refused (403);
 3. the code is exchanged at ``POST {api_url}/oauth2/token`` (the client secret is the
    service's API token), the access token's ``GET {api_url}/user`` is the user (its
    identify scopes give the name, groups and admin flag), and the browser is sent to
@@ -255,7 +255,8 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
         state = request.query.get("state", "")
         if not expected or not state or not secrets.compare_digest(expected, state):
             log.info("JupyterHub sign-in refused: its state is not this browser's")
-            raise AuthenticatorError(STATE_MISMATCH, status_code=400)
+            # 403, not 400: Envoy replaces the body of a 400, and the message matters.
+            raise AuthenticatorError(STATE_MISMATCH, status_code=403)
         error = request.query.get("error")
         if error:
             log.info("JupyterHub did not sign a user in: %r", error[:200])
@@ -266,7 +267,7 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             )
         code = request.query.get("code", "")
         if not code:
-            raise AuthenticatorError("JupyterHub's answer has no code", status_code=400)
+            raise AuthenticatorError("JupyterHub's answer has no code", status_code=403)
         try:
             access_token = await self._exchange(code)
             status, model = await self._get("/user", access_token)
