@@ -128,8 +128,17 @@ def internal_addresses(ports: list[int] | None = None) -> str:
     )
 
 
-def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
-    public, *internal = free_ports(1 + INTERNAL_PORTS)
+def write_config(
+    state_dir: Path, extra: str = "", public_port: int | None = None
+) -> tuple[Path, str]:
+    """The configuration file of a gateway on free ports, and its address; its public
+    listener on ``public_port`` if given (one chosen earlier, e.g. for a hub's OAuth
+    redirect URI: the other ports are never that one)."""
+    if public_port is None:
+        public, *internal = free_ports(1 + INTERNAL_PORTS)
+    else:
+        public = public_port
+        internal = [p for p in free_ports(1 + INTERNAL_PORTS) if p != public][:INTERNAL_PORTS]
     config = state_dir / "flotilla_config.py"
     config.write_text(
         internal_addresses(internal)
@@ -149,10 +158,12 @@ def write_config(state_dir: Path, extra: str = "") -> tuple[Path, str]:
 
 
 @contextlib.contextmanager
-def running_gateway(state_dir: Path, extra: str = "") -> Iterator[Gateway]:
+def running_gateway(
+    state_dir: Path, extra: str = "", public_port: int | None = None
+) -> Iterator[Gateway]:
     """A whole gateway configured by :func:`write_config` (plus ``extra``), stopped on exit;
     a cluster process it left behind is killed by PID and fails the test."""
-    config, address = write_config(state_dir, extra)
+    config, address = write_config(state_dir, extra, public_port)
     with running_stack(config, address, state_dir) as gateway:
         yield gateway
 

@@ -14,7 +14,9 @@ answers, and stops the hub and the proxy by PID when the block ends::
 
 Services, as a deployment registers the gateway:
 
-* ``dask-gateway`` (``hub.service_token``): reads users, their groups and servers;
+* ``dask-gateway`` (``hub.service_token``): reads users, their groups and servers, and
+  is an OAuth client (``service-dask-gateway``, no confirmation page) whose redirect URI
+  (``hub.oauth_redirect_uri``) is the callback of a gateway on ``hub.gateway_port``;
 * ``test-admin`` (the harness's own, a hub admin): creates users, admins and groups,
   mints user tokens.
 
@@ -25,14 +27,17 @@ where it fails instead.
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +51,8 @@ __all__ = ["JupyterHub", "jupyterhub_hub"]
 PROJECT = Path(__file__).resolve().parents[1]
 VENV = PROJECT / ".cache" / "jupyterhub"
 HUB = VENV / "bin" / "jupyterhub"
+#: The gateway's OAuth callback (flotilla_auth.jupyterhub.CALLBACK_PATH).
+OAUTH_CALLBACK_PATH = "/api/v1/login/jupyterhub/callback"
 PROXY = VENV / "node_modules" / ".bin" / "configurable-http-proxy"
 
 CONFIG = """\
@@ -82,7 +89,14 @@ class NoProcessSpawner(Spawner):
 c.JupyterHub.spawner_class = NoProcessSpawner
 c.Authenticator.allow_all = True
 c.JupyterHub.services = [
-    {{"name": "dask-gateway", "api_token": {service_token!r}}},
+    {{
+        "name": "dask-gateway",
+        "api_token": {service_token!r},
+        # The web page's "Sign in with JupyterHub" (OAuth): the secret is the token.
+        "oauth_client_id": "service-dask-gateway",
+        "oauth_redirect_uri": {oauth_redirect_uri!r},
+        "oauth_no_confirm": True,
+    }},
     {{"name": "test-admin", "api_token": {admin_token!r}}},
 ]
 c.JupyterHub.load_roles = [
@@ -91,6 +105,8 @@ c.JupyterHub.load_roles = [
         "services": ["dask-gateway"],
         "scopes": ["read:users", "read:users:groups", "read:groups", "read:servers"],
     }},
+    # Every user may sign in to the gateway through the hub (the OAuth authorize step).
+    {{"name": "user", "scopes": ["self", "access:services!service=dask-gateway"]}},
     # Only a hub admin may make other admins.
     {{"name": "admin", "services": ["test-admin"]}},
 ]
@@ -112,6 +128,12 @@ class JupyterHub:
         self.service_token = service_token
         self._admin_token = admin_token
         self.process: subprocess.Popen[bytes] | None = None
+        #: Where browsers reach the hub (its proxy).
+        self.url = ""
+        #: A free port for a gateway's public listener, which the registered
+        #: ``oauth_redirect_uri`` names (``running_gateway(..., public_port=...)``).
+        self.gateway_port = 0
+        self.oauth_redirect_uri = ""
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         """Call the hub's API (as ``test-admin`` unless ``token``); the parsed answer."""
@@ -164,6 +186,43 @@ class JupyterHub:
         self.api("DELETE", f"/users/{name}/server")
         wait_for(lambda: not self.api("GET", f"/users/{name}").get("server"), 30, "server stop")
 
+    def authorize(self, url: str, user: str) -> str:
+        """Do what a browser does with the hub's OAuth ``url`` (its authorize endpoint):
+        sign in as ``user`` on the dummy authenticator's form, then follow the hub's
+        redirects until it sends the browser back to ``oauth_redirect_uri``; that URL
+        (with ``code`` and ``state``)."""
+        back = self.oauth_redirect_uri
+
+        class StopAtCallback(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+                if newurl.startswith(back):
+                    return None  # urllib raises HTTPError with the redirect instead
+                return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), StopAtCallback()
+        )
+        # The hub sends a browser that is not signed in to its login form (with ?next=
+        # the authorize URL); the form signs in and goes on there.
+        data = None
+        for _ in range(2):
+            try:
+                with opener.open(url, data, timeout=10) as resp:
+                    page = resp.read().decode(errors="replace")
+                    url = resp.geturl()
+            except urllib.error.HTTPError as exc:
+                if exc.code in (302, 303) and exc.headers["Location"].startswith(back):
+                    location: str = exc.headers["Location"]
+                    return location
+                body = exc.read().decode(errors="replace")
+                raise AssertionError(f"the hub answered {exc.code} to {exc.url}: {body}") from None
+            found = re.search(r'name="_xsrf" value="([^"]+)"', page)
+            if found is None or "/hub/login" not in url:
+                break
+            fields = {"username": user, "password": "any", "_xsrf": found.group(1)}
+            data = urllib.parse.urlencode(fields).encode()
+        raise AssertionError(f"the hub did not send the browser back to {back}: {page[-2000:]}")
+
     def answers(self) -> bool:
         try:
             return "version" in self.api("GET", "/")
@@ -208,7 +267,8 @@ def jupyterhub_hub() -> Iterator[JupyterHub]:
         _unavailable(f"{HUB.parent.parent} not installed (make .cache/jupyterhub/.installed)")
     with tempfile.TemporaryDirectory(prefix="flotilla-hub-") as tmp:
         directory = Path(tmp)
-        proxy_port, proxy_api_port, hub_port = free_ports(3)
+        proxy_port, proxy_api_port, hub_port, gateway_port = free_ports(4)
+        oauth_redirect_uri = f"http://127.0.0.1:{gateway_port}{OAUTH_CALLBACK_PATH}"
         service_token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
         config = directory / "jupyterhub_config.py"
         config.write_text(
@@ -223,9 +283,13 @@ def jupyterhub_hub() -> Iterator[JupyterHub]:
                 cookie_secret=str(directory / "cookie_secret"),
                 service_token=service_token,
                 admin_token=admin_token,
+                oauth_redirect_uri=oauth_redirect_uri,
             )
         )
         hub = JupyterHub(directory, hub_port, service_token, admin_token)
+        hub.url = f"http://127.0.0.1:{proxy_port}"
+        hub.gateway_port = gateway_port
+        hub.oauth_redirect_uri = oauth_redirect_uri
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
         env["CONFIGPROXY_AUTH_TOKEN"] = secrets.token_hex(16)
         log = (directory / "hub.log").open("wb")

@@ -1,11 +1,13 @@
 """JupyterHub login end to end: the unmodified dask-gateway client (``auth="jupyterhub"``,
 the token from ``JUPYTERHUB_API_TOKEN`` as in a notebook server) through Envoy and auth,
-against a real hub with the gateway registered as a hub service."""
+against a real hub with the gateway registered as a hub service; and a person signing in
+to the web page, in headless Chromium, through the hub's OAuth."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -16,6 +18,7 @@ import pytest
 from gateway_stack import Gateway, cluster_pids, running_gateway, upstream_python
 from helpers import wait_for
 from jupyterhub_hub import JupyterHub, jupyterhub_hub
+from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -187,3 +190,46 @@ def test_clusters_end_a_grace_period_after_the_owners_server(
         assert stopped_by_auth(gateway) == 2
     auth_log = log.read_text(errors="replace")
     assert f"stopped cluster {with_server} of user alice" in auth_log, auth_log[-3000:]
+
+
+def test_a_person_signs_in_to_the_page_through_the_hub(
+    hub: JupyterHub, tmp_path: Path, page: Page
+) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Browsers reach the hub through its proxy, the gateway reaches its API directly.
+    extra = f"c.JupyterHubAuthenticator.jupyterhub_url = {hub.url!r}\n"
+    with running_gateway(tmp_path, hub_config(hub, extra), public_port=hub.gateway_port) as gw:
+        assert gw.address + "/api/v1/login/jupyterhub/callback" == hub.oauth_redirect_uri
+        # A callback this browser did not start is refused, with a message (through
+        # Envoy, whose local replies keep the body of a 403).
+        status, _, body = gw.request(
+            "GET", "/api/v1/login/jupyterhub/callback?code=x&state=y", user=None
+        )
+        assert status == 403 and "not started from this browser" in body["error"], body
+
+        page.goto(gw.address + "/")
+        page.get_by_role("button", name="Sign in with JupyterHub").click()
+
+        # The hub's own login form (the dummy authenticator takes any password).
+        expect(page).to_have_url(re.compile(rf"^{re.escape(hub.url)}/hub/login"))
+        page.locator("#username_input").fill("bob")
+        page.locator("#password_input").fill("any")
+        page.locator("#login_submit").click()
+
+        # Back on the gateway's page, signed in as the hub's user, admin by group.
+        expect(page.locator("#who")).to_have_text("Signed in as bob (admin)")
+        assert page.url == gw.address + "/"
+        expect(page.get_by_text("You have no clusters.")).to_be_visible()
+        state = [c for c in page.context.cookies() if c["name"] == "flotilla-jupyterhub-state"]
+        assert state == []
+
+        # Signing out offers the hub's button again; the hub still knows the browser,
+        # so it signs straight back in.
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("button", name="Sign in with JupyterHub")).to_be_visible()
+        page.get_by_role("button", name="Sign in with JupyterHub").click()
+        expect(page.locator("#who")).to_have_text("Signed in as bob (admin)")
+    auth_log = (tmp_path / "logs" / "auth.log").read_text(errors="replace")
+    assert "user bob signed in from a browser (admin=True)" in auth_log, auth_log[-3000:]
+    assert errors == []

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from flotilla_auth.authenticator import Authenticator, AuthenticatorError, AuthResult
+from flotilla_auth.authenticator import (
+    Authenticator,
+    AuthenticatorError,
+    AuthResult,
+    SignInRequest,
+    SignInStep,
+)
 from flotilla_auth.basic import BasicAuthenticator
 from flotilla_auth.checker import Checker
 from flotilla_auth.servicer import AuthorizationServicer
@@ -777,3 +783,89 @@ async def test_kerberos_keeps_its_challenge_for_the_browser_to_answer() -> None:
     assert client_headers(resp)["www-authenticate"] == "Negotiate"
     login = json.loads(resp.denied_response.body)["login"]
     assert login == {"kind": "negotiate", "url": "", "label": "Sign in with Kerberos"}
+
+
+class _Redirecting(Authenticator):
+    """Signs browsers in through a pretend identity provider at /api/v1/login/idp."""
+
+    challenge = "idp"
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        super().__init__()
+        self.failure = failure
+        self.seen: list[SignInRequest] = []
+
+    async def sign_in(self, request: SignInRequest) -> SignInStep | None:
+        self.seen.append(request)
+        if self.failure is not None:
+            raise self.failure
+        if request.route == "/api/v1/login/idp":
+            return SignInStep("https://idp.example/authorize", set_cookies=("s=1; Path=/x",))
+        if request.route == "/api/v1/login/idp/back":
+            user = AuthResult(request.query["user"], frozenset({"ops"}))
+            return SignInStep("/", result=user, set_cookies=("s=; Max-Age=0",))
+        return None
+
+    async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
+        return None
+
+
+def redirect_of(resp: external_auth_pb2.CheckResponse) -> tuple[str, list[str]]:
+    assert resp.denied_response.status.code == 302, resp
+    assert resp.denied_response.body == ""
+    options = resp.denied_response.headers
+    (location,) = [o.header.value for o in options if o.header.key == "location"]
+    cookies = [o for o in options if o.header.key == "set-cookie"]
+    # Envoy must send every cookie, not only the last.
+    assert all(o.append_action != OVERWRITE for o in cookies)
+    return location, [o.header.value for o in cookies]
+
+
+async def test_an_authenticators_sign_in_steps_are_redirects() -> None:
+    idp = _Redirecting()
+    servicer = make_servicer(authenticator=idp, admin_groups=("ops",))
+    # Asked before any credential is looked at.
+    resp = await check(servicer, "GET", "/api/v1/login/idp", {"authorization": "idp x"})
+    assert redirect_of(resp) == ("https://idp.example/authorize", ["s=1; Path=/x"])
+    assert client_headers(resp)["cache-control"] == "no-store"
+
+    resp = await check(
+        servicer, "GET", "/api/v1/login/idp/back?user=alice&x=%2F", {"cookie": "s=1"}
+    )
+    assert idp.seen[-1].query == {"user": "alice", "x": "/"}
+    assert idp.seen[-1].headers == {"cookie": "s=1"}
+    location, (cleared, session) = redirect_of(resp)
+    assert (location, cleared) == ("/", "s=; Max-Age=0")
+    cookie = {"cookie": session.split(";", 1)[0]}
+    # The session cookie has the roles decided like any login's (admin_groups).
+    assert identity_of(await check(servicer, "GET", "/api/v1/clusters/", cookie)) == Identity(
+        "alice", groups=frozenset({"ops"}), admin=True
+    )
+
+    # Not the authenticator's path: 404, as for a path nobody serves.
+    resp = await check(servicer, "GET", "/api/v1/login/other")
+    assert resp.denied_response.status.code == 404
+    assert json.loads(resp.denied_response.body) == {"error": "Not Found"}
+    # Only GETs are sign-in steps; /api/v1/login itself is the page's "who am I".
+    seen = len(idp.seen)
+    await check(servicer, "POST", "/api/v1/login/idp")
+    await check(servicer, "GET", "/api/v1/login")
+    assert len(idp.seen) == seen
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "error"),
+    [
+        (AuthenticatorError("bad state", status_code=403), 403, "bad state"),
+        (AuthenticatorError("the provider is down", status_code=503), 503, "the provider is down"),
+        (RuntimeError("a bug"), 401, "Sign-in failed"),
+    ],
+)
+async def test_a_failed_sign_in_step_is_a_json_error(
+    failure: Exception, status: int, error: str
+) -> None:
+    servicer = make_servicer(authenticator=_Redirecting(failure))
+    resp = await check(servicer, "GET", "/api/v1/login/idp/back?user=alice")
+    assert resp.denied_response.status.code == status
+    assert json.loads(resp.denied_response.body) == {"error": error}
+    assert client_headers(resp)["content-type"] == "application/json"

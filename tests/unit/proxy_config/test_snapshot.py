@@ -59,6 +59,7 @@ def route_paths(snapshot: Snapshot) -> list[str]:
     return [
         r.match.prefix
         or (r.match.path and f"={r.match.path}")
+        or (r.match.path_separated_prefix and f"{r.match.path_separated_prefix}[/...]")
         or f"regex:{r.match.safe_regex.regex}"
         for r in vhost.routes
     ]
@@ -87,7 +88,7 @@ def test_resources_and_names() -> None:
     # beta has no dashboard: no dash_ cluster. The routes never depend on clusters.
     assert route_paths(s) == [
         "/flotilla.registry.v1.RegistryService/",
-        "=/api/v1/login",  # the web page's sign-in: always through auth
+        "/api/v1/login[/...]",  # the web page's sign-in: always through auth
         "=/api/v1/events",  # the web page's event stream: no deadline
         "/api/",  # with the session cookie and no credentials: straight to the registry
         "/api/",

@@ -24,11 +24,14 @@ from traitlets.config import Config, Configurable
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SIGN_IN_PREFIX",
     "AuthResult",
     "Authenticator",
     "AuthenticatorConfigError",
     "AuthenticatorError",
     "BrowserLogin",
+    "SignInRequest",
+    "SignInStep",
     "load_authenticator",
     "split_authorization",
 ]
@@ -36,6 +39,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "flotilla.authenticators"
+
+#: Paths under this prefix are the authenticators' own sign-in steps (``sign_in``).
+SIGN_IN_PREFIX = "/api/v1/login/"
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,31 @@ class BrowserLogin:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "url": self.url, "label": self.label}
+
+
+@dataclass(frozen=True)
+class SignInRequest:
+    """A browser's ``GET`` of a path under ``SIGN_IN_PREFIX`` (a step of a redirect
+    sign-in): the path without its query, the query's parameters, the headers (names in
+    lower case)."""
+
+    route: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SignInStep:
+    """An authenticator's answer to a ``SignInRequest``: send the browser to ``location``.
+
+    With ``result``, the user has signed in: the service sets its session cookie on the
+    redirect (roles decided as for any login). ``set_cookies`` are ``Set-Cookie`` values
+    of the authenticator's own cookies (e.g. an OAuth state), never the session cookie.
+    """
+
+    location: str
+    result: AuthResult | None = None
+    set_cookies: tuple[str, ...] = ()
 
 
 class AuthenticatorError(Exception):
@@ -125,6 +156,22 @@ class Authenticator(Configurable):
         if scheme == "negotiate":
             return BrowserLogin("negotiate", label="Sign in with Kerberos")
         return BrowserLogin("none")
+
+    async def sign_in(self, request: SignInRequest) -> SignInStep | None:
+        """The next step of a browser sign-in through an identity provider.
+
+        Asked for every ``GET`` under ``SIGN_IN_PREFIX`` (e.g. the ``url`` of a
+        ``redirect`` ``browser_login`` and the callback the provider sends the browser
+        back to), before any cookie or credential is looked at.
+
+        Returns
+        -------
+        SignInStep or None
+            Where to send the browser, or ``None`` (the default) when the path is not
+            this authenticator's: the client gets 404. Raise ``AuthenticatorError`` for
+            a sign-in that cannot go on (a bad callback: 4xx; the provider down: 503).
+        """
+        return None
 
     async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
         """Check the credentials in ``headers``.

@@ -14,6 +14,9 @@ Protocol-free: ``servicer`` turns Envoy's ``CheckRequest`` into a ``RequestInfo`
    change the cookie alone authorizes is refused when another site could have sent it
    (``cross_site_refusal``). A request from the web page (``x-flotilla-web``) is denied
    without a Basic challenge and told how to sign in (``Authenticator.browser_login``).
+4. A ``GET`` under ``/api/v1/login/`` is a step of a browser sign-in through an identity
+   provider: the authenticator answers it (``Authenticator.sign_in``) with a redirect,
+   and a finished sign-in gets the session cookie; it never reaches a service.
 
 Whatever the client sent under ``x-flotilla-*`` never reaches a service: the identity
 header is overwritten with a signed one, the rest are removed.
@@ -26,6 +29,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
 
 from flotilla_common.identity import IDENTITY_HEADER, Identity, sign_identity
 from flotilla_common.sessions import (
@@ -37,10 +41,12 @@ from flotilla_common.sessions import (
 )
 
 from .authenticator import (
+    SIGN_IN_PREFIX,
     Authenticator,
     AuthenticatorError,
     AuthResult,
     BrowserLogin,
+    SignInRequest,
     split_authorization,
 )
 from .tokens import TokenVerificationUnavailable, TokenVerifier
@@ -57,6 +63,8 @@ _FLOTILLA_PREFIX = "x-flotilla-"
 AUTH_REQUIRED = "Authentication required"
 UNAUTHORIZED = "Unauthorized"
 UNAVAILABLE = "Authentication service unavailable"
+NOT_FOUND = "Not Found"
+SIGN_IN_FAILED = "Sign-in failed"
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,9 @@ class Checker:
         if method == "GET" and route in PUBLIC_PATHS:
             return self._allow(request, None)
 
+        if method == "GET" and route.startswith(SIGN_IN_PREFIX):
+            return await self._sign_in(request)
+
         heartbeat = _HEARTBEAT.fullmatch(route) if method == "POST" else None
         delete = _CLUSTER.fullmatch(route) if method == "DELETE" else None
         token_route = heartbeat or delete
@@ -232,6 +243,32 @@ class Checker:
             identity,
             response_headers=(*extra, ("set-cookie", self.cookies.set_cookie(cookie))),
         )
+
+    async def _sign_in(self, request: RequestInfo) -> Decision:
+        """A step of a browser sign-in: the authenticator's redirect, with the session
+        cookie once the user has signed in."""
+        query = dict(parse_qsl(urlsplit(request.path).query))
+        try:
+            step = await self.authenticator.sign_in(
+                SignInRequest(request.route, query, request.headers)
+            )
+        except AuthenticatorError as exc:
+            log.warning("browser sign-in failed on %s: %s", request.route, exc)
+            return _deny(exc.status_code, exc.message)
+        except Exception:
+            log.exception("authenticator crashed on the browser sign-in %s", request.route)
+            return _deny(401, SIGN_IN_FAILED)
+        if step is None:
+            return _deny(404, NOT_FOUND)
+        headers = [("location", step.location), ("cache-control", "no-store")]
+        headers += [("set-cookie", value) for value in step.set_cookies]
+        if step.result is not None:
+            identity = self._decide(step.result)
+            cookie = self.cookies.encode(identity.user, identity.groups, identity.admin)
+            headers.append(("set-cookie", self.cookies.set_cookie(cookie)))
+            log.info("user %s signed in from a browser (admin=%s)", identity.user, identity.admin)
+        # Not a denial: a redirect, which Envoy can only send as ext_authz's own answer.
+        return Decision(allowed=False, status_code=302, response_headers=tuple(headers))
 
     async def _refresh(self, request: RequestInfo, session: Session) -> Decision | None:
         """Roles decided again for a session whose roles are out of date, or ``None``

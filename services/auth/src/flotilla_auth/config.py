@@ -181,10 +181,11 @@ class JupyterHubAuthenticator(Configurable):
     jupyterhub_api_token = Unicode(
         help=(
             "The gateway's own API token, as registered in c.JupyterHub.services. Used "
-            "only to refresh a user's groups and admin flag (GET /users/<name>, scopes "
+            "to refresh a user's groups and admin flag (GET /users/<name>, scopes "
             "read:users and read:users:groups); without it users present their token "
-            "again when c.Auth.roles_refresh_seconds have passed. Default: the "
-            "JUPYTERHUB_API_TOKEN environment variable."
+            "again when c.Auth.roles_refresh_seconds have passed. It is also the OAuth "
+            "client secret of the web page's sign-in with JupyterHub, which needs it. "
+            "Default: the JUPYTERHUB_API_TOKEN environment variable."
         ),
         config=True,
     )
@@ -240,6 +241,38 @@ class JupyterHubAuthenticator(Configurable):
         config=True,
     )
 
+    jupyterhub_url = Unicode(
+        "",
+        help=(
+            "URL browsers reach the hub at, with its base_url, e.g. "
+            "'https://hub.example.org/' (the hub's API URL is often an internal address). "
+            "The web page's 'Sign in with JupyterHub' sends the browser to "
+            "<jupyterhub_url>/hub/api/oauth2/authorize. Default: jupyterhub_api_url "
+            "without its '/hub/api' ending; an API URL without that ending and no "
+            "jupyterhub_url leave the page without this sign-in (API tokens still work)."
+        ),
+        config=True,
+    )
+    oauth_client_id = Unicode(
+        help=(
+            "OAuth client id of the gateway's hub service (its oauth_client_id in "
+            "c.JupyterHub.services; the hub's default for a service named 'dask-gateway' "
+            "is 'service-dask-gateway'). The client secret is jupyterhub_api_token. "
+            "Default: the JUPYTERHUB_CLIENT_ID environment variable, else "
+            "'service-dask-gateway'."
+        ),
+        config=True,
+    )
+    oauth_redirect_url = Unicode(
+        "",
+        help=(
+            "Where the hub sends the browser back after sign-in: the service's "
+            "oauth_redirect_uri in c.JupyterHub.services, exactly. Default: "
+            "<c.Deployment.public_url>/api/v1/login/jupyterhub/callback."
+        ),
+        config=True,
+    )
+
     @default("jupyterhub_api_url")
     def _default_api_url(self) -> str:
         return os.environ.get("JUPYTERHUB_API_URL", "")
@@ -247,3 +280,7 @@ class JupyterHubAuthenticator(Configurable):
     @default("jupyterhub_api_token")
     def _default_api_token(self) -> str:
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    @default("oauth_client_id")
+    def _default_oauth_client_id(self) -> str:
+        return os.environ.get("JUPYTERHUB_CLIENT_ID", "service-dask-gateway")

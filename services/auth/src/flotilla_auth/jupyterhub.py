@@ -10,33 +10,74 @@ client sees as 503, never as a refusal it would retry with other credentials.
 
 The session cookie caches the answer (``cache_max_age``); roles are refreshed with the
 gateway's service token (``GET {api_url}/users/<name>``) when one is configured.
+
+A browser signs in with the OAuth 2 authorization-code flow the hub offers its services
+(the gateway registered with ``oauth_client_id`` and ``oauth_redirect_uri``):
+
+1. ``GET /api/v1/login/jupyterhub`` (the web page's button) is sent to the hub's
+   ``/hub/api/oauth2/authorize`` with a random ``state``, also kept in a short-lived
+   HttpOnly cookie;
+2. the hub signs the user in and sends the browser back to
+   ``/api/v1/login/jupyterhub/callback?code=..&state=..``; a state that is not the
+   cookie's is refused (403);
+3. the code is exchanged at ``POST {api_url}/oauth2/token`` (the client secret is the
+   service's API token), the access token's ``GET {api_url}/user`` is the user (its
+   identify scopes give the name, groups and admin flag), and the browser is sent to
+   ``/`` with the session cookie. A code the hub refuses is a 403, a hub that cannot be
+   asked a 503.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import ssl
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
+from flotilla_common.config import Deployment
+from flotilla_common.sessions import read_cookie
 
 from . import config
 from .authenticator import (
+    SIGN_IN_PREFIX,
     Authenticator,
     AuthenticatorConfigError,
     AuthenticatorError,
     AuthResult,
+    BrowserLogin,
+    SignInRequest,
+    SignInStep,
     split_authorization,
 )
 
-__all__ = ["JupyterHubAuthenticator", "result_from_model"]
+__all__ = ["CALLBACK_PATH", "LOGIN_PATH", "JupyterHubAuthenticator", "result_from_model"]
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "JupyterHub is unavailable"
+
+#: The web page's sign-in button, and where the hub sends the browser back to.
+LOGIN_PATH = SIGN_IN_PREFIX + "jupyterhub"
+CALLBACK_PATH = LOGIN_PATH + "/callback"
+#: The OAuth state of a sign-in under way, sent back only to LOGIN_PATH and below.
+STATE_COOKIE = "flotilla-jupyterhub-state"
+STATE_MAX_AGE_SECONDS = 600
+_OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
+
+NO_BROWSER_SIGN_IN = "This gateway offers no sign-in with JupyterHub from a browser"
+STATE_MISMATCH = (
+    "Sign-in with JupyterHub failed: it was not started from this browser, or it took "
+    "too long. Start again from the gateway's page."
+)
+REFUSED_CODE = (
+    "JupyterHub refused the sign-in (the code is wrong, used or expired). "
+    "Start again from the gateway's page."
+)
 
 #: Hub answers that mean "this token is not (or no longer) valid".
 _REFUSED = frozenset({401, 403, 404})
@@ -88,6 +129,36 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             )
         #: Owner -> when (monotonic) the hub was first seen reporting no server of theirs.
         self._serverless_since: dict[str, float] = {}
+        self._hub_url = self._browser_hub_url()
+        self._redirect_url = self.oauth_redirect_url or (
+            Deployment(config=self.config).resolved_public_url + CALLBACK_PATH
+        )
+        if not _is_http_url(self._redirect_url):
+            raise AuthenticatorConfigError(
+                "c.JupyterHubAuthenticator.oauth_redirect_url: not an http(s) URL: "
+                f"{self._redirect_url!r}"
+            )
+
+    def _browser_hub_url(self) -> str:
+        """Where browsers reach the hub; empty when it cannot be told (no browser
+        sign-in, while API tokens still work)."""
+        if self.jupyterhub_url:
+            if not _is_http_url(self.jupyterhub_url):
+                raise AuthenticatorConfigError(
+                    "c.JupyterHubAuthenticator.jupyterhub_url: not an http(s) URL: "
+                    f"{self.jupyterhub_url!r}"
+                )
+            return self.jupyterhub_url.rstrip("/")
+        if self._api_url.endswith("/hub/api"):
+            return self._api_url.removesuffix("/hub/api")
+        if self.jupyterhub_api_token:
+            log.warning(
+                "c.JupyterHubAuthenticator.jupyterhub_url: not set, and jupyterhub_api_url "
+                "(%s) does not end in /hub/api to derive it from: the web page offers no "
+                "sign-in with JupyterHub",
+                self._api_url,
+            )
+        return ""
 
     @property
     def cookie_max_age_seconds(self) -> int | None:
@@ -126,6 +197,117 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
                 return 200, await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise _HubUnavailable(f"GET {url}: {type(exc).__name__}: {exc}") from None
+
+    async def _post_form(self, path: str, form: Mapping[str, str]) -> tuple[int, Any]:
+        """``(status, parsed JSON or None)`` of ``POST {api_url}{path}`` with ``form``."""
+        url = self._api_url + path
+        try:
+            async with self._client().post(url, data=dict(form), ssl=self._ssl or True) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+                return resp.status, answer
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _HubUnavailable(f"POST {url}: {type(exc).__name__}: {exc}") from None
+
+    def browser_login(self) -> BrowserLogin:
+        """A redirect to the hub's OAuth sign-in; none without the service's token (the
+        OAuth client secret) or the hub's browser-facing URL."""
+        if not (self.jupyterhub_api_token and self._hub_url):
+            return BrowserLogin("none")
+        return BrowserLogin("redirect", url=LOGIN_PATH, label="Sign in with JupyterHub")
+
+    async def sign_in(self, request: SignInRequest) -> SignInStep | None:
+        """The OAuth flow's start (to the hub) and callback (from it)."""
+        if request.route not in (LOGIN_PATH, CALLBACK_PATH):
+            return None
+        if not (self.jupyterhub_api_token and self._hub_url):
+            raise AuthenticatorError(NO_BROWSER_SIGN_IN, status_code=404)
+        if request.route == LOGIN_PATH:
+            return self._authorize()
+        return await self._callback(request)
+
+    def _state_cookie(self, value: str, max_age: int) -> str:
+        secure = "; Secure" if self._redirect_url.startswith("https:") else ""
+        return (
+            f"{STATE_COOKIE}={value}; Path={LOGIN_PATH}; Max-Age={max_age}; HttpOnly; "
+            f"SameSite=Lax{secure}"
+        )
+
+    def _authorize(self) -> SignInStep:
+        state = secrets.token_urlsafe(32)
+        query = urlencode(
+            {
+                "client_id": self.oauth_client_id,
+                "redirect_uri": self._redirect_url,
+                "response_type": "code",
+                "state": state,
+            }
+        )
+        return SignInStep(
+            f"{self._hub_url}/hub/api/oauth2/authorize?{query}",
+            set_cookies=(self._state_cookie(state, STATE_MAX_AGE_SECONDS),),
+        )
+
+    async def _callback(self, request: SignInRequest) -> SignInStep:
+        expected = read_cookie(request.headers.get("cookie", ""), STATE_COOKIE)
+        state = request.query.get("state", "")
+        if not expected or not state or not secrets.compare_digest(expected, state):
+            log.info("JupyterHub sign-in refused: its state is not this browser's")
+            # 403, not 400: Envoy replaces the body of a 400, and the message matters.
+            raise AuthenticatorError(STATE_MISMATCH, status_code=403)
+        error = request.query.get("error")
+        if error:
+            log.info("JupyterHub did not sign a user in: %r", error[:200])
+            # An OAuth error code (RFC 6749 4.1.2.1) is shown; other text is not echoed.
+            code_name = error if _OAUTH_ERROR.fullmatch(error) else "error"
+            raise AuthenticatorError(
+                f"JupyterHub did not sign you in ({code_name})", status_code=403
+            )
+        code = request.query.get("code", "")
+        if not code:
+            raise AuthenticatorError("JupyterHub's answer has no code", status_code=403)
+        try:
+            access_token = await self._exchange(code)
+            status, model = await self._get("/user", access_token)
+        except _HubUnavailable as exc:
+            log.error("cannot finish a JupyterHub sign-in: %s", exc)
+            raise AuthenticatorError(UNAVAILABLE, status_code=503) from None
+        if status != 200:
+            log.error("cannot finish a JupyterHub sign-in: GET /user answered HTTP %d", status)
+            raise AuthenticatorError(UNAVAILABLE, status_code=503)
+        result = result_from_model(model)
+        if result is None:
+            log.info("JupyterHub signed in something that is not a user (kind %r)", _kind(model))
+            raise AuthenticatorError(REFUSED_CODE, status_code=403)
+        return SignInStep("/", result=result, set_cookies=(self._state_cookie("", 0),))
+
+    async def _exchange(self, code: str) -> str:
+        """The access token the hub gives for ``code``."""
+        status, answer = await self._post_form(
+            "/oauth2/token",
+            {
+                "client_id": self.oauth_client_id,
+                "client_secret": self.jupyterhub_api_token,
+                "grant_type": "authorization_code",
+                "redirect_uri": self._redirect_url,
+                "code": code,
+            },
+        )
+        if status >= 500:
+            raise _HubUnavailable(f"POST /oauth2/token answered HTTP {status}")
+        token = answer.get("access_token") if isinstance(answer, dict) else None
+        if status != 200 or not isinstance(token, str) or not token:
+            why = answer.get("error") if isinstance(answer, dict) else None
+            log.warning(
+                "JupyterHub refused an OAuth code (HTTP %d, %s; client %s)",
+                status,
+                why,
+                self.oauth_client_id,
+            )
+            raise AuthenticatorError(REFUSED_CODE, status_code=403)
+        return token
 
     async def authenticate(self, headers: Mapping[str, str]) -> AuthResult | None:
         """The owner of the valid hub token the request carries, else ``None``."""
@@ -223,3 +405,8 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
 
 def _kind(model: Any) -> object:
     return model.get("kind") if isinstance(model, dict) else type(model).__name__
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

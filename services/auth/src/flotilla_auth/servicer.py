@@ -24,6 +24,7 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 _RPC_CODES = {
+    302: code_pb2.UNAUTHENTICATED,  # a step of a browser sign-in
     401: code_pb2.UNAUTHENTICATED,
     403: code_pb2.PERMISSION_DENIED,
     502: code_pb2.UNAVAILABLE,
@@ -75,7 +76,11 @@ def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         ),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=decision.status_code),
-            headers=[_option(k, v, _OVERWRITE) for k, v in decision.response_headers],
+            # Several cookies may be set at once (a sign-in's session and state).
+            headers=[
+                _option(k, v, _APPEND if k == "set-cookie" else _OVERWRITE)
+                for k, v in decision.response_headers
+            ],
             body=decision.body,
         ),
     )

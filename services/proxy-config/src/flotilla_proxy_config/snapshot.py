@@ -632,8 +632,12 @@ def _static_routes(
             typed_per_filter_config=_with_authz(),
         ),
         # The web page's sign-in always asks auth (a session cookie may have expired,
-        # and Kerberos answers auth's challenge); its event stream has no deadline.
-        _registry_route("registry-login", {"path": "/api/v1/login"}, config.api_timeout),
+        # and Kerberos answers auth's challenge), and so do the steps of a sign-in
+        # through an identity provider under /api/v1/login/ (auth answers those itself);
+        # the event stream has no deadline.
+        _registry_route(
+            "registry-login", {"path_separated_prefix": "/api/v1/login"}, config.api_timeout
+        ),
         _registry_route("registry-events", {"path": "/api/v1/events"}, 0),
         _session_route(config, session_cookie),
         _registry_route("registry-api", {"prefix": "/api/"}, config.api_timeout),

@@ -132,7 +132,8 @@ $("sign-out").addEventListener("click", async () => {
   try {
     await api("/api/v1/logout", { method: "POST", body: {} });
   } finally {
-    signedOut({ kind: "form" });
+    // Auth says how to sign in again (a form, a hub's button, ...).
+    await start();
   }
 });
 
