@@ -255,7 +255,7 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
         state = request.query.get("state", "")
         if not expected or not state or not secrets.compare_digest(expected, state):
             log.info("JupyterHub sign-in refused: its state is not this browser's")
-            # 403, not 400: Envoy replaces the body of a 400, and the message matters.
+            # 403: a callback this browser did not start is refused, not malformed.
             raise AuthenticatorError(STATE_MISMATCH, status_code=403)
         error = request.query.get("error")
         if error:
@@ -270,10 +270,10 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             raise AuthenticatorError("JupyterHub's answer has no code", status_code=403)
         try:
             access_token = await self._exchange(code)
-            status, model = await self._get("/user", access_token)
         except _HubUnavailable as exc:
             log.error("cannot finish a JupyterHub sign-in: %s", exc)
             raise AuthenticatorError(UNAVAILABLE, status_code=503) from None
+        status, model = await self._user("finish a JupyterHub sign-in", access_token)
         if status != 200:
             log.error("cannot finish a JupyterHub sign-in: GET /user answered HTTP %d", status)
             raise AuthenticatorError(UNAVAILABLE, status_code=503)
@@ -282,6 +282,14 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
             log.info("JupyterHub signed in something that is not a user (kind %r)", _kind(model))
             raise AuthenticatorError(REFUSED_CODE, status_code=403)
         return SignInStep("/", result=result, set_cookies=(self._state_cookie("", 0),))
+
+    async def _user(self, doing: str, token: str) -> tuple[int, Any]:
+        """The hub's ``GET /user`` for ``token``; a hub that cannot answer is a 503."""
+        try:
+            return await self._get("/user", token)
+        except _HubUnavailable as exc:
+            log.error("cannot %s: %s", doing, exc)
+            raise AuthenticatorError(UNAVAILABLE, status_code=503) from None
 
     async def _exchange(self, code: str) -> str:
         """The access token the hub gives for ``code``."""
@@ -314,11 +322,7 @@ class JupyterHubAuthenticator(config.JupyterHubAuthenticator, Authenticator):
         parts = split_authorization(headers)
         if parts is None or parts[0] != "jupyterhub":
             return None
-        try:
-            status, model = await self._get("/user", parts[1])
-        except _HubUnavailable as exc:
-            log.error("cannot check a JupyterHub token: %s", exc)
-            raise AuthenticatorError(UNAVAILABLE, status_code=503) from None
+        status, model = await self._user("check a JupyterHub token", parts[1])
         if status in _REFUSED:
             log.info("JupyterHub refused a token (HTTP %d)", status)
             return None
