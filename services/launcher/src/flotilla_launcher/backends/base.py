@@ -24,6 +24,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "BackendError",
+    "ChecksAtOnce",
     "ClusterConfig",
     "ClusterSpec",
     "ProcessStatus",
@@ -157,6 +158,30 @@ class ProcessStatus:
     responsive: bool = True
 
 
+class ChecksAtOnce:
+    """Mixin, listed before :class:`Backend`, for a backend whose :meth:`Backend.check`
+    asks its resource manager once for schedulers and workers alike (a batch system, YARN,
+    the Kubernetes watch cache): ``check_clusters`` and ``check_workers`` are that one
+    query with the other half empty."""
+
+    async def check(
+        self,
+        clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]],
+        workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]],
+    ) -> tuple[list[ProcessStatus], list[ProcessStatus]]:
+        raise NotImplementedError
+
+    async def check_clusters(
+        self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
+    ) -> list[ProcessStatus]:
+        return (await self.check(clusters, []))[0]
+
+    async def check_workers(
+        self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
+    ) -> list[ProcessStatus]:
+        return (await self.check([], workers))[1]
+
+
 class Backend(Configurable):
     """Base class of launcher backends.
 
@@ -223,7 +248,8 @@ class Backend(Configurable):
         """Status of many schedulers and workers at once: the launcher's periodic check.
 
         The default asks :meth:`check_clusters`, then :meth:`check_workers`. A backend whose
-        status query is expensive (a batch system's) overrides it to ask once for both.
+        status query is expensive (a batch system's) overrides it to ask once for both,
+        and mixes in :class:`ChecksAtOnce`.
         """
         return (
             await self.check_clusters(clusters) if clusters else [],

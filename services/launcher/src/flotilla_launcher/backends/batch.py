@@ -45,7 +45,15 @@ from typing import Any
 from traitlets import Dict, Enum, Float, Integer, List, Unicode, default
 
 from .. import batch_helper
-from .base import Backend, BackendError, ClusterSpec, ProcessStatus, WorkerSpec, check_name
+from .base import (
+    Backend,
+    BackendError,
+    ChecksAtOnce,
+    ClusterSpec,
+    ProcessStatus,
+    WorkerSpec,
+    check_name,
+)
 from .commands import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
 
 __all__ = [
@@ -129,7 +137,7 @@ def _last_line(text: str, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else ""
 
 
-class BatchBackend(Backend):
+class BatchBackend(ChecksAtOnce, Backend):
     """Base of the batch backends: jobs, scripts, staging and the owner's account."""
 
     #: The batch system's name in messages ("Slurm", "PBS").
@@ -563,12 +571,6 @@ class BatchBackend(Backend):
         if scheduler:
             await self._wait_gone(scheduler, cluster.name)
 
-    async def check_clusters(
-        self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
-    ) -> list[ProcessStatus]:
-        """Status of the schedulers' jobs (one query)."""
-        return (await self.check(clusters, []))[0]
-
     # -- worker hooks ---------------------------------------------------------------------
 
     async def start_worker(self, worker: WorkerSpec) -> AsyncIterator[dict[str, Any]]:
@@ -628,12 +630,6 @@ class BatchBackend(Backend):
         await self._cancel(
             account, [job_id] if job_id else [], directory, remove, worker.cluster.name
         )
-
-    async def check_workers(
-        self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
-    ) -> list[ProcessStatus]:
-        """Status of the workers' jobs (one query)."""
-        return (await self.check([], workers))[1]
 
     async def check(
         self,

@@ -51,7 +51,15 @@ from typing import Any
 import httpx
 from traitlets import Dict, Enum, Float, Integer, Unicode, default
 
-from .base import Backend, BackendError, ClusterConfig, ClusterSpec, ProcessStatus, WorkerSpec
+from .base import (
+    Backend,
+    BackendError,
+    ChecksAtOnce,
+    ClusterConfig,
+    ClusterSpec,
+    ProcessStatus,
+    WorkerSpec,
+)
 from .commands import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
 
 __all__ = [
@@ -700,7 +708,7 @@ def _rv(obj: Mapping[str, Any]) -> int:
         return 0
 
 
-class KubeBackend(Backend):
+class KubeBackend(ChecksAtOnce, Backend):
     """The ``kubernetes`` backend: schedulers and workers as pods of one namespace."""
 
     backend_name = "kubernetes"
@@ -1201,16 +1209,6 @@ class KubeBackend(Backend):
             for spec, state in workers
         ]
         return schedulers, statuses
-
-    async def check_clusters(
-        self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
-    ) -> list[ProcessStatus]:
-        return (await self.check(clusters, []))[0]
-
-    async def check_workers(
-        self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
-    ) -> list[ProcessStatus]:
-        return (await self.check([], workers))[1]
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -65,7 +65,15 @@ from typing import Any, TypeVar
 import skein
 from traitlets import Float, Integer, List, Unicode, default
 
-from .base import Backend, BackendError, ClusterConfig, ClusterSpec, ProcessStatus, WorkerSpec
+from .base import (
+    Backend,
+    BackendError,
+    ChecksAtOnce,
+    ClusterConfig,
+    ClusterSpec,
+    ProcessStatus,
+    WorkerSpec,
+)
 from .commands import CERT_FILE, KEY_FILE, gateway_environment, scheduler_command, worker_command
 
 __all__ = [
@@ -364,7 +372,7 @@ def _tail(path: Path, nbytes: int) -> str:
 # -- the backend --------------------------------------------------------------------------
 
 
-class YarnBackend(Backend):
+class YarnBackend(ChecksAtOnce, Backend):
     """The ``yarn`` backend: each cluster one YARN application, submitted for its owner."""
 
     backend_name = "yarn"
@@ -778,16 +786,6 @@ class YarnBackend(Backend):
         ``get_containers`` call per running application that has workers to check (its
         ApplicationMaster, not the RM)."""
         return await self._run("a status check", self._statuses, clusters, workers)
-
-    async def check_clusters(
-        self, clusters: Sequence[tuple[ClusterSpec, Mapping[str, Any]]]
-    ) -> list[ProcessStatus]:
-        return (await self.check(clusters, []))[0]
-
-    async def check_workers(
-        self, workers: Sequence[tuple[WorkerSpec, Mapping[str, Any]]]
-    ) -> list[ProcessStatus]:
-        return (await self.check([], workers))[1]
 
     # -- workers ----------------------------------------------------------------------------
 
